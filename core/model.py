@@ -1,0 +1,141 @@
+"""The platform-free message model: what every adapter produces and the core consumes.
+
+Adapters turn a Slack event, a Telegram update or a Discord message into a `Message`;
+nothing below this line knows which platform it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+
+class Scope(StrEnum):
+    """How much of a `ContextKey` makes one conversation (set per platform in config).
+
+    Threads and forum topics are always their own conversation; the scope decides what
+    happens inside a channel (or a thread).
+    """
+
+    CHANNEL = "channel"  # everyone in the channel (or thread) shares one conversation
+    USER_IN_CHANNEL = "user_in_channel"  # each user has their own conversation per channel
+    USER = "user"  # one conversation per user across all channels of the platform
+
+
+@dataclass(frozen=True, slots=True)
+class ContextKey:
+    """Where a message was said. Reduced by a `Scope` into the conversation it belongs to.
+
+    `workspace` is the Slack team, the Discord guild (empty for DMs and Telegram);
+    `thread` is the Slack thread ts, the Telegram forum topic or the Discord thread id.
+    """
+
+    platform: str
+    channel: str
+    user: str = ""
+    workspace: str = ""
+    thread: str = ""
+
+    def scoped(self, scope: Scope) -> ContextKey:
+        """The conversation this key belongs to under `scope`."""
+        if scope is Scope.CHANNEL:
+            return ContextKey(self.platform, self.channel, "", self.workspace, self.thread)
+        if scope is Scope.USER:
+            return ContextKey(self.platform, "", self.user, self.workspace, "")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """Who wrote the message. `is_admin` comes from the admin list in config."""
+
+    id: str
+    name: str = ""
+    is_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command addressed to the bot: `/persona pirate` is `Command("persona", "pirate")`."""
+
+    name: str
+    args: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that came with the message; the core only describes it to the model for now."""
+
+    name: str
+    mime_type: str = ""
+    url: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One incoming message, the same shape on every platform."""
+
+    platform: str
+    key: ContextKey
+    user: User
+    text: str
+    message_id: str
+    addressed: bool = True  # a mention, a DM, a reply to the bot or a command to it
+    command: Command | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+    @property
+    def thread(self) -> str:
+        """The thread or forum topic the message is in, empty when none."""
+        return self.key.thread
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """A message the bot sent, as the adapter needs it to edit it later."""
+
+    id: str
+    channel: str = ""
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One entry of a conversation's history."""
+
+    role: Role
+    content: str
+    name: str = ""  # the speaker's display name in shared channels
+
+
+@dataclass(slots=True)
+class Conversation:
+    """What the store knows about a conversation, read in one round trip."""
+
+    history: list[Turn] = field(default_factory=list)
+    summary: str = ""
+    persona: str = ""  # empty: the configured default
+    model: str = ""  # empty: the configured default
+
+
+def parse_command(text: str, bot_names: tuple[str, ...] = ()) -> Command | None:
+    """Read `/name args` (or `/name@BotName args`) from the start of a text, else None.
+
+    `bot_names` lists the names a `@suffix` may carry; a command addressed to another bot
+    (`/help@OtherBot`) is not ours and gives None.
+    """
+    stripped = text.strip()
+    if not stripped.startswith("/") or len(stripped) < 2:
+        return None
+    head, _, args = stripped[1:].partition(" ")
+    name, _, target = head.partition("@")
+    if not name or not all(c.isalnum() or c in "_-" for c in name):
+        return None
+    if target and target.lower() not in {n.lower() for n in bot_names}:
+        return None
+    return Command(name.lower(), args.strip())

@@ -1,0 +1,81 @@
+"""The contracts between the core, the adapters and the stores.
+
+As in ASGI, the whole core is one callable: a `Handler` takes a `Message` and a `Responder`.
+The router is a Handler, the chat turn is a Handler, and middlewares wrap Handlers.
+Interfaces are Protocols so test fakes need no inheritance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from core.model import ContextKey, Conversation, Message, MessageRef, Turn
+
+
+@runtime_checkable
+class Responder(Protocol):
+    """How the core talks back on one platform, for one incoming message.
+
+    Adapters implement it. Text is Markdown as the model wrote it; the adapter converts it
+    to its platform's markup. `final=False` marks an in-progress streaming state (the adapter
+    may add a marker or skip markup); `final=True` is the exact, complete text of that part.
+    """
+
+    limit: int  # characters per message on this platform
+    edit_interval: float  # seconds between two edits of one message
+    typing_interval: float  # seconds between two typing signals (0: signal once)
+
+    async def send(self, text: str, *, final: bool) -> MessageRef: ...
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None: ...
+
+    async def typing(self) -> None: ...
+
+
+Handler = Callable[[Message, Responder], Awaitable[None]]
+"""The core contract: handle one message, answering through the responder."""
+
+
+class Store(Protocol):
+    """Conversation state. Every method is at most one round trip to the backend."""
+
+    async def load(self, key: ContextKey) -> Conversation: ...
+
+    async def save(self, key: ContextKey, *turns: Turn, trim_to: int = 0) -> None: ...
+
+    async def reset(self, key: ContextKey) -> None: ...
+
+    async def set_setting(self, key: ContextKey, name: str, value: str) -> None: ...
+
+    def lock(self, key: ContextKey) -> AbstractAsyncContextManager[None]: ...
+
+
+class Deduper(Protocol):
+    """Remembers delivery ids so a redelivered event is handled once, across processes."""
+
+    async def first_seen(self, namespace: str, delivery_id: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts the API reported for one call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLM(Protocol):
+    """A streamed chat model. Yields text deltas; raises `LLMError` when it cannot answer."""
+
+    def stream(self, messages: Sequence[Turn], *, model: str) -> AsyncIterator[str]: ...
+
+
+class LLMError(Exception):
+    """The model could not answer (after the retries). The message is safe to log."""
+
+
+class StreamCut(LLMError):
+    """The model stopped in the middle of an answer (timeout between chunks, cut connection)."""

@@ -1,0 +1,189 @@
+"""The streaming responder: model deltas in, throttled platform sends and edits out.
+
+Written once for every platform. It shows that the bot is working (typing), posts the first
+text as soon as there is any, edits at most once per `edit_interval`, moves on to a new
+message when the platform's limit would be passed, and ends every part with an exact final
+edit. A flusher task does the platform calls so reading the model never waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from core.model import MessageRef
+from core.protocols import Responder
+from core.splitting import split_text, take_part
+
+log = logging.getLogger(__name__)
+
+SEND_ATTEMPTS = 3
+RETRY_DELAY = 0.5
+
+
+class DeliveryError(Exception):
+    """The platform refused a message after every retry."""
+
+
+class StreamingReply:
+    """One answer being written. Use as `async with StreamingReply(responder) as reply:`."""
+
+    def __init__(self, responder: Responder, *, retry_delay: float = RETRY_DELAY) -> None:
+        self._responder = responder
+        self._limit = max(responder.limit, 16)
+        self._interval = max(responder.edit_interval, 0.0)
+        self._retry_delay = retry_delay
+        self._full: list[str] = []  # every delta, for the history
+        self._current = ""  # the text of the part being written
+        self._ref: MessageRef | None = None
+        self._last_shown = ""
+        self._last_edit = 0.0
+        self._last_final = False
+        self._dirty = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._render_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.messages_sent = 0
+        self.edits_sent = 0
+
+    async def __aenter__(self) -> StreamingReply:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._tasks = [
+            asyncio.create_task(self._typing_loop(), name="typing"),
+            asyncio.create_task(self._flush_loop(), name="flush"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop_tasks()
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return "".join(self._full)
+
+    @property
+    def shown(self) -> bool:
+        """Whether any text has reached the platform."""
+        return self.messages_sent > 0
+
+    def feed(self, delta: str) -> None:
+        """Add model output; the flusher shows it at the next allowed moment."""
+        if not delta:
+            return
+        self._full.append(delta)
+        self._current += delta
+        self._dirty.set()
+
+    async def finish(self) -> str:
+        """Show the exact full text and return it. Safe to call once."""
+        await self._stop_tasks()
+        async with self._render_lock:
+            await self._render(final=True)
+        return self.text
+
+    async def _stop_tasks(self) -> None:
+        self._closing.set()
+        self._dirty.set()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            if task.get_name() == "typing":
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _typing_loop(self) -> None:
+        interval = self._responder.typing_interval
+        while not self._closing.is_set():
+            try:
+                await self._responder.typing()
+            except Exception as exc:  # a typing signal is decoration, never fatal
+                log.debug("typing signal failed: %s", type(exc).__name__)
+            if interval <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), interval)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            if self._closing.is_set():
+                return
+            if self._ref is not None and self._interval > 0:
+                wait = self._last_edit + self._interval - self._loop.time()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), wait)
+                    if self._closing.is_set():
+                        return
+            self._dirty.clear()
+            async with self._render_lock:
+                await self._render(final=False)
+
+    async def _render(self, *, final: bool) -> None:
+        """Bring the platform up to date with `_current`, splitting at the limit."""
+        while len(self._current) > self._limit:
+            part, self._current = take_part(self._current, self._limit)
+            await self._show(part, final=True)
+            self._ref, self._last_shown = None, ""
+        if self._current.strip():
+            await self._show(self._current, final=final)
+
+    async def _show(self, text: str, *, final: bool) -> None:
+        if not text.strip():
+            return
+        if self._ref is None:
+            self._ref = await self._send(text, final=final)
+        else:
+            if text == self._last_shown and (self._last_final or not final):
+                return  # never an edit that changes nothing
+            await self._edit(self._ref, text, final=final)
+        self._last_shown, self._last_final = text, final
+        self._last_edit = self._loop.time()
+
+    async def _send(self, text: str, *, final: bool) -> MessageRef:
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                ref = await self._responder.send(text, final=final)
+            except Exception as exc:
+                log.warning("send failed (attempt %d): %s", attempt, _describe(exc))
+                if attempt == SEND_ATTEMPTS:
+                    raise DeliveryError("the platform refused the message") from None
+                await asyncio.sleep(self._retry_delay * attempt)
+            else:
+                self.messages_sent += 1
+                return ref
+        raise AssertionError("unreachable")
+
+    async def _edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+        try:
+            await self._responder.edit(ref, text, final=final)
+            self.edits_sent += 1
+            return
+        except Exception as exc:
+            log.warning("edit failed: %s", _describe(exc))
+            if not final:
+                return  # the next edit carries the whole text anyway
+        await asyncio.sleep(self._retry_delay)
+        try:
+            await self._responder.edit(ref, text, final=True)
+            self.edits_sent += 1
+        except Exception as exc:
+            # The final text must not be lost: post it anew.
+            log.warning("final edit failed twice, sending anew: %s", _describe(exc))
+            self._ref = await self._send(text, final=True)
+
+
+async def reply(responder: Responder, text: str) -> None:
+    """Send a complete (non-streamed) answer, split at the platform's limit."""
+    for part in split_text(text, max(responder.limit, 16)) or [text or "…"]:
+        await responder.send(part, final=True)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's kind and status, never its full text (which may echo a URL or token)."""
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}{f' status={status}' if status else ''}"
