@@ -34,6 +34,7 @@ class ServerSettings(Section):
 
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
+    shutdown_grace: float = Field(8.0, ge=0, description="seconds to finish answers on SIGTERM")
 
 
 class RedisSettings(Section):

@@ -1,0 +1,119 @@
+"""The `chatbot` command (also `python -m bots`).
+
+    chatbot run  [--config PATH]   every platform with credentials, and the HTTP server
+    chatbot chat [--config PATH]   a terminal conversation through the same core
+
+Operator errors (bad config, no model configured, Redis unreachable, a token the platform
+refuses) print one clear line and exit non-zero; they never print a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from adapters.base import AdapterStartError
+from bots.logs import setup_logging
+from bots.redis_conn import RedisStartError
+from core.config import ConfigError, Secrets, Settings, load_settings
+from core.llm import MissingAPIKey
+
+log = logging.getLogger("chatbot")
+
+EXIT_CONFIG = 2
+EXIT_START = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatbot", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run every platform whose credentials are set, and the HTTP server"),
+        ("chat", "chat with the bot in this terminal"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+    return parser
+
+
+def config_path(given: Path | None) -> Path | None:
+    """The config file: --config, else $CHATBOT_CONFIG, else ./config.yaml when present."""
+    if given is not None:
+        return given
+    if os.environ.get("CHATBOT_CONFIG"):
+        return Path(os.environ["CHATBOT_CONFIG"])
+    default = Path("config.yaml")
+    return default if default.is_file() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    load_dotenv(Path.cwd() / ".env", override=False)
+    try:
+        settings = load_settings(config_path(args.config))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    secrets = Secrets()
+    setup_logging(settings.log_level if args.command == "run" else "WARNING", secrets.values())
+    runner = _run if args.command == "run" else _chat
+    try:
+        return asyncio.run(runner(settings, secrets))
+    except KeyboardInterrupt:
+        return 0
+    except MissingAPIKey as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (RedisStartError, AdapterStartError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_START
+
+
+async def _run(settings: Settings, secrets: Secrets) -> int:
+    from bots.app import BotApp
+
+    app = BotApp(settings, secrets)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("chatbot running; SIGTERM or Ctrl-C to stop")
+    await stop.wait()
+    log.info("shutting down")
+    await app.stop()
+    return 0
+
+
+async def _chat(settings: Settings, secrets: Secrets) -> int:
+    from adapters.console import ConsoleChat
+    from bots.app import build_core
+
+    async with AsyncExitStack() as stack:
+        core = await build_core(stack, settings, secrets)
+        console = settings.platforms.console
+        chat = ConsoleChat(
+            core.handler, user=console.user, edit_interval=settings.edit_interval("console")
+        )
+        task = asyncio.create_task(chat.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await core.inflight.drain(settings.server.shutdown_grace)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

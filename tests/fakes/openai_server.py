@@ -1,0 +1,225 @@
+"""A local OpenAI-compatible server speaking the real Chat Completions HTTP + SSE protocol.
+
+The bot reaches it through the real `openai` client by `OPENAI_BASE_URL`. Each request takes
+the next queued `Reply` (else the default one): a streamed answer (with a time to first token
+and a token rate), an HTTP error (429 with Retry-After, 500), a stream that stalls, or one
+whose connection is cut. Every request is recorded so tests assert what the model was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+Kind = Literal["stream", "error", "stall", "cut"]
+
+
+@dataclass
+class Reply:
+    """How the fake answers one request."""
+
+    kind: Kind = "stream"
+    text: str | None = None  # None: the default answer for the request
+    status: int = 200
+    retry_after: float | None = None  # seconds, sent as Retry-After and retry-after-ms
+    after_chunks: int = 0  # for stall and cut: content chunks sent before it happens
+    ttft: float = 0.0  # seconds before the first content chunk
+    tokens_per_second: float = 0.0  # 0: as fast as possible
+    words_per_chunk: int = 1
+
+
+def echo_answer(body: dict[str, Any]) -> str:
+    """The default answer: names how many messages came and echoes the last user text."""
+    messages = body.get("messages", [])
+    last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+    return f"echo: {last}"
+
+
+@dataclass
+class Recorded:
+    """One request the fake received."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages", []))
+
+
+class FakeOpenAI:
+    """Start with `async with FakeOpenAI() as fake:`; point the bot at `fake.base_url`."""
+
+    def __init__(
+        self,
+        *,
+        default: Reply | None = None,
+        answer: Callable[[dict[str, Any]], str] = echo_answer,
+    ) -> None:
+        self.default = default or Reply()
+        self.answer = answer
+        self.queue: deque[Reply] = deque()
+        self.requests: list[Recorded] = []
+        self._release = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.first_token_at: list[float] = []  # monotonic time each answer's first token left
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def push(self, *replies: Reply) -> None:
+        """Queue replies for the next requests, in order."""
+        self.queue.extend(replies)
+
+    async def __aenter__(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def chat_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        reply = self.queue.popleft() if self.queue else self.default
+        if reply.kind == "error":
+            return _error(reply)
+        text = reply.text if reply.text is not None else self.answer(body)
+        if not body.get("stream"):
+            return web.json_response(_completion(next(self._ids), body, text))
+        return await self._stream(request, body, reply, text)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: Reply, text: str
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        ident = f"chatcmpl-{next(self._ids)}"
+        model = body.get("model", "gpt-test")
+        await _event(response, _chunk(ident, model, {"role": "assistant", "content": ""}))
+        if reply.ttft:
+            await asyncio.sleep(reply.ttft)
+        pieces = _pieces(text, reply.words_per_chunk)
+        delay = 1 / reply.tokens_per_second if reply.tokens_per_second else 0.0
+        for index, piece in enumerate(pieces):
+            if reply.kind in ("stall", "cut") and index == reply.after_chunks:
+                return await self._break(request, response, reply)
+            if index == 0:
+                self.first_token_at.append(time.monotonic())
+            elif delay:
+                await asyncio.sleep(delay)
+            await _event(response, _chunk(ident, model, {"content": piece}))
+        if reply.kind in ("stall", "cut"):
+            return await self._break(request, response, reply)
+        await _event(response, _chunk(ident, model, {}, finish="stop"))
+        if body.get("stream_options", {}).get("include_usage"):
+            usage = _usage(body, text)
+            await _event(response, {**_chunk(ident, model, {}), "choices": [], "usage": usage})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _break(
+        self, request: web.Request, response: web.StreamResponse, reply: Reply
+    ) -> web.StreamResponse:
+        if reply.kind == "cut":
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._release.wait()  # stall until the test ends
+        return response
+
+
+def _pieces(text: str, words_per_chunk: int) -> list[str]:
+    words = text.split(" ")
+    pieces = []
+    for start in range(0, len(words), max(words_per_chunk, 1)):
+        piece = " ".join(words[start : start + words_per_chunk])
+        pieces.append(piece if start == 0 else " " + piece)
+    return pieces
+
+
+def _chunk(ident: str, model: str, delta: dict[str, Any], finish: str | None = None) -> dict:
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
+    completion = max(1, len(text) // 4)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _completion(number: int, body: dict[str, Any], text: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{number}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "gpt-test"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(body, text),
+    }
+
+
+async def _event(response: web.StreamResponse, data: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+
+
+def _error(reply: Reply) -> web.Response:
+    headers = {}
+    if reply.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(reply.retry_after)))
+        headers["retry-after-ms"] = str(int(reply.retry_after * 1000))
+    code = "rate_limit_exceeded" if reply.status == 429 else "server_error"
+    message = (
+        "Rate limit reached for requests" if reply.status == 429 else "The server had an error"
+    )
+    return web.json_response(
+        {"error": {"message": message, "type": "requests", "param": None, "code": code}},
+        status=reply.status,
+        headers=headers,
+    )

@@ -1,0 +1,97 @@
+"""Small test helpers: waiting with a deadline, and an in-memory Responder that records calls."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from core.model import ContextKey, Message, MessageRef, User, parse_command
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, every: float = 0.01
+) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)
+
+
+@dataclass
+class Call:
+    kind: str  # "send" | "edit" | "typing"
+    text: str = ""
+    ref: str = ""
+    final: bool = False
+
+
+@dataclass
+class RecordingResponder:
+    """A `Responder` in memory: records every call and keeps each message's current text."""
+
+    limit: int = 4000
+    edit_interval: float = 0.0
+    typing_interval: float = 0.0
+    fail_edits: int = 0  # the next N edits raise
+    fail_sends: int = 0  # the next N sends raise
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[str, str] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    async def send(self, text: str, *, final: bool) -> MessageRef:
+        if self.fail_sends:
+            self.fail_sends -= 1
+            raise ConnectionError("send failed")
+        ref = str(next(self._ids))
+        self.calls.append(Call("send", text, ref, final))
+        self.messages[ref] = text
+        return MessageRef(ref)
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+        if self.fail_edits:
+            self.fail_edits -= 1
+            raise ConnectionError("edit failed")
+        self.calls.append(Call("edit", text, ref.id, final))
+        self.messages[ref.id] = text
+
+    async def typing(self) -> None:
+        self.calls.append(Call("typing"))
+
+    @property
+    def texts(self) -> list[str]:
+        """The current text of every message sent, in order."""
+        return list(self.messages.values())
+
+    @property
+    def shown(self) -> str:
+        return "".join(self.texts)
+
+
+def user_message(
+    text: str,
+    *,
+    channel: str = "c1",
+    user: str = "u1",
+    platform: str = "console",
+    thread: str = "",
+    message_id: str = "m1",
+) -> Message:
+    """A message as an adapter would build it."""
+    return Message(
+        platform=platform,
+        key=ContextKey(platform, channel=channel, user=user, thread=thread),
+        user=User(user, f"user {user}"),
+        text=text,
+        message_id=message_id,
+        command=parse_command(text),
+    )
