@@ -3,20 +3,36 @@
 Failure policy, the same on every platform: the user's message always reaches the history;
 a model that fails before writing anything gets a short apology in chat; a model that stops
 in the middle leaves the partial answer with a short note, and the history records exactly
-what the user was shown.
+what the user was shown. Optional parts (moderation, tools, the cache, the summary) never
+stop an answer when they fail.
+
+Redis round trips of a turn, besides the lock: ONE read (history, settings, the channel's
+defaults, the rate-limit bucket, today's usage, a cached first answer) and ONE write (the
+turn, usage counters, the cache). A first turn whose persona or model is not the default
+reads the cache once more. The summary runs afterwards, in the background.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from core.cache import AnswerCache
 from core.config import Settings
+from core.keys import KeyBuilder
+from core.limits import RateLimiter, TokenBudget
+from core.memory import Summarizer, needs_summary
 from core.model import ContextKey, Conversation, Message, Turn
+from core.moderation import Moderator, Verdict
 from core.prompt import build_prompt
-from core.protocols import LLM, LLMError, Responder, Store, StreamCut
+from core.protocols import LLM, LLMError, Queue, Responder, Store, StreamCut, Usage
 from core.streaming import DeliveryError, StreamingReply, reply
 from core.tokens import TokenCounter
+from core.toolloop import LoopStats, run_model
+from core.tools import Toolbox, ToolContext
+from core.usage import UsageBook
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +48,57 @@ class TurnResult:
     answer: str
     failed: bool
     prompt_tokens: int
+    usage: Usage | None = None
+    tool_rounds: int = 0
+    cached: bool = False
+    refused: bool = False
+
+
+@dataclass
+class Features:
+    """The optional parts of a chat turn; each is None (or empty) when off."""
+
+    keys: KeyBuilder | None = None
+    toolbox: Toolbox | None = None
+    usage: UsageBook | None = None
+    limiter: RateLimiter | None = None
+    budget: TokenBudget | None = None
+    moderator: Moderator | None = None
+    cache: AnswerCache | None = None
+    memory: Summarizer | None = None
+
+
+@dataclass
+class _Reads:
+    """Feature reads riding in the conversation's load pipeline, by slot."""
+
+    queues: list[Queue] = field(default_factory=list)
+    slots: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, queue: Queue) -> None:
+        self.slots[name] = len(self.queues)
+        self.queues.append(queue)
+
+    def get(self, name: str, results: list[Any]) -> Any:
+        return results[self.slots[name]] if name in self.slots else None
 
 
 class ChatTurn:
     """The `Handler` that asks the model. The last route of the router."""
 
-    def __init__(self, store: Store, llm: LLM, settings: Settings, counter: TokenCounter) -> None:
+    def __init__(
+        self,
+        store: Store,
+        llm: LLM,
+        settings: Settings,
+        counter: TokenCounter,
+        features: Features | None = None,
+    ) -> None:
         self.store = store
         self.llm = llm
         self.settings = settings
         self.counter = counter
+        self.features = features or Features()
 
     def conversation_key(self, message: Message) -> ContextKey:
         return message.key.scoped(self.settings.scope(message.platform))
@@ -55,33 +112,124 @@ class ChatTurn:
             await reply(responder, EMPTY_PROMPT)
             return TurnResult(EMPTY_PROMPT, False, 0)
         key = self.conversation_key(message)
-        async with self.store.lock(key):
-            conversation = await self.store.load(key)
-            user_turn = Turn("user", _with_attachments(message), message.user.name)
-            prompt = build_prompt(
-                system=self._system_prompt(conversation),
-                summary=conversation.summary,
-                history=conversation.history,
-                message=user_turn,
-                budget=self.settings.context.token_budget,
-                max_turns=self.settings.context.max_turns,
-                counter=self.counter,
+        moderator = self.features.moderator
+        # Moderation runs while the turn waits for the lock and reads Redis.
+        screening = asyncio.create_task(moderator.check(message.text)) if moderator else None
+        try:
+            async with self.store.lock(key):
+                result, summarise = await self._locked(message, key, responder, screening)
+        finally:
+            if screening is not None and not screening.done():
+                screening.cancel()
+        if summarise is not None and self.features.memory is not None:
+            self.features.memory.schedule(key, *summarise)
+        return result
+
+    async def _locked(
+        self,
+        message: Message,
+        key: ContextKey,
+        responder: Responder,
+        screening: asyncio.Task[Verdict] | None,
+    ) -> tuple[TurnResult, tuple[list[Turn], str, str] | None]:
+        f = self.features
+        now = f.usage.now() if f.usage else None
+        user_turn = Turn("user", _with_attachments(message), message.user.name)
+        reads = _Reads()
+        if f.limiter is not None and f.limiter.enabled:
+            reads.add("rate", f.limiter.queue_take(message))
+        if f.budget is not None and f.budget.enabled and now is not None:
+            reads.add("budget", f.budget.queue_used(message, now))
+        default_key = ""
+        if f.cache is not None and f.cache.first_turns:
+            # The likely key (default persona and model) is read speculatively: no extra trip.
+            default_key = f.cache.chat_key(
+                self._persona(None), self._model(None), user_turn.content
             )
-            answer, failed = await self._stream_answer(
-                prompt.messages, self._model(conversation), responder
-            )
-            turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
-            await self.store.save(key, *turns)
-        return TurnResult(answer, failed, prompt.tokens)
+            reads.add("cache", f.cache.queue_get(default_key))
+        conversation, results = await self.store.load_turn(
+            key, channel=message.key, extra=reads.queues
+        )
+        refusal = None
+        if f.limiter is not None:
+            refusal = f.limiter.refusal(reads.get("rate", results))
+        if refusal is None and f.budget is not None and now is not None:
+            refusal = f.budget.refusal(reads.get("budget", results), now)
+        if refusal is None and screening is not None and f.moderator is not None:
+            refusal = f.moderator.refusal(await screening)
+        if refusal is not None:
+            await reply(responder, refusal)  # not recorded: it never reached the model
+            return TurnResult(refusal, False, 0, refused=True), None
+        persona, model = self._persona(conversation), self._model(conversation)
+        cache_key = ""
+        first_turn = not conversation.history and not conversation.summary
+        if f.cache is not None and default_key and first_turn:
+            cache_key = f.cache.chat_key(persona, model, user_turn.content)
+            raw = reads.get("cache", results)
+            if cache_key != default_key:
+                raw = (await self.store.read([f.cache.queue_get(cache_key)]))[0]
+            cached = f.cache.decode(raw)
+            if cached is not None:
+                await reply(responder, cached)
+                await self.store.save(key, user_turn, Turn("assistant", cached))
+                return TurnResult(cached, False, 0, cached=True), None
+        prompt = build_prompt(
+            system=self.settings.personas[persona].system_prompt,
+            summary=conversation.summary,
+            history=conversation.history,
+            message=user_turn,
+            budget=self.settings.context.token_budget,
+            max_turns=self.settings.context.max_turns,
+            counter=self.counter,
+        )
+        conversation_id = f.keys.conversation_id(key) if f.keys else ""
+        context = ToolContext(message, conversation_id)
+        stats = LoopStats()
+        answer, failed = await self._stream_answer(
+            prompt.messages, model, responder, context, stats
+        )
+        usage = stats.usage
+        if usage is None and stats.model_calls and answer and not failed:
+            usage = Usage(prompt.tokens, self.counter.text(answer))  # the server sent none
+        writes: list[Queue] = []
+        if f.usage is not None and usage is not None and now is not None:
+            writes += f.usage.queue_record(message, key, usage, now)
+        if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
+            writes.append(f.cache.queue_set(cache_key, answer))
+        turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
+        await self.store.save(key, *turns, extra=writes)
+        result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
+        stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
+        memory = f.memory
+        if (
+            memory is not None
+            and memory.enabled
+            and needs_summary(prompt.dropped, len(stored), self.settings.context.max_turns)
+        ):
+            return result, (stored, conversation.summary, model)
+        return result, None
 
     async def _stream_answer(
-        self, messages: list[Turn], model: str, responder: Responder
+        self,
+        messages: list[Turn],
+        model: str,
+        responder: Responder,
+        context: ToolContext,
+        stats: LoopStats,
     ) -> tuple[str, bool]:
         """Stream the answer; return what the user was shown and whether the model failed."""
         async with StreamingReply(responder) as answer:
             try:
-                async for delta in self.llm.stream(messages, model=model):
-                    answer.feed(delta)
+                await run_model(
+                    self.llm,
+                    messages,
+                    model=model,
+                    toolbox=self.features.toolbox,
+                    context=context,
+                    out=answer,
+                    max_steps=self.settings.tools.max_steps,
+                    stats=stats,
+                )
             except StreamCut as exc:
                 log.warning("model stream cut: %s", exc)
                 if answer.text.strip():
@@ -90,6 +238,9 @@ class ChatTurn:
                 return await self._apologise(responder), True
             except LLMError as exc:
                 log.warning("model call failed: %s", exc)
+                if answer.text.strip():  # a later tool round failed: keep what was shown
+                    answer.feed(CUT_NOTE)
+                    return await self._finish(answer), True
                 return await self._apologise(responder), True
             if not answer.text.strip():
                 log.warning("model returned an empty answer")
@@ -111,14 +262,20 @@ class ChatTurn:
             return ""
         return ""
 
-    def _system_prompt(self, conversation: Conversation) -> str:
+    def _persona(self, conversation: Conversation | None) -> str:
+        """The conversation's choice, else the channel's default, else the configured one."""
         personas = self.settings.personas
-        name = conversation.persona if conversation.persona in personas else ""
-        return personas[name or self.settings.default_persona].system_prompt
+        for name in (conversation.persona, conversation.channel_persona) if conversation else ():
+            if name in personas:
+                return name
+        return self.settings.default_persona
 
-    def _model(self, conversation: Conversation) -> str:
+    def _model(self, conversation: Conversation | None) -> str:
         allowed = self.settings.llm.models
-        return conversation.model if conversation.model in allowed else self.settings.llm.model
+        for name in (conversation.model, conversation.channel_model) if conversation else ():
+            if name in allowed:
+                return name
+        return self.settings.llm.model
 
 
 def _with_attachments(message: Message) -> str:

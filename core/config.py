@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.model import Scope
+from core.sections import (
+    ActionSettings,
+    CacheSettings,
+    IntentSettings,
+    LimitsSettings,
+    MemorySettings,
+    ModerationSettings,
+    ToolsSettings,
+    check_references,
+)
 
 
 class ConfigError(Exception):
@@ -100,6 +110,10 @@ class PlatformSettings(Section):
     scope: Scope = Scope.CHANNEL
     edit_interval: float | None = Field(None, ge=0, description="None: streaming.edit_interval")
     admins: list[str] = Field(default_factory=list, description="user ids allowed admin commands")
+    allow_users: list[str] = Field(default_factory=list, description="if set, only these users")
+    deny_users: list[str] = Field(default_factory=list, description="never these users")
+    allow_channels: list[str] = Field(default_factory=list, description="if set, only these")
+    deny_channels: list[str] = Field(default_factory=list, description="never these channels")
 
 
 class SlackSettings(PlatformSettings):
@@ -165,6 +179,14 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     platforms: PlatformsSettings = PlatformsSettings()
     log_level: str = "INFO"
+    plugins: list[str] = Field(default_factory=list, description="modules with a setup(bot)")
+    actions: dict[str, ActionSettings] = Field(default_factory=dict)
+    intents: list[IntentSettings] = Field(default_factory=list)
+    tools: ToolsSettings = ToolsSettings()
+    memory: MemorySettings = MemorySettings()
+    limits: LimitsSettings = LimitsSettings()
+    moderation: ModerationSettings = ModerationSettings()
+    cache: CacheSettings = CacheSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -185,6 +207,7 @@ class Settings(BaseSettings):
                 f"default_persona {self.default_persona!r} is not one of the personas "
                 f"({', '.join(sorted(self.personas))})"
             )
+        check_references(self.actions, self.intents, self.tools)
         return self
 
     def edit_interval(self, platform: str) -> float:

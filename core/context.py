@@ -1,6 +1,7 @@
 """Conversation state in Redis: history, summary and settings per conversation; locks; dedupe.
 
-One read (a pipelined LRANGE + HGETALL) and one write (a MULTI/EXEC pipeline) per turn.
+One read (a pipelined LRANGE + HGETALL + HGETALL, plus the features' reads) and one write
+(a MULTI/EXEC pipeline, plus the features' writes) per turn.
 When Redis is away the bot keeps answering without history: every call degrades to
 "nothing stored", a warning is logged once, and the next successful call logs the recovery.
 """
@@ -11,8 +12,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
@@ -20,10 +22,33 @@ from redis.exceptions import LockError, RedisError
 
 from core.keys import KeyBuilder
 from core.model import ContextKey, Conversation, Turn
+from core.protocols import Queue, Usage
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FIELDS = ("summary", "persona", "model")
+CHANNEL_FIELDS = ("persona", "model")
+
+# KEYS: history, meta, usage. ARGV: summary, ttl, prompt tokens, completion tokens, n, turn 1..n.
+APPLY_SUMMARY = """
+local n = tonumber(ARGV[5])
+local total = tonumber(ARGV[3]) + tonumber(ARGV[4])
+if total > 0 then
+  redis.call('HINCRBY', KEYS[3], 'prompt', ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'completion', ARGV[4])
+  redis.call('HINCRBY', KEYS[3], 'total', total)
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
+local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
+if #head ~= n then return 0 end
+for i = 1, n do
+  if head[i] ~= ARGV[5 + i] then return 0 end
+end
+redis.call('LTRIM', KEYS[1], n, -1)
+redis.call('HSET', KEYS[2], 'summary', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +119,70 @@ class RedisStore:
         self._local_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._count = on_round_trip or (lambda: None)
 
-    async def load(self, key: ContextKey) -> Conversation:
+    async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation:
         """History and settings in one round trip; an empty conversation when Redis is away."""
+        conversation, _ = await self.load_turn(key, channel=channel)
+        return conversation
+
+    async def load_turn(
+        self, key: ContextKey, *, channel: ContextKey | None = None, extra: Sequence[Queue] = ()
+    ) -> tuple[Conversation, list[Any]]:
+        """The conversation plus `extra` reads (rate limit, usage, cache) in ONE round trip.
+
+        `channel` is the message's own key, whose channel defaults are read too. When Redis
+        is away: an empty conversation, and None for every extra (features fail open).
+        """
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.lrange(self.keys.history(key), 0, -1)
                 pipe.hgetall(self.keys.meta(key))
+                pipe.hgetall(self.keys.channel(channel or key))
+                for queue in extra:
+                    queue(pipe)
                 self._count()
-                raw_history, meta = await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "loading a conversation")
-            return Conversation()
-        self.health.ok()
+            return Conversation(), [None] * len(extra)
+        raw_history, meta, chan = _or(results[0], []), _or(results[1], {}), _or(results[2], {})
+        if isinstance(results[0], Exception):
+            self.health.failed(results[0], "loading a conversation")
+        else:
+            self.health.ok()
         history = [turn for raw in raw_history if (turn := decode_turn(raw)) is not None]
         settings = {_text(k): _text(v) for k, v in meta.items()}
-        return Conversation(
+        defaults = {_text(k): _text(v) for k, v in chan.items()}
+        conversation = Conversation(
             history=history,
             summary=settings.get("summary", ""),
             persona=settings.get("persona", ""),
             model=settings.get("model", ""),
+            channel_persona=defaults.get("persona", ""),
+            channel_model=defaults.get("model", ""),
         )
+        return conversation, [_or(result, None) for result in results[3:]]
 
-    async def save(self, key: ContextKey, *turns: Turn, trim_to: int = 0) -> None:
-        """Append turns, bound the history, refresh the idle TTL: one MULTI/EXEC round trip."""
+    async def read(self, extra: Sequence[Queue]) -> list[Any]:
+        """Feature reads without a conversation, in one round trip; None each when Redis is away."""
+        if not extra:
+            return []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in extra:
+                    queue(pipe)
+                self._count()
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "reading")
+            return [None] * len(extra)
+        self.health.ok()
+        return [_or(result, None) for result in results]
+
+    async def save(
+        self, key: ContextKey, *turns: Turn, trim_to: int = 0, extra: Sequence[Queue] = ()
+    ) -> None:
+        """Append turns, bound the history, refresh the idle TTL, plus `extra` writes (usage,
+        cache): one MULTI/EXEC round trip."""
         history, meta = self.keys.history(key), self.keys.meta(key)
         keep = trim_to or self.limits.max_turns
         try:
@@ -126,6 +192,8 @@ class RedisStore:
                 pipe.ltrim(history, -keep, -1)
                 pipe.expire(history, self.limits.ttl_seconds)
                 pipe.expire(meta, self.limits.ttl_seconds)
+                for queue in extra:
+                    queue(pipe)
                 self._count()
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -151,6 +219,39 @@ class RedisStore:
             self.health.failed(exc, "saving a setting")
             raise
         self.health.ok()
+
+    async def set_channel_setting(self, channel: ContextKey, name: str, value: str) -> None:
+        """Set (or clear) a channel default (persona, model); kept until changed."""
+        if name not in CHANNEL_FIELDS:
+            raise ValueError(f"unknown channel setting {name!r}")
+        try:
+            self._count()
+            if value:
+                await self.redis.hset(self.keys.channel(channel), name, value)
+            else:
+                await self.redis.hdel(self.keys.channel(channel), name)
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "saving a channel setting")
+            raise
+        self.health.ok()
+
+    async def apply_summary(
+        self, key: ContextKey, summary: str, folded: Sequence[Turn], usage: Usage
+    ) -> bool:
+        """Replace the summary and drop `folded` from the head of the history, in one atomic
+        script, only if the history still starts with exactly those turns (a turn trimmed or
+        a /reset since then makes it a no-op). The summary call's usage is recorded always."""
+        args = [summary, self.limits.ttl_seconds, usage.prompt_tokens, usage.completion_tokens]
+        args += [len(folded), *(encode_turn(turn) for turn in folded)]
+        keys = [self.keys.history(key), self.keys.meta(key), self.keys.usage(key)]
+        try:
+            self._count()
+            applied = await self.redis.eval(APPLY_SUMMARY, len(keys), *keys, *args)
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "saving a summary")
+            return False
+        self.health.ok()
+        return bool(applied)
 
     async def reset(self, key: ContextKey) -> None:
         """Forget the conversation's history and summary; keep persona and model choices."""
@@ -242,6 +343,14 @@ class RedisStore:
             await asyncio.sleep(self.limits.lock_ttl / 3)
             with contextlib.suppress(LockError, RedisError, OSError):
                 await lock.extend(self.limits.lock_ttl, replace_ttl=True)
+
+
+def _or(result: Any, default: Any) -> Any:
+    """A pipeline result, or `default` when that one command failed (logged, never fatal)."""
+    if isinstance(result, Exception):
+        log.warning("a Redis command failed: %s", type(result).__name__)
+        return default
+    return result
 
 
 def _text(value: str | bytes) -> str:

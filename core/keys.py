@@ -39,5 +39,30 @@ class KeyBuilder:
     def lock(self, key: ContextKey) -> str:
         return self._base(key) + ":lock"
 
+    def usage(self, key: ContextKey) -> str:
+        """A hash: the conversation's token usage (prompt, completion, total)."""
+        return self._base(key) + ":usage"
+
+    def channel(self, key: ContextKey) -> str:
+        """A hash: the channel's defaults (persona, model) set by an admin.
+
+        Built from the message's own key, not the scoped one, so every conversation of the
+        channel (per user, per thread) shares it.
+        """
+        parts = (key.platform, key.workspace, key.channel)
+        return f"{self.prefix}:chan:" + ":".join(_part(part) for part in parts)
+
+    def user_usage(self, platform: str, user: str, period: str) -> str:
+        """A hash: one user's token usage in one period (`d2025-01-31`, `m2025-01`)."""
+        return f"{self.prefix}:usage:{_part(platform)}:{_part(user)}:{period}"
+
+    def bucket(self, platform: str, user: str) -> str:
+        """A hash: one user's rate-limit token bucket (tokens, ts)."""
+        return f"{self.prefix}:rate:{_part(platform)}:{_part(user)}"
+
+    def cache(self, digest: str) -> str:
+        """A string: a cached answer, by the digest of what it answers."""
+        return f"{self.prefix}:cache:{digest}"
+
     def seen(self, namespace: str, delivery_id: str) -> str:
         return f"{self.prefix}:seen:{_part(namespace)}:{_part(delivery_id)}"

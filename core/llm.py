@@ -16,8 +16,8 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from core.config import LLMSettings
-from core.model import Turn
-from core.protocols import LLMError, StreamCut, Usage
+from core.model import ToolCall, Turn
+from core.protocols import Completion, LLMError, LLMEvent, StreamCut, ToolSpec, Usage
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def make_client(settings: LLMSettings, *, api_key: str | None, base_url: str | N
 
 
 class OpenAIChat:
-    """The `LLM` protocol over Chat Completions streaming."""
+    """The `LLM` protocol over Chat Completions (streamed answers, whole summaries)."""
 
     def __init__(
         self,
@@ -68,51 +68,128 @@ class OpenAIChat:
         self.settings = settings
         self._on_usage = on_usage
 
-    async def stream(self, messages: Sequence[Turn], *, model: str) -> AsyncIterator[str]:
-        """Yield the answer's text as it arrives; raise LLMError or StreamCut on failure."""
-        request: dict[str, Any] = {
-            "model": model,
-            "messages": [_wire(turn) for turn in messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+    def _request(
+        self, messages: Sequence[Turn], model: str, tools: Sequence[ToolSpec]
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {"model": model, "messages": [_wire(t) for t in messages]}
         if self.settings.temperature is not None:
             request["temperature"] = self.settings.temperature
         if self.settings.max_tokens is not None:
             request["max_completion_tokens"] = self.settings.max_tokens
+        if tools:
+            request["tools"] = list(tools)
+        return request
+
+    async def stream(
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: str | None = None,
+    ) -> AsyncIterator[LLMEvent]:
+        """Yield text deltas and the usage as they arrive, then the assembled tool calls.
+
+        Streamed tool calls come as fragments keyed by `index` (the id and name in the first
+        one, the JSON arguments spread over the rest); they are joined here and yielded once
+        the stream has ended. Raises LLMError or StreamCut on failure.
+        """
+        request = self._request(messages, model, tools)
+        request["stream"] = True
+        request["stream_options"] = {"include_usage": True}
+        if tools and tool_choice:
+            request["tool_choice"] = tool_choice
         try:
             stream = await self.client.chat.completions.create(**request)
         except Exception as exc:  # APIError after the SDK's retries, or a transport error
             raise LLMError(describe_error(exc)) from None
         chunks = stream.__aiter__()
+        calls: dict[int, dict[str, str]] = {}
         try:
             while True:
                 try:
                     async with asyncio.timeout(self.settings.chunk_timeout):
                         chunk = await chunks.__anext__()
                 except StopAsyncIteration:
-                    return
+                    break
                 except TimeoutError:
                     raise StreamCut(
                         f"no data from the model for {self.settings.chunk_timeout}s"
                     ) from None
                 except Exception as exc:  # a cut connection surfaces as a transport error
                     raise StreamCut(describe_error(exc)) from None
-                if chunk.usage is not None and self._on_usage is not None:
-                    self._on_usage(
-                        Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                if chunk.usage is not None:
+                    usage = Usage(
+                        chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0
                     )
+                    if self._on_usage is not None:
+                        self._on_usage(usage)
+                    yield usage
                 for choice in chunk.choices:
-                    if choice.delta is not None and choice.delta.content:
+                    if choice.delta is None:
+                        continue
+                    if choice.delta.content:
                         yield choice.delta.content
+                    for fragment in choice.delta.tool_calls or ():
+                        call = calls.setdefault(fragment.index, {"id": "", "name": "", "args": ""})
+                        call["id"] = fragment.id or call["id"]
+                        if fragment.function is not None:
+                            call["name"] += fragment.function.name or ""
+                            call["args"] += fragment.function.arguments or ""
         finally:
             await stream.close()
+        for index in sorted(calls):
+            call = calls[index]
+            yield ToolCall(call["id"] or f"call_{index}", call["name"], call["args"] or "{}")
+
+    async def complete(
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        max_tokens: int | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> Completion:
+        """One whole answer (summaries): text, tool calls and usage. Raises LLMError."""
+        request = self._request(messages, model, tools)
+        if max_tokens is not None:
+            request["max_completion_tokens"] = max_tokens
+        try:
+            response = await self.client.chat.completions.create(**request)
+        except Exception as exc:
+            raise LLMError(describe_error(exc)) from None
+        if not response.choices:
+            raise LLMError("the model returned no choices")
+        message = response.choices[0].message
+        calls = tuple(
+            ToolCall(call.id, call.function.name, call.function.arguments or "{}")
+            for call in message.tool_calls or ()
+            if getattr(call, "function", None) is not None
+        )
+        usage = None
+        if response.usage is not None:
+            usage = Usage(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
+            if self._on_usage is not None:
+                self._on_usage(usage)
+        return Completion(message.content or "", calls, usage)
 
 
-def _wire(turn: Turn) -> dict[str, str]:
-    message = {"role": turn.role, "content": turn.content}
+def _wire(turn: Turn) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
     if turn.name and turn.role == "user":
         message["name"] = _safe_name(turn.name)
+    if turn.tool_calls:
+        message["content"] = turn.content or None
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in turn.tool_calls
+        ]
+    if turn.role == "tool":
+        message["tool_call_id"] = turn.tool_call_id
     return message
 
 

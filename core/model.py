@@ -101,16 +101,31 @@ class MessageRef:
     extra: tuple[tuple[str, str], ...] = field(default=())
 
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function the model asked to call; `arguments` is JSON text as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
 
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One entry of a conversation's history."""
+    """One entry of a conversation's history (or of one turn's tool exchange).
+
+    Tool turns (`role="tool"`, and assistant turns carrying `tool_calls`) live only inside
+    one chat turn's prompt; the history stores the user's text and the final answer.
+    """
 
     role: Role
     content: str
     name: str = ""  # the speaker's display name in shared channels
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that asked for tools
+    tool_call_id: str = ""  # tool turns: the call this result answers
 
 
 @dataclass(slots=True)
@@ -119,8 +134,10 @@ class Conversation:
 
     history: list[Turn] = field(default_factory=list)
     summary: str = ""
-    persona: str = ""  # empty: the configured default
-    model: str = ""  # empty: the configured default
+    persona: str = ""  # empty: the channel's default, else the configured default
+    model: str = ""  # empty: the channel's default, else the configured default
+    channel_persona: str = ""  # the channel's default, set by an admin (`/persona default x`)
+    channel_model: str = ""  # the channel's default, set by an admin (`/model default x`)
 
 
 def parse_command(text: str, bot_names: tuple[str, ...] = ()) -> Command | None:

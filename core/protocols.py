@@ -7,12 +7,12 @@ Interfaces are Protocols so test fakes need no inheritance.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from core.model import ContextKey, Conversation, Message, MessageRef, Turn
+from core.model import ContextKey, Conversation, Message, MessageRef, ToolCall, Turn
 
 
 @runtime_checkable
@@ -39,16 +39,35 @@ Handler = Callable[[Message, Responder], Awaitable[None]]
 """The core contract: handle one message, answering through the responder."""
 
 
+Queue = Callable[[Any], object]
+"""Queues exactly one command on a store pipeline, so a feature (rate limit, usage, cache)
+rides in a round trip the turn makes anyway instead of adding its own."""
+
+
 class Store(Protocol):
     """Conversation state. Every method is at most one round trip to the backend."""
 
-    async def load(self, key: ContextKey) -> Conversation: ...
+    async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation: ...
 
-    async def save(self, key: ContextKey, *turns: Turn, trim_to: int = 0) -> None: ...
+    async def load_turn(
+        self, key: ContextKey, *, channel: ContextKey | None = None, extra: Sequence[Queue] = ()
+    ) -> tuple[Conversation, list[Any]]: ...
+
+    async def read(self, extra: Sequence[Queue]) -> list[Any]: ...
+
+    async def save(
+        self, key: ContextKey, *turns: Turn, trim_to: int = 0, extra: Sequence[Queue] = ()
+    ) -> None: ...
 
     async def reset(self, key: ContextKey) -> None: ...
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None: ...
+
+    async def set_channel_setting(self, channel: ContextKey, name: str, value: str) -> None: ...
+
+    async def apply_summary(
+        self, key: ContextKey, summary: str, folded: Sequence[Turn], usage: Usage
+    ) -> bool: ...
 
     def lock(self, key: ContextKey) -> AbstractAsyncContextManager[None]: ...
 
@@ -66,11 +85,55 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+LLMEvent = str | ToolCall | Usage
+"""What a stream yields: text deltas as they come, the API's usage, then the assembled tool
+calls (after the last chunk, when the model asked for tools)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole (non-streamed) answer."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
+
+
+ToolSpec = Mapping[str, Any]
+"""A tool as the Chat Completions API describes it: `{"type": "function", "function": {...}}`."""
+
 
 class LLM(Protocol):
-    """A streamed chat model. Yields text deltas; raises `LLMError` when it cannot answer."""
+    """A chat model. `stream` yields `LLMEvent`s; both raise `LLMError` when it cannot answer."""
 
-    def stream(self, messages: Sequence[Turn], *, model: str) -> AsyncIterator[str]: ...
+    def stream(
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: str | None = None,
+    ) -> AsyncIterator[LLMEvent]: ...
+
+    async def complete(
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        max_tokens: int | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> Completion: ...
 
 
 class LLMError(Exception):

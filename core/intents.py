@@ -1,0 +1,224 @@
+"""Configured intents: Rasa-style routing before the model, with no training step.
+
+An intent matches by regular expressions (named groups become entities) or by keywords
+(any one, as whole words, ignoring case), and answers with a template filled with the
+entities, an HTTP action, or a plugin's handler. A matched intent skips the model. Its
+turn is recorded in the history like any other, so the model knows about it later.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from core.actions import ActionError, HttpActions, action_payload
+from core.cache import AnswerCache
+from core.config import Settings
+from core.keys import KeyBuilder
+from core.limits import RateLimiter
+from core.model import ContextKey, Message, Turn
+from core.plugins import IntentHandler, PluginError, Plugins
+from core.protocols import Queue, Responder, Store
+from core.router import Route
+from core.sections import IntentSettings
+from core.streaming import reply
+from core.tools import ToolContext
+
+log = logging.getLogger(__name__)
+
+SORRY = "Sorry, I couldn't get that for you just now. Please try again in a moment."
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class IntentMatch:
+    """What a text gave: the intent's name, its entities, the text (and the message)."""
+
+    intent: str
+    entities: dict[str, str]
+    text: str
+    message: Message | None = None
+
+
+@dataclass
+class Intent:
+    """One intent, compiled."""
+
+    settings: IntentSettings
+    patterns: list[re.Pattern[str]] = field(default_factory=list)
+    keywords: list[re.Pattern[str]] = field(default_factory=list)
+
+    @classmethod
+    def compile(cls, settings: IntentSettings) -> Intent:
+        return cls(
+            settings,
+            [re.compile(p, re.IGNORECASE) for p in settings.patterns],
+            [
+                re.compile(rf"(?<!\w){re.escape(k.strip())}(?!\w)", re.IGNORECASE)
+                for k in settings.keywords
+            ],
+        )
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def match(self, text: str) -> dict[str, str] | None:
+        """The entities when the text matches, else None."""
+        text = clean(text)
+        for pattern in self.patterns:
+            found = pattern.search(text)
+            if found:
+                return {k: v.strip() for k, v in found.groupdict().items() if v and v.strip()}
+        if any(keyword.search(text) for keyword in self.keywords):
+            return {}
+        return None
+
+
+def clean(text: str) -> str:
+    """Phones type curly apostrophes; patterns are written with straight ones."""
+    return text.replace("’", "'").replace("‘", "'").strip()
+
+
+class IntentMatcher:
+    """The intents in match order: config first, then the plugins'."""
+
+    def __init__(self, intents: Sequence[IntentSettings]) -> None:
+        self.intents = [Intent.compile(settings) for settings in intents]
+
+    def match(self, text: str, message: Message | None = None) -> IntentMatch | None:
+        for intent in self.intents:
+            entities = intent.match(text)
+            if entities is not None:
+                return IntentMatch(intent.name, entities, clean(text), message)
+        return None
+
+
+def gather_intents(settings: Settings, plugins: Plugins) -> list[IntentSettings]:
+    """Config intents and plugin intents, checked: every handler named exists."""
+    intents = [*settings.intents, *plugins.intents]
+    names: set[str] = set()
+    for intent in intents:
+        if intent.name in names:
+            raise PluginError(f"intents: the name {intent.name!r} is used twice")
+        names.add(intent.name)
+        if intent.handler and intent.handler not in plugins.handlers:
+            known = ", ".join(sorted(plugins.handlers)) or "none: list the plugin under plugins"
+            raise PluginError(
+                f"intents: {intent.name!r} names the handler {intent.handler!r}, which no plugin "
+                f"registered ({known})"
+            )
+    return intents
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """`{name}` placeholders replaced by values; unknown ones become empty. Values are never
+    re-read as templates, so user text cannot inject placeholders."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), template)
+
+
+class IntentTurn:
+    """Answers matched intents: rate limit and cache in one read, the answer, one write."""
+
+    def __init__(
+        self,
+        matcher: IntentMatcher,
+        *,
+        store: Store,
+        settings: Settings,
+        keys: KeyBuilder,
+        actions: HttpActions | None,
+        handlers: Mapping[str, IntentHandler],
+        cache: AnswerCache | None,
+        limiter: RateLimiter | None,
+    ) -> None:
+        self.matcher = matcher
+        self.store = store
+        self.settings = settings
+        self.keys = keys
+        self.actions = actions
+        self.handlers = dict(handlers)
+        self.cache = cache
+        self.limiter = limiter
+
+    def routes(self) -> list[Route]:
+        """One route per intent, named `intent:<name>`, for plain (non-command) messages."""
+        return [self._route(intent) for intent in self.matcher.intents]
+
+    def _route(self, intent: Intent) -> Route:
+        def matches(message: Message) -> bool:
+            return message.command is None and intent.match(message.text) is not None
+
+        async def handle(message: Message, responder: Responder) -> None:
+            await self.answer(intent, message, responder)
+
+        return Route(f"intent:{intent.name}", matches, handle)
+
+    async def answer(self, intent: Intent, message: Message, responder: Responder) -> None:
+        found = IntentMatch(
+            intent.name, intent.match(message.text) or {}, clean(message.text), message
+        )
+        log.info("intent %s entities=%s", intent.name, sorted(found.entities))
+        key = message.key.scoped(self.settings.scope(message.platform))
+        limited = self.limiter is not None and self.limiter.enabled
+        cache_key = ""
+        if self.cache is not None and self.cache.settings.enabled and intent.settings.cache:
+            cache_key = self.cache.intent_key(intent.name, message.text)
+        async with self.store.lock(key):
+            reads: list[Queue] = []
+            if self.limiter is not None and limited:
+                reads.append(self.limiter.queue_take(message))
+            if cache_key:
+                reads.append(AnswerCache.queue_get(cache_key))
+            results = iter(await self.store.read(reads))
+            if self.limiter is not None and limited:
+                refusal = self.limiter.refusal(next(results))
+                if refusal:
+                    await reply(responder, refusal)
+                    return
+            cached = AnswerCache.decode(next(results)) if cache_key else None
+            if cached is not None:
+                answer, fresh = cached, False
+            else:
+                answer, fresh = await self._respond(intent, found, key, responder)
+            await reply(responder, answer)
+            writes: list[Queue] = []
+            if fresh and cache_key and self.cache is not None:
+                writes.append(self.cache.queue_set(cache_key, answer))
+            turns = (Turn("user", message.text, message.user.name), Turn("assistant", answer))
+            await self.store.save(key, *turns, extra=writes)
+
+    async def _respond(
+        self, intent: Intent, found: IntentMatch, key: ContextKey, responder: Responder
+    ) -> tuple[str, bool]:
+        """The answer and whether it succeeded (only successes are cached)."""
+        settings = intent.settings
+        if settings.template is not None:
+            user = found.message.user.name if found.message else ""
+            return fill(settings.template, {"user": user, **found.entities}), True
+        try:
+            await responder.typing()
+        except Exception as exc:  # decoration only
+            log.debug("typing failed: %s", type(exc).__name__)
+        if settings.action is not None:
+            if self.actions is None:
+                return SORRY, False
+            assert found.message is not None
+            context = ToolContext(found.message, self.keys.conversation_id(key))
+            payload = action_payload(intent.name, found.entities, found.text, context)
+            try:
+                return await self.actions.reply_text(settings.action, payload), True
+            except ActionError as exc:
+                log.warning("intent %s: action %s failed: %s", intent.name, settings.action, exc)
+                return SORRY, False
+        handler = self.handlers[settings.handler or ""]
+        try:
+            result = handler(found)
+            text = await result if inspect.isawaitable(result) else result
+        except Exception:
+            log.exception("intent %s: the plugin handler failed", intent.name)
+            return SORRY, False
+        return (str(text), True) if text else (SORRY, False)

@@ -1,0 +1,173 @@
+"""Config sections of the conversation-intelligence features (see README "Conversation
+intelligence"): intents, HTTP actions, tools, plugins, long memory, limits, moderation, cache.
+
+Kept apart from `core/config.py` so each stays small; `Settings` gathers them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_TOOLS = ("current_time", "calculator")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name: Europe/Paris)") from None
+    return name
+
+
+class ActionSettings(_Section):
+    """An HTTP action: the bot POSTs `{intent, entities, text, conversation, user}` as JSON.
+
+    Its JSON answer `{"text": "..."}` is the reply to an intent; offered as a tool, the whole
+    JSON answer goes back to the model.
+    """
+
+    url: str
+    timeout: float = Field(5.0, gt=0, le=120, description="seconds for the whole call")
+    description: str = Field("", description="what it does, for the model when it is a tool")
+    parameters: dict[str, Any] | None = Field(
+        None, description="JSON schema of its entities, needed to offer it as a tool"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
+class IntentSettings(_Section):
+    """A configured intent: patterns or keywords, and exactly one kind of response."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = Field("", description="shown by /help")
+    patterns: list[str] = Field(
+        default_factory=list, description="regular expressions; named groups become entities"
+    )
+    keywords: list[str] = Field(
+        default_factory=list, description="words or phrases; any one, as whole words, matches"
+    )
+    template: str | None = Field(None, description="a reply with {entity} placeholders")
+    action: str | None = Field(None, description="the name of an HTTP action under `actions`")
+    handler: str | None = Field(None, description="the name of a plugin's intent handler")
+    cache: bool = Field(False, description="its answers may come from the cache (cache.enabled)")
+
+    @model_validator(mode="after")
+    def _one_response(self) -> IntentSettings:
+        given = [k for k in ("template", "action", "handler") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of template, action or handler")
+        if not self.patterns and not self.keywords:
+            raise ValueError("give patterns or keywords")
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regex: {exc}") from None
+        return self
+
+
+class ToolsSettings(_Section):
+    """Function calling: which tools the model may use, and the loop's bounds."""
+
+    enabled: list[str] = Field(
+        default_factory=list,
+        description="action names, plugin tool names, built-ins: current_time, calculator",
+    )
+    max_steps: int = Field(4, ge=1, le=20, description="tool rounds per turn")
+    timeout: float = Field(10.0, gt=0, description="seconds per tool call")
+    timezone: str = Field("UTC", description="current_time's zone when the model gives none")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, name: str) -> str:
+        return _check_timezone(name)
+
+
+DEFAULT_SUMMARY_PROMPT = (
+    "You keep the memory of a chat. Rewrite the summary so it also covers the new messages: "
+    "keep names, facts, decisions, preferences and open questions; drop small talk. Write at "
+    "most {words} words, in the conversation's language, as plain sentences."
+)
+
+
+class MemorySettings(_Section):
+    """Long memory: fold the oldest turns into a running summary instead of dropping them."""
+
+    summarize: bool = True
+    keep_tokens: int | None = Field(
+        None, gt=0, description="recent history kept word for word (default: half the budget)"
+    )
+    summary_words: int = Field(150, gt=0, le=2000)
+    model: str | None = Field(None, description="the summariser's model (default: the turn's)")
+    timeout: float = Field(60.0, gt=0, description="seconds for the summary call")
+    prompt: str = DEFAULT_SUMMARY_PROMPT
+
+
+class LimitsSettings(_Section):
+    """Per-user rate limit and daily token budget (0 turns each off)."""
+
+    messages_per_minute: float = Field(0, ge=0, description="a token bucket shared in Redis")
+    burst: int | None = Field(None, gt=0, description="bucket size (default: per minute)")
+    daily_tokens: int = Field(0, ge=0, description="per user and day; 0: no budget")
+    timezone: str = Field("UTC", description="when a day and a month start, for budgets")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, name: str) -> str:
+        return _check_timezone(name)
+
+
+class ModerationSettings(_Section):
+    """The user's text is checked by the moderations endpoint before the chat call."""
+
+    enabled: bool = False
+    model: str = "omni-moderation-latest"
+    on_error: Literal["allow", "refuse"] = Field(
+        "allow", description="an outage fails open (allow) or closed (refuse)"
+    )
+    timeout: float = Field(5.0, gt=0)
+
+
+class CacheSettings(_Section):
+    """Answers served from Redis: intent answers, and first turns (never with history)."""
+
+    enabled: bool = False
+    ttl_seconds: int = Field(3600, gt=0)
+    first_turn: bool = Field(True, description="cache the model's answer to a first message")
+
+
+def check_references(
+    actions: dict[str, ActionSettings], intents: list[IntentSettings], tools: ToolsSettings
+) -> None:
+    """Cross-section checks that need no plugin: intents name real actions, names are unique."""
+    seen: set[str] = set()
+    for intent in intents:
+        if intent.name in seen:
+            raise ValueError(f"intents: the name {intent.name!r} is used twice")
+        seen.add(intent.name)
+        if intent.action and intent.action not in actions:
+            raise ValueError(
+                f"intents: {intent.name!r} names the action {intent.action!r}, which is not "
+                f"under actions ({', '.join(sorted(actions)) or 'none'})"
+            )
+    for name in tools.enabled:
+        action = actions.get(name)
+        if action is not None and action.parameters is None:
+            raise ValueError(
+                f"tools.enabled: the action {name!r} needs `parameters` (a JSON schema) "
+                "to be offered to the model"
+            )
