@@ -2,6 +2,7 @@
 
     chatbot run  [--config PATH]   every platform with credentials, and the HTTP server
     chatbot chat [--config PATH]   a terminal conversation through the same core
+    chatbot intents test "text"    which configured intent and entities a text gives
 
 Operator errors (bad config, no model configured, Redis unreachable, a token the platform
 refuses) print one clear line and exit non-zero; they never print a secret.
@@ -27,6 +28,8 @@ from bots.logs import setup_logging
 from bots.redis_conn import RedisStartError
 from core.config import ConfigError, Secrets, Settings, load_settings
 from core.llm import MissingAPIKey
+from core.model import parse_command
+from core.plugins import PluginError
 
 log = logging.getLogger("chatbot")
 
@@ -43,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+    intents = commands.add_parser("intents", help="configured intents")
+    actions = intents.add_subparsers(dest="action", required=True)
+    test = actions.add_parser("test", help="print the intent and entities a text gives")
+    test.add_argument("text", help="what a user might say")
+    test.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
     return parser
 
 
@@ -64,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "intents":
+        return intents_test(settings, args.text)
     secrets = Secrets()
     setup_logging(settings.log_level if args.command == "run" else "WARNING", secrets.values())
     runner = _run if args.command == "run" else _chat
@@ -71,12 +81,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(runner(settings, secrets))
     except KeyboardInterrupt:
         return 0
-    except MissingAPIKey as exc:
+    except (MissingAPIKey, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PluginError as exc:
+        print(f"plugin error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (RedisStartError, AdapterStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_START
+
+
+def intents_test(settings: Settings, text: str) -> int:
+    """`chatbot intents test "text"`: 0 and the intent when one matches, else 1."""
+    from core.intents import IntentMatcher, gather_intents
+    from core.plugins import load_plugins
+
+    try:
+        intents = gather_intents(settings, load_plugins(settings.plugins))
+    except PluginError as exc:
+        print(f"plugin error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    command = parse_command(text)
+    if command is not None and command.name != "ask":
+        print(f"command: /{command.name} (commands come before intents)")
+        return 1
+    if command is not None:
+        text = command.args
+    match = IntentMatcher(intents).match(text)
+    if match is None:
+        print("no intent: the chat model answers this")
+        return 1
+    intent = next(i for i in intents if i.name == match.intent)
+    print(f"intent: {match.intent}")
+    entities = ", ".join(f"{k}={v!r}" for k, v in match.entities.items())
+    print(f"entities: {entities or '(none)'}")
+    if intent.action:
+        print(f"response: HTTP action {intent.action} ({settings.actions[intent.action].url})")
+    elif intent.handler:
+        print(f"response: plugin handler {intent.handler}")
+    else:
+        print(f"response: template {intent.template!r}")
+    return 0
 
 
 async def _run(settings: Settings, secrets: Secrets) -> int:

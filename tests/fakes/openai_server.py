@@ -3,7 +3,12 @@
 The bot reaches it through the real `openai` client by `OPENAI_BASE_URL`. Each request takes
 the next queued `Reply` (else the default one): a streamed answer (with a time to first token
 and a token rate), an HTTP error (429 with Retry-After, 500), a stream that stalls, or one
-whose connection is cut. Every request is recorded so tests assert what the model was sent.
+whose connection is cut. A reply may ask for tool calls (several in one turn; streamed as
+the real API does: the id and name first, the JSON arguments in fragments keyed by index)
+and a request with `tool_choice: "none"` gets words instead, as from the real API. Usage
+chunks are sent when `stream_options.include_usage` asks for them. `/v1/moderations` flags
+any input containing one of `flag_words` (or fails with `moderation_status`). Every request
+is recorded so tests assert what the model was sent.
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ from aiohttp import web
 Kind = Literal["stream", "error", "stall", "cut"]
 
 
+@dataclass(frozen=True)
+class Call:
+    """A tool call the fake model asks for."""
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)  # a str is sent verbatim
+
+    def json(self) -> str:
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
+
+
 @dataclass
 class Reply:
     """How the fake answers one request."""
@@ -36,11 +52,22 @@ class Reply:
     ttft: float = 0.0  # seconds before the first content chunk
     tokens_per_second: float = 0.0  # 0: as fast as possible
     words_per_chunk: int = 1
+    tool_calls: list[Call] = field(default_factory=list)  # asked for after any text
+    usage: dict[str, int] | None = None  # None: estimated from the request and answer
+    ignore_tool_choice: bool = False  # a misbehaving server: tool calls even when told none
+    fragment_chars: int = 7  # streamed tool-call arguments come in pieces this long
 
 
 def echo_answer(body: dict[str, Any]) -> str:
-    """The default answer: names how many messages came and echoes the last user text."""
+    """The default answer: echoes the last user text, or after tool results, those results."""
     messages = body.get("messages", [])
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.insert(0, str(message.get("content", "")))
+    if results:
+        return "tools said: " + " | ".join(results)
     last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
     return f"echo: {last}"
 
@@ -74,9 +101,12 @@ class FakeOpenAI:
         self.requests: list[Recorded] = []
         self._release = asyncio.Event()
         self._ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.first_token_at: list[float] = []  # monotonic time each answer's first token left
+        self.flag_words: set[str] = {"forbidden-topic"}
+        self.moderation_status = 200  # anything else: /v1/moderations fails with it
 
     @property
     def base_url(self) -> str:
@@ -89,6 +119,7 @@ class FakeOpenAI:
     async def __aenter__(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/moderations", self._moderations)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -104,19 +135,49 @@ class FakeOpenAI:
     def chat_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
+    def moderation_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/moderations")]
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
         reply = self.queue.popleft() if self.queue else self.default
         if reply.kind == "error":
             return _error(reply)
-        text = reply.text if reply.text is not None else self.answer(body)
+        calls = reply.tool_calls
+        if body.get("tool_choice") == "none" and not reply.ignore_tool_choice:
+            calls = []  # the real API answers in words when told not to call tools
+        if reply.text is not None and (calls or not reply.tool_calls):
+            text = reply.text
+        else:
+            text = "" if calls else self.answer(body)
         if not body.get("stream"):
-            return web.json_response(_completion(next(self._ids), body, text))
-        return await self._stream(request, body, reply, text)
+            if reply.ttft:
+                await asyncio.sleep(reply.ttft)
+            return web.json_response(
+                _completion(next(self._ids), body, text, calls, self._call_ids, reply.usage)
+            )
+        return await self._stream(request, body, reply, text, calls)
+
+    async def _moderations(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        if self.moderation_status != 200:
+            return _error(Reply("error", status=self.moderation_status))
+        inputs = body.get("input", "")
+        texts = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
+        results = [_moderation(text, self.flag_words) for text in texts]
+        model = body.get("model", "omni-moderation-latest")
+        ident = f"modr-{next(self._ids)}"
+        return web.json_response({"id": ident, "model": model, "results": results})
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], reply: Reply, text: str
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        reply: Reply,
+        text: str,
+        calls: list[Call],
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -125,7 +186,7 @@ class FakeOpenAI:
         await _event(response, _chunk(ident, model, {"role": "assistant", "content": ""}))
         if reply.ttft:
             await asyncio.sleep(reply.ttft)
-        pieces = _pieces(text, reply.words_per_chunk)
+        pieces = _pieces(text, reply.words_per_chunk) if text else []
         delay = 1 / reply.tokens_per_second if reply.tokens_per_second else 0.0
         for index, piece in enumerate(pieces):
             if reply.kind in ("stall", "cut") and index == reply.after_chunks:
@@ -137,9 +198,19 @@ class FakeOpenAI:
             await _event(response, _chunk(ident, model, {"content": piece}))
         if reply.kind in ("stall", "cut"):
             return await self._break(request, response, reply)
-        await _event(response, _chunk(ident, model, {}, finish="stop"))
+        for index, call in enumerate(calls):
+            first = {"index": index, "id": f"call_{next(self._call_ids)}", "type": "function"}
+            first["function"] = {"name": call.name, "arguments": ""}
+            await _event(response, _chunk(ident, model, {"tool_calls": [first]}))
+            arguments = call.json()
+            size = max(reply.fragment_chars, 1)
+            for start in range(0, len(arguments), size):
+                piece = {"index": index, "function": {"arguments": arguments[start : start + size]}}
+                await _event(response, _chunk(ident, model, {"tool_calls": [piece]}))
+        finish = "tool_calls" if calls else "stop"
+        await _event(response, _chunk(ident, model, {}, finish=finish))
         if body.get("stream_options", {}).get("include_usage"):
-            usage = _usage(body, text)
+            usage = reply.usage or _usage(body, text)
             await _event(response, {**_chunk(ident, model, {}), "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -187,7 +258,24 @@ def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
     }
 
 
-def _completion(number: int, body: dict[str, Any], text: str) -> dict[str, Any]:
+def _completion(
+    number: int,
+    body: dict[str, Any],
+    text: str,
+    calls: list[Call],
+    call_ids: itertools.count[int],
+    usage: dict[str, int] | None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+    if calls:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{next(call_ids)}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.json()},
+            }
+            for call in calls
+        ]
     return {
         "id": f"chatcmpl-{number}",
         "object": "chat.completion",
@@ -196,12 +284,41 @@ def _completion(number: int, body: dict[str, Any], text: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "tool_calls" if calls else "stop",
             }
         ],
-        "usage": _usage(body, text),
+        "usage": usage or _usage(body, text),
+    }
+
+
+CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+
+def _moderation(text: str, flag_words: set[str]) -> dict[str, Any]:
+    """One result shaped as the real endpoint's; a flag word counts as harassment."""
+    flagged = any(word.lower() in text.lower() for word in flag_words)
+    categories = {name: flagged and name == "harassment" for name in CATEGORIES}
+    return {
+        "flagged": flagged,
+        "categories": categories,
+        "category_scores": {name: 0.97 if hit else 0.0001 for name, hit in categories.items()},
+        "category_applied_input_types": {name: ["text"] for name in CATEGORIES},
     }
 
 
