@@ -8,6 +8,7 @@ and answers by route: `/weather` says the weather of `entities.city`; `/fail` an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,10 +75,8 @@ class FakeActions:
 
     async def _slow(self, request: web.Request) -> web.Response:
         await self._record(request)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._release.wait(), self.slow_seconds)
-        except TimeoutError:
-            pass
         return web.json_response({"text": "finally"})
 
     async def _garbage(self, request: web.Request) -> web.Response:

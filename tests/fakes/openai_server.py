@@ -54,6 +54,7 @@ class Reply:
     words_per_chunk: int = 1
     tool_calls: list[Call] = field(default_factory=list)  # asked for after any text
     usage: dict[str, int] | None = None  # None: estimated from the request and answer
+    send_usage: bool = True  # False: like servers that ignore stream_options.include_usage
     ignore_tool_choice: bool = False  # a misbehaving server: tool calls even when told none
     fragment_chars: int = 7  # streamed tool-call arguments come in pieces this long
 
@@ -209,7 +210,7 @@ class FakeOpenAI:
                 await _event(response, _chunk(ident, model, {"tool_calls": [piece]}))
         finish = "tool_calls" if calls else "stop"
         await _event(response, _chunk(ident, model, {}, finish=finish))
-        if body.get("stream_options", {}).get("include_usage"):
+        if body.get("stream_options", {}).get("include_usage") and reply.send_usage:
             usage = reply.usage or _usage(body, text)
             await _event(response, {**_chunk(ident, model, {}), "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
