@@ -139,7 +139,7 @@ def function_tool(
     context_param = ""
     for param in inspect.signature(func).parameters.values():
         hint = hints.get(param.name, str)
-        if hint is ToolContext:
+        if hint is ToolContext or ToolContext in typing.get_args(hint):
             context_param = param.name
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
