@@ -144,11 +144,8 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "loading a conversation")
             return Conversation(), [None] * len(extra)
+        self.health.ok()
         raw_history, meta, chan = _or(results[0], []), _or(results[1], {}), _or(results[2], {})
-        if isinstance(results[0], Exception):
-            self.health.failed(results[0], "loading a conversation")
-        else:
-            self.health.ok()
         history = [turn for raw in raw_history if (turn := decode_turn(raw)) is not None]
         settings = {_text(k): _text(v) for k, v in meta.items()}
         defaults = {_text(k): _text(v) for k, v in chan.items()}
@@ -241,7 +238,12 @@ class RedisStore:
         """Replace the summary and drop `folded` from the head of the history, in one atomic
         script, only if the history still starts with exactly those turns (a turn trimmed or
         a /reset since then makes it a no-op). The summary call's usage is recorded always."""
-        args = [summary, self.limits.ttl_seconds, usage.prompt_tokens, usage.completion_tokens]
+        args: list[str | int] = [
+            summary,
+            self.limits.ttl_seconds,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        ]
         args += [len(folded), *(encode_turn(turn) for turn in folded)]
         keys = [self.keys.history(key), self.keys.meta(key), self.keys.usage(key)]
         try:

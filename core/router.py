@@ -1,7 +1,9 @@
 """Intent routing: an ordered table of (match, handle) routes; the first match wins.
 
-Built-in commands come first, then (later) configured intents and tools, then the chat turn
-as the fallback. Matching and handling are kept apart, as in Starlette's routing.
+Built-in commands come first, then the plugins' commands, the unknown-command answer, the
+configured intents (`intent:<name>`), and the chat turn (model and tools) as the fallback.
+The allow/deny lists wrap the whole router. Matching and handling are kept apart, as in
+Starlette's routing.
 """
 
 from __future__ import annotations

@@ -189,6 +189,7 @@ def json_schema(hint: Any) -> dict[str, Any]:
     Optional, Annotated with a description); TypeError for anything else."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    schema: dict[str, Any]
     if origin is typing.Annotated:
         schema = json_schema(args[0])
         notes = [a for a in args[1:] if isinstance(a, str)]
@@ -199,7 +200,7 @@ def json_schema(hint: Any) -> dict[str, Any]:
         return {"type": JSON_TYPES[hint]}
     if origin is typing.Literal:
         kinds = {JSON_TYPES.get(type(v)) for v in args}
-        schema: dict[str, Any] = {"enum": list(args)}
+        schema = {"enum": list(args)}
         if len(kinds) == 1 and None not in kinds:
             schema["type"] = kinds.pop()
         return schema

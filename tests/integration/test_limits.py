@@ -8,11 +8,15 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from bots.app import build_core
 from core.limits import NOT_ALLOWED
+from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message
 from tests.integration.factory import CoreFactory
@@ -164,3 +168,29 @@ async def test_deny_and_allow_lists_stop_messages_before_anything_runs(
     allowed = RecordingResponder()
     await core.handler(user_message("question", user="alice", channel="general"), allowed)
     assert allowed.shown == "echo: question"
+
+
+async def test_limits_and_cache_fail_open_when_redis_is_away(
+    key_prefix, tmp_path, secrets, fake_openai: FakeOpenAI
+):
+    settings = make_settings(
+        key_prefix,
+        tmp_path,
+        limits={"messages_per_minute": 1, "daily_tokens": 1},
+        cache={"enabled": True},
+        intents=[{"name": "hi", "keywords": ["hello"], "template": "Hi!", "cache": True}],
+    )
+    away = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    async with AsyncExitStack() as stack:
+        core = await build_core(stack, settings, secrets, redis=away)
+        for text in ("first", "second"):
+            responder = RecordingResponder()
+            await core.handler(user_message(text), responder)
+            assert responder.shown == f"echo: {text}"  # no history, but answered
+        greeted = RecordingResponder()
+        await core.handler(user_message("hello"), greeted)
+        assert greeted.shown == "Hi!"
+        usage = RecordingResponder()
+        await core.handler(user_message("/usage"), usage)
+        assert "Today: 0 tokens" in usage.shown
+    await away.aclose()

@@ -12,6 +12,7 @@ import pytest
 
 from bots.app import build_core
 from bots.cli import main
+from core.config import ConfigError
 from core.model import User
 from core.plugins import PluginError
 from tests.conftest import make_settings
@@ -147,8 +148,6 @@ async def test_a_plugin_that_fails_to_import_stops_the_start_clearly(
 
 
 async def test_unknown_tool_name_is_a_config_error(key_prefix, tmp_path, secrets, redis):
-    from core.config import ConfigError
-
     settings = make_settings(key_prefix, tmp_path, tools={"enabled": ["roll_dice"]})
     async with AsyncExitStack() as stack:
         with pytest.raises(ConfigError, match="unknown tool 'roll_dice'"):
