@@ -14,6 +14,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from adapters.base import Adapter
+from bots.metrics import MeteredLLM, Metrics
 from bots.redis_conn import open_redis
 from bots.server import HttpServer
 from core.chat import ChatTurn
@@ -43,6 +44,7 @@ class Core:
     chat: ChatTurn
     inflight: InFlight
     handler: Handler  # guarded and tracked: what adapters call
+    metrics: Metrics = field(default_factory=Metrics)
     redis_description: str = ""
     extras: dict[str, object] = field(default_factory=dict)
 
@@ -68,11 +70,14 @@ async def build_core(
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else None
     client = make_client(settings.llm, api_key=api_key, base_url=secrets.openai_base_url)
     stack.push_async_callback(client.close)
-    llm = OpenAIChat(client, settings.llm)
-    chat = ChatTurn(store, llm, settings, TokenCounter(settings.context.tokenizer))
+    metrics = Metrics()
+    llm = OpenAIChat(client, settings.llm, on_usage=metrics.usage)
+    chat = ChatTurn(
+        store, MeteredLLM(llm, metrics), settings, TokenCounter(settings.context.tokenizer)
+    )
     commands = BuiltinCommands(store, settings)
     router = Router([*commands.routes(), commands.unknown_route()], fallback=chat)
-    inflight = InFlight(Guarded(router))
+    inflight = InFlight(Guarded(metrics.handler(router)))
     return Core(
         settings=settings,
         secrets=secrets,
@@ -83,6 +88,7 @@ async def build_core(
         chat=chat,
         inflight=inflight,
         handler=inflight,
+        metrics=metrics,
         redis_description=description,
     )
 
