@@ -26,6 +26,7 @@ from core.llm import OpenAIChat, make_client
 from core.middleware import Guarded, InFlight
 from core.protocols import Handler
 from core.router import Router
+from core.sanitize import Sanitized
 from core.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ async def build_core(
     )
     commands = BuiltinCommands(store, settings)
     router = Router([*commands.routes(), commands.unknown_route()], fallback=chat)
-    inflight = InFlight(Guarded(metrics.handler(router)))
+    sanitized = Sanitized(metrics.handler(router), settings.input.max_chars)
+    inflight = InFlight(Guarded(sanitized, log_text=settings.input.log_user_text))
     return Core(
         settings=settings,
         secrets=secrets,
