@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from core.model import ContextKey, Message, MessageRef, User, parse_command
@@ -76,6 +77,8 @@ class ConsoleChat:
         self.out = out or sys.stdout
         self.responder = ConsoleResponder(self.out, edit_interval)
         self._ids = itertools.count(1)
+        self._reading: asyncio.Future[str] | None = None
+        self._stopping = False
 
     def to_message(self, line: str) -> Message:
         """A typed line as a core message; `/reset` and friends are commands."""
@@ -90,15 +93,58 @@ class ConsoleChat:
         )
 
     async def run(self) -> None:
-        """Chat until end of input (Ctrl-D) or cancellation (Ctrl-C)."""
+        """Chat until end of input (Ctrl-D) or `stop()` (SIGTERM, Ctrl-C).
+
+        A stop while an answer streams lets that answer finish first.
+        """
+        self._stopping = False
         self.out.write("Chatting with the bot. /help for commands, Ctrl-D to quit.\n")
-        while True:
+        read_line = await self._line_reader()
+        while not self._stopping:
             self.out.write(PROMPT)
             self.out.flush()
-            line = await asyncio.to_thread(self.stdin.readline)
+            self._reading = asyncio.ensure_future(read_line())
+            try:
+                line = await self._reading
+            except asyncio.CancelledError:
+                if self._stopping:
+                    break
+                raise
+            finally:
+                self._reading = None
             if not line:
-                self.out.write("\n")
-                return
+                break
             line = line.strip()
             if line:
                 await self.handler(self.to_message(line), self.responder)
+        self.out.write("\n")
+        self.out.flush()
+
+    def stop(self) -> None:
+        """End the chat: at once when waiting for input, after the answer when answering."""
+        self._stopping = True
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def _line_reader(self) -> Callable[[], Awaitable[str]]:
+        """Read stdin without a thread where possible, so a stop never waits on input."""
+        if self.stdin is sys.stdin:
+            reader = asyncio.StreamReader()
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.connect_read_pipe(
+                    lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+                )
+            except (ValueError, OSError):  # a regular file: reads never block for long
+                pass
+            else:
+
+                async def read_pipe() -> str:
+                    return (await reader.readline()).decode("utf-8", "replace")
+
+                return read_pipe
+
+        async def read_thread() -> str:
+            return await asyncio.to_thread(self.stdin.readline)
+
+        return read_thread

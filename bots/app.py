@@ -16,6 +16,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from adapters.base import Adapter
+from bots.metrics import MeteredLLM, Metrics
 from bots.redis_conn import open_redis
 from bots.server import HttpServer
 from core.actions import HttpActions
@@ -35,6 +36,7 @@ from core.moderation import Moderator
 from core.plugins import Plugins, load_plugins
 from core.protocols import Handler
 from core.router import Router
+from core.sanitize import Sanitized
 from core.sections import BUILTIN_TOOLS
 from core.tokens import TokenCounter
 from core.tools import Toolbox
@@ -56,6 +58,7 @@ class Core:
     chat: ChatTurn
     inflight: InFlight
     handler: Handler  # guarded and tracked: what adapters call
+    metrics: Metrics = field(default_factory=Metrics)
     redis_description: str = ""
     extras: dict[str, object] = field(default_factory=dict)
     plugins: Plugins | None = None
@@ -125,7 +128,9 @@ async def build_core(
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else None
     client = make_client(settings.llm, api_key=api_key, base_url=secrets.openai_base_url)
     stack.push_async_callback(client.close)
-    llm = OpenAIChat(client, settings.llm)
+    metrics = Metrics()
+    llm = OpenAIChat(client, settings.llm, on_usage=metrics.usage)
+    metered = MeteredLLM(llm, metrics)
     actions = None
     if settings.actions:
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
@@ -136,7 +141,7 @@ async def build_core(
     limiter = RateLimiter(keys, settings.limits)
     cache = AnswerCache(keys, settings.cache) if settings.cache.enabled else None
     memory = Summarizer(
-        store, llm, keys, settings.memory, budget=settings.context.token_budget, counter=counter
+        store, metered, keys, settings.memory, budget=settings.context.token_budget, counter=counter
     )
     stack.push_async_callback(memory.close)
     features = Features(
@@ -149,7 +154,7 @@ async def build_core(
         cache=cache,
         memory=memory if settings.memory.summarize else None,
     )
-    chat = ChatTurn(store, llm, settings, counter, features)
+    chat = ChatTurn(store, metered, settings, counter, features)
     intent_turn = IntentTurn(
         IntentMatcher(intents),
         store=store,
@@ -165,7 +170,9 @@ async def build_core(
     )
     routes = [*commands.routes(), commands.unknown_route(), *intent_turn.routes()]
     router = Router(routes, fallback=chat)
-    inflight = InFlight(Guarded(AccessControl(router, settings)))
+    guarded = AccessControl(router, settings)  # allow/deny lists before any route
+    sanitized = Sanitized(metrics.handler(guarded), settings.input.max_chars)
+    inflight = InFlight(Guarded(sanitized, log_text=settings.input.log_user_text))
     return Core(
         settings=settings,
         secrets=secrets,
@@ -176,6 +183,7 @@ async def build_core(
         chat=chat,
         inflight=inflight,
         handler=inflight,
+        metrics=metrics,
         redis_description=description,
         plugins=plugins,
         intents=intent_turn,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -151,12 +150,10 @@ async def _chat(settings: Settings, secrets: Secrets) -> int:
         chat = ConsoleChat(
             core.handler, user=console.user, edit_interval=settings.edit_interval("console")
         )
-        task = asyncio.create_task(chat.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            loop.add_signal_handler(sig, chat.stop)
+        await chat.run()
         await core.inflight.drain(settings.server.shutdown_grace)
     return 0
 

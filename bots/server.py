@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ class HttpServer:
         self.adapters = adapters
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.port = 0
 
@@ -41,7 +43,10 @@ class HttpServer:
         await self._runner.cleanup()
 
     async def status(self) -> dict[str, object]:
+        started = time.perf_counter()
         redis_up = await self.core.store.ping()
+        if redis_up:
+            self.core.metrics.redis_seconds.observe(time.perf_counter() - started)
         return {
             "redis": "up" if redis_up else "down",
             "platforms": {a.name: ("ready" if a.ready() else "starting") for a in self.adapters},
@@ -51,6 +56,12 @@ class HttpServer:
     async def healthz(self, request: web.Request) -> web.Response:
         """Alive: 200 whenever the process serves, with the status of its parts."""
         return web.json_response({"status": "ok", **await self.status()})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus exposition; samples the Redis round trip first."""
+        await self.status()
+        body, content_type = self.core.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready: 200 only when Redis answers and every platform is connected."""

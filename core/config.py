@@ -97,6 +97,13 @@ class ContextSettings(Section):
         return int(self.ttl_days * 86400)
 
 
+class InputSettings(Section):
+    """What the bot accepts from users."""
+
+    max_chars: int = Field(16000, gt=0, description="longer messages are cut, with a notice")
+    log_user_text: bool = Field(False, description="False: logs never hold what users wrote")
+
+
 class StreamingSettings(Section):
     """Defaults for every platform's streaming (each platform may override)."""
 
@@ -177,6 +184,7 @@ class Settings(BaseSettings):
     default_persona: str = "default"
     context: ContextSettings = ContextSettings()
     streaming: StreamingSettings = StreamingSettings()
+    input: InputSettings = InputSettings()
     platforms: PlatformsSettings = PlatformsSettings()
     log_level: str = "INFO"
     plugins: list[str] = Field(default_factory=list, description="modules with a setup(bot)")

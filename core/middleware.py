@@ -20,8 +20,9 @@ BUG_APOLOGY = "Sorry, something went wrong on my side while answering. Please tr
 class Guarded:
     """Catches every error of a turn: logged with its turn id, a short apology in chat."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, log_text: bool = False) -> None:
         self.handler = handler
+        self.log_text = log_text
 
     async def __call__(self, message: Message, responder: Responder) -> None:
         token = current_turn.set(new_turn_id())
@@ -32,6 +33,8 @@ class Guarded:
             message.message_id,
             len(message.text),
         )
+        if self.log_text:  # off by default: user text stays out of the logs
+            log.info("turn text %r", message.text[:500])
         try:
             await self.handler(message, responder)
         except asyncio.CancelledError:

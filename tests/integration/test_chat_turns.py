@@ -146,3 +146,13 @@ async def test_history_is_trimmed_to_the_token_budget(core: Core, fake_openai: F
     assert sent[-1]["content"] == "short question"
     assert 2 <= len(sent) < 22
     assert sent[1]["role"] == "user"  # never starts with an orphaned answer
+
+
+async def test_empty_and_whitespace_messages_get_a_prompt_not_the_model(
+    core: Core, fake_openai: FakeOpenAI
+):
+    for text in ("", "   \n\t ", "\x00\x01"):
+        responder = RecordingResponder()
+        await core.handler(user_message(text), responder)
+        assert "How can I help?" in responder.shown
+    assert fake_openai.chat_requests() == []

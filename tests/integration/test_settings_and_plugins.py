@@ -9,6 +9,8 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from bots.app import build_core
 from bots.cli import main
@@ -19,6 +21,7 @@ from tests.conftest import make_settings
 from tests.fakes.openai_server import Call, FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message
 from tests.integration.factory import CoreFactory
+from tests.integration.test_round_trips import HANDSHAKE, counting
 
 DICE = "bots.plugins.dice"
 
@@ -154,17 +157,38 @@ async def test_unknown_tool_name_is_a_config_error(key_prefix, tmp_path, secrets
             await build_core(stack, settings, secrets, redis=redis)
 
 
-async def test_a_chat_turn_makes_two_redis_round_trips(build: CoreFactory, fake_openai: FakeOpenAI):
+async def test_a_chat_turn_with_every_feature_is_two_round_trips(
+    build: CoreFactory, fake_openai: FakeOpenAI, redis_url: str
+):
+    """Counted on the wire (every write of the client), as tests/integration/test_round_trips."""
+    base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
+    connection_class = counting(base)
+    client = Redis.from_url(redis_url, connection_class=connection_class)
+    build.stack.push_async_callback(client.aclose)
+    build.redis = client
     core = await build(
         limits={"messages_per_minute": 60, "daily_tokens": 10_000},
         cache={"enabled": True},
         moderation={"enabled": True},
         tools={"enabled": ["calculator"]},
+        platforms={"console": {"scope": "user_in_channel"}},
     )
     fake_openai.push(Reply(tool_calls=[Call("calculator", {"expression": "2+2"})]))
     for text in ("first turn, with a tool", "second turn", "third turn"):
+        connection_class.writes.clear()
         before = build.round_trips
         responder = RecordingResponder()
         await core.handler(user_message(text), responder)
         assert responder.shown.startswith(("tools said", "echo"))
-        assert build.round_trips - before == 2  # one pipelined read, one pipelined write
+        data = [
+            w
+            for w in connection_class.writes
+            if b":lock" not in w and not any(h in w[:40] for h in HANDSHAKE)
+        ]
+        assert len(data) == 2, data
+        read, write = data
+        for part in (b"LRANGE", b"HGETALL", b":chan:", b"EVAL", b":rate:", b":usage:", b":cache:"):
+            assert part in read
+        for part in (b"MULTI", b"RPUSH", b"HINCRBY", b":usage:"):
+            assert part in write
+        assert build.round_trips - before == 2  # the store's own count agrees

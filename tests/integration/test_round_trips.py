@@ -1,0 +1,60 @@
+"""At most 2 Redis round trips per chat turn (one read, one write), not counting the lock.
+
+Measured with a counting connection: every network write of the redis client is recorded.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import ClassVar
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+
+from bots.app import build_core
+from core.config import Secrets, Settings
+from tests.helpers import RecordingResponder, user_message
+
+HANDSHAKE = (b"HELLO", b"CLIENT", b"SELECT", b"AUTH")
+
+
+def counting(base: type[Connection]) -> type[Connection]:
+    class CountingConnection(base):  # type: ignore[misc, valid-type]
+        writes: ClassVar[list[bytes]] = []
+
+        async def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+            payload = (
+                command
+                if isinstance(command, bytes)
+                else b"".join(c.encode() if isinstance(c, str) else c for c in command)
+            )
+            CountingConnection.writes.append(payload)
+            return await super().send_packed_command(command, check_health)
+
+    return CountingConnection
+
+
+async def test_a_chat_turn_is_two_round_trips_besides_the_lock(
+    redis_url: str, settings: Settings, secrets: Secrets, redis: Redis
+):
+    base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
+    connection_class = counting(base)
+    client = Redis.from_url(redis_url, connection_class=connection_class)
+    await client.ping()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        core = await build_core(stack, settings, secrets, redis=client)
+        await core.handler(user_message("warm up"), RecordingResponder())
+        for turn in range(3):
+            connection_class.writes.clear()
+            responder = RecordingResponder()
+            await core.handler(user_message(f"turn {turn}"), responder)
+            assert responder.shown == f"echo: turn {turn}"
+            data = [
+                w
+                for w in connection_class.writes
+                if b":lock" not in w and not any(h in w[:40] for h in HANDSHAKE)
+            ]
+            assert len(data) == 2, data
+            assert b"LRANGE" in data[0] and b"HGETALL" in data[0]  # one pipelined read
+            assert b"MULTI" in data[1] and b"RPUSH" in data[1]  # one transactional write

@@ -1,0 +1,57 @@
+"""Splitting long answers at a platform's limit."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.splitting import open_fence, split_text, take_part
+
+
+def test_short_text_is_one_part():
+    assert split_text("hello", 100) == ["hello"]
+
+
+def test_split_prefers_paragraph_breaks():
+    text = "a" * 60 + "\n\n" + "b" * 60
+    assert split_text(text, 100) == ["a" * 60 + "\n\n", "b" * 60]
+
+
+def test_split_falls_back_to_spaces_then_hard_cut():
+    words = " ".join(["word"] * 50)
+    parts = split_text(words, 40)
+    assert all(len(p) <= 40 for p in parts)
+    assert "".join(parts) == words
+    assert split_text("x" * 95, 40) == ["x" * 40, "x" * 40, "x" * 15]
+
+
+def test_code_block_starting_late_moves_whole_to_next_part():
+    text = "intro " * 10 + "\n```python\nprint(1)\nprint(2)\n```\n"
+    part, rest = take_part(text, 70)
+    assert "```" not in part
+    assert rest.startswith("```python")
+
+
+def test_code_block_too_long_is_closed_and_reopened():
+    code = "\n".join(f"line_{i} = {i}" for i in range(40))
+    text = f"```python\n{code}\n```"
+    parts = split_text(text, 120)
+    assert len(parts) > 1
+    for part in parts:
+        assert len(part) <= 120
+        assert open_fence(part) is None, part  # every part is balanced
+    assert parts[1].startswith("```python\n")
+
+
+def test_no_empty_parts():
+    assert split_text("   \n\n   ", 10) == []
+    assert all(p.strip() for p in split_text("a\n\n\n\n\n\n\n\n\n\n\n\nb", 5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab `\n#*_"), max_size=600), st.integers(20, 200))
+def test_parts_fit_and_keep_the_text(text: str, limit: int):
+    parts = split_text(text, limit)
+    assert all(0 < len(p) <= limit for p in parts)
+    if "```" not in text:
+        assert "".join(parts).strip() == text.strip() or "".join(parts) == text
