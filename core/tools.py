@@ -104,7 +104,7 @@ class Toolbox:
             log.warning("tool %s timed out after %ss", call.name, timeout)
             return _error(f"the tool did not answer within {timeout:g} seconds")
         except ToolError as exc:
-            log.info("tool %s refused: %s", call.name, exc)
+            log.info("tool %s refused the call", call.name)  # its words may echo user text
             return _error(str(exc))
         except Exception as exc:
             log.warning("tool %s failed: %s", call.name, type(exc).__name__, exc_info=True)
