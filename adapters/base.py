@@ -7,9 +7,12 @@ flight can finish: `stop()` ends the intake, `close()` releases the clients afte
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import web
+
+from core.model import Message
+from core.protocols import Responder
 
 
 class AdapterStartError(Exception):
@@ -33,3 +36,15 @@ class Adapter(Protocol):
 
     def ready(self) -> bool:
         """Connected and able to answer (for /healthz and /readyz)."""
+
+
+@runtime_checkable
+class Recovers(Protocol):
+    """An adapter that can answer a message again without its original event.
+
+    After a crash the journal gives back the `Message` only; the adapter rebuilds a
+    Responder that posts where the original answer would have gone (the channel, thread or
+    topic of `message.key`, replying to `message.message_id` where the platform can).
+    """
+
+    def responder_for(self, message: Message) -> Responder: ...

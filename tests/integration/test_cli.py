@@ -188,3 +188,45 @@ async def test_dotenv_file_is_read(tmp_path: Path, fake_openai: FakeOpenAI):
     assert code == 0, err
     assert "echo: hi" in out
     assert json.dumps(fake_openai.chat_requests()[-1].body["model"]) == '"gpt-test"'
+
+
+async def test_sigkill_mid_answer_is_answered_after_restart(
+    tmp_path: Path, fake_openai: FakeOpenAI, redis_url: str, redis, key_prefix: str
+):
+    """The process dies while streaming; the next start answers that message, once."""
+    fake_openai.push(Reply(text="never finished " * 20, ttft=0.2, tokens_per_second=5))
+    env = _env(tmp_path, OPENAI_BASE_URL=fake_openai.base_url, REDIS_URL=redis_url)
+    config = _config(
+        tmp_path, f"redis:\n  key_prefix: {key_prefix}\n  heartbeat_ttl: 1\n  lock_ttl: 1\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots", "chat", "--config", str(config),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert process.stdin is not None
+    process.stdin.write(b"the question that was interrupted\n")
+    await process.stdin.drain()
+    await wait_for(lambda: len(fake_openai.chat_requests()) == 1, timeout=20)
+    process.kill()
+    await process.wait()
+
+    assert await redis.hlen(f"{key_prefix}:journal") == 1
+
+    async def owner_gone() -> bool:
+        return not [k async for k in redis.scan_iter(match=f"{key_prefix}:owner:*")]
+
+    await wait_for(owner_gone, timeout=10, every=0.1)  # its heartbeat expired
+    code, out, err = await _chatbot(
+        "chat", "--config", str(config), env=env, cwd=tmp_path, stdin=b"", timeout=60
+    )
+    assert code == 0, err
+    assert "restarted while answering" in out
+    assert "echo: the question that was interrupted" in out
+    assert len(fake_openai.chat_requests()) == 2
+    code, out, err = await _chatbot(
+        "chat", "--config", str(config), env=env, cwd=tmp_path, stdin=b""
+    )
+    assert "restarted while answering" not in out  # answered once, never again
+    assert len(fake_openai.chat_requests()) == 2
+    assert await redis.hlen(f"{key_prefix}:journal") == 0
