@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "intents":
         return intents_test(settings, args.text)
     secrets = Secrets()
-    setup_logging(settings.log_level if args.command == "run" else "WARNING", secrets.values())
+    level = settings.log_level if args.command == "run" else "WARNING"
+    setup_logging(level, secrets.values(), fmt=settings.log_format)
     runner = _run if args.command == "run" else _chat
     try:
         return asyncio.run(runner(settings, secrets))

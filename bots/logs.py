@@ -6,6 +6,7 @@ Every record passes a redaction filter that replaces each configured secret valu
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -42,10 +43,28 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(level: str, secrets: Iterable[str], stream: TextIO | None = None) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines (`log_format: json`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "turn": getattr(record, "turn", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["error"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def setup_logging(
+    level: str, secrets: Iterable[str], stream: TextIO | None = None, fmt: str = "text"
+) -> None:
     """Configure the root logger once, for `chatbot run` and `chatbot chat`."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(FORMAT))
     handler.addFilter(TurnIdFilter())
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -192,6 +192,7 @@ class Settings(BaseSettings):
     input: InputSettings = InputSettings()
     platforms: PlatformsSettings = PlatformsSettings()
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
     plugins: list[str] = Field(default_factory=list, description="modules with a setup(bot)")
     actions: dict[str, ActionSettings] = Field(default_factory=dict)
     intents: list[IntentSettings] = Field(default_factory=list)

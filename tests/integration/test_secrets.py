@@ -71,3 +71,24 @@ def test_redaction_masks_args_and_tracebacks():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token=%s", ("abcdef-secret",), None)
     RedactSecrets(["abcdef-secret"]).filter(record)
     assert record.getMessage() == "token=***"
+
+
+def test_json_log_lines_carry_the_turn_id_and_mask_secrets():
+    import json as _json
+
+    from core.turns import current_turn
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    try:
+        setup_logging("INFO", [API_KEY], stream=stream, fmt="json")
+        token = current_turn.set("abc123")
+        logging.getLogger("core.chat").info("calling the model with %s", API_KEY)
+        current_turn.reset(token)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    line = _json.loads(stream.getvalue().strip())
+    assert line["turn"] == "abc123"
+    assert line["message"] == "calling the model with ***"
