@@ -19,5 +19,24 @@ def build_adapters(core: Core) -> list[Adapter]:
     adapters: list[Adapter] = []
     # --- slack ---
     # --- telegram ---
+    secrets, settings = core.secrets, core.settings
+    if settings.platforms.telegram.enabled and secrets.telegram_bot_token:
+        from adapters.telegram import TelegramAdapter
+
+        adapters.append(
+            TelegramAdapter(
+                core.handler,
+                core.store,
+                settings,
+                token=secrets.telegram_bot_token.get_secret_value(),
+                api_url=secrets.telegram_api_url,
+                webhook_url=secrets.telegram_webhook_url,
+                webhook_secret=(
+                    secrets.telegram_webhook_secret.get_secret_value()
+                    if secrets.telegram_webhook_secret
+                    else None
+                ),
+            )
+        )
     # --- discord ---
     return adapters

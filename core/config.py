@@ -138,6 +138,12 @@ class TelegramSettings(PlatformSettings):
     """Telegram: one conversation per chat (or user in a group), topics apart."""
 
     greeting: str = "Hi! I'm a chat bot. Ask me anything, or send /help."
+    drafts: bool = Field(True, description="stream private answers with sendMessageDraft")
+    group_edit_interval: float = Field(
+        3.0, ge=0, description="seconds between edits in groups (Telegram allows ~20/min)"
+    )
+    poll_timeout: int = Field(30, ge=0, description="getUpdates long-poll seconds")
+    group_max_rate: float = Field(20, gt=0, description="messages per minute per group")
 
 
 class DiscordSettings(PlatformSettings):
