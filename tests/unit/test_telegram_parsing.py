@@ -19,14 +19,9 @@ def _update(message: dict) -> Update:
 
 def test_mention_after_emoji_uses_utf16_offsets():
     text = f"👩‍👩‍👧 hi @{BOT_USERNAME} please"
-    message = to_message(
-        _update(
-            text_message(
-                text, chat_id=-5, kind="group", entities=[mention_entity(text, "@" + BOT_USERNAME)]
-            )
-        ),  # fmt: skip
-        BOT,
-    )
+    entities = [mention_entity(text, "@" + BOT_USERNAME)]
+    update = _update(text_message(text, chat_id=-5, kind="group", entities=entities))
+    message = to_message(update, BOT)
     assert message is not None
     assert message.text == "👩‍👩‍👧 hi please"
 
