@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from adapters.base import Adapter
+from core.model import ContextKey
 
 if TYPE_CHECKING:
     from bots.app import Core
@@ -17,9 +20,32 @@ if TYPE_CHECKING:
 def build_adapters(core: Core) -> list[Adapter]:
     """The adapters to run, in start order."""
     adapters: list[Adapter] = []
-    # --- slack ---
-    # --- telegram ---
     secrets, settings = core.secrets, core.settings
+    # --- slack ---
+    if (
+        settings.platforms.slack.enabled
+        and secrets.slack_bot_token
+        and (secrets.slack_signing_secret or secrets.slack_app_token)
+    ):
+        from adapters.slack import SlackAdapter
+
+        async def has_history(key: ContextKey) -> bool:
+            conversation = await core.store.load(key.scoped(settings.scope("slack")))
+            return bool(conversation.history)
+
+        adapters.append(
+            SlackAdapter(
+                core.handler,
+                core.store,
+                settings,
+                bot_token=secrets.slack_bot_token.get_secret_value(),
+                signing_secret=_reveal(secrets.slack_signing_secret),
+                app_token=_reveal(secrets.slack_app_token),
+                api_url=secrets.slack_api_url,
+                has_history=has_history,
+            )
+        )
+    # --- telegram ---
     if settings.platforms.telegram.enabled and secrets.telegram_bot_token:
         from adapters.telegram import TelegramAdapter
 
@@ -31,12 +57,12 @@ def build_adapters(core: Core) -> list[Adapter]:
                 token=secrets.telegram_bot_token.get_secret_value(),
                 api_url=secrets.telegram_api_url,
                 webhook_url=secrets.telegram_webhook_url,
-                webhook_secret=(
-                    secrets.telegram_webhook_secret.get_secret_value()
-                    if secrets.telegram_webhook_secret
-                    else None
-                ),
+                webhook_secret=_reveal(secrets.telegram_webhook_secret),
             )
         )
     # --- discord ---
     return adapters
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret else None

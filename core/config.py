@@ -128,10 +128,29 @@ class PlatformSettings(Section):
     deny_channels: list[str] = Field(default_factory=list, description="never these channels")
 
 
+class SuggestedPrompt(Section):
+    """A prompt shown when a user opens the bot's assistant panel."""
+
+    title: str
+    message: str
+
+
 class SlackSettings(PlatformSettings):
     """Slack: threads are conversations; see README 'Slack'."""
 
     command: str = "/ask"
+    dm_threads: bool = Field(False, description="answer DMs in a thread under the message")
+    follow_threads: bool = Field(True, description="answer follow-ups in threads it answers in")
+    ephemeral: bool = Field(False, description="slash command answers visible only to the asker")
+    allow_bots: bool = Field(False, description="answer other bots (never itself)")
+    native_streaming: bool = Field(True, description="chat.startStream where available")
+    thinking: str = Field("_Thinking…_", description="placeholder shown until text arrives")
+    suggested_prompts: list[SuggestedPrompt] = Field(
+        default_factory=lambda: [
+            SuggestedPrompt(title="Summarise", message="Summarise this for me:"),
+            SuggestedPrompt(title="Explain", message="Explain simply:"),
+        ]
+    )
 
 
 class TelegramSettings(PlatformSettings):

@@ -85,12 +85,11 @@ class StreamingReply:
         return self.text
 
     async def _stop_tasks(self) -> None:
+        # No cancellation: a typing signal in flight (Slack posts a placeholder) must land
+        # before the final text, or the adapter could not replace it.
         self._closing.set()
         self._dirty.set()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            if task.get_name() == "typing":
-                task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -1,0 +1,373 @@
+"""The Slack adapter (slack-bolt AsyncApp): HTTP events on our server, or Socket Mode.
+
+Bolt verifies signatures (401 on a bad or stale one), answers `url_verification`, acks before
+the work starts, and hands us events; we dedupe `event_id`s through the core (Slack retries
+slow acks up to 3 times) and answer through `SlackResponder`: native streaming
+(`chat.startStream`/`appendStream`/`stopStream`) in threads where the workspace has it,
+else a placeholder message edited with `chat.update` at the throttled interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp, AsyncAssistant
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.base import AdapterStartError
+from adapters.slack_events import (
+    BotIdentity,
+    command_from_slash,
+    is_ignored,
+    mentions_bot,
+    to_message,
+)
+from adapters.slack_format import to_mrkdwn
+from core.config import Settings, SlackSettings
+from core.model import ContextKey, Message, MessageRef, User
+from core.protocols import Deduper, Handler
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+LIMIT = 3900  # Slack shows 4,000 characters a message well; mrkdwn adds a few
+NO_NATIVE_STREAM = {"unknown_method", "not_allowed_token_type", "method_deprecated",
+                    "feature_not_enabled", "not_supported"}  # fmt: skip
+HasHistory = Callable[[ContextKey], Awaitable[bool]]
+
+
+def _neutralise(markdown: str) -> str:
+    """Native streams render Markdown themselves; keep `<!here>`/`<@U1>` from pinging."""
+    return markdown.replace("<!", "&lt;!").replace("<@", "&lt;@").replace("<#", "&lt;#")
+
+
+class SlackResponder:
+    """Answers in one channel or thread."""
+
+    limit = LIMIT
+    typing_interval = 0.0  # one working signal: a placeholder or the assistant status
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        channel: str,
+        *,
+        thread_ts: str | None,
+        edit_interval: float,
+        native: bool,
+        team: str,
+        user: str,
+        thinking: str,
+        set_status: Callable[..., Awaitable[Any]] | None = None,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.thread_ts = thread_ts or None
+        self.edit_interval = edit_interval
+        self.native = native and self.thread_ts is not None
+        self.team, self.user = team, user
+        self.thinking = thinking
+        self.set_status = set_status
+        self._placeholder: str | None = None
+        self._placing = asyncio.Lock()  # the first text waits for the placeholder to exist
+        self._streams: dict[str, str] = {}  # ts -> markdown streamed so far
+
+    async def typing(self) -> None:
+        if self.set_status is not None:
+            await self.set_status("is thinking…")
+        elif not self.native and self.thinking:
+            async with self._placing:
+                sent = await self.client.chat_postMessage(
+                    channel=self.channel, thread_ts=self.thread_ts, text=self.thinking
+                )
+                self._placeholder = str(sent["ts"])
+
+    async def send(self, text: str, *, final: bool) -> MessageRef:
+        if self.native and not final:
+            try:
+                started = await self.client.chat_startStream(
+                    channel=self.channel,
+                    thread_ts=self.thread_ts or "",
+                    markdown_text=_neutralise(text),
+                    recipient_team_id=self.team or None,
+                    recipient_user_id=self.user or None,
+                )
+            except SlackApiError as exc:
+                if exc.response.get("error") not in NO_NATIVE_STREAM:
+                    raise
+                log.info("slack: native streaming unavailable; posting and editing instead")
+                self.native = False
+            else:
+                ts = str(started["ts"])
+                self._streams[ts] = text
+                return MessageRef(ts, self.channel)
+        async with self._placing:
+            placeholder, self._placeholder = self._placeholder, None
+        if placeholder is not None:
+            await self._update(placeholder, text)
+            return MessageRef(placeholder, self.channel)
+        sent = await self.client.chat_postMessage(
+            channel=self.channel, thread_ts=self.thread_ts, text=to_mrkdwn(text),
+            unfurl_links=False, unfurl_media=False,
+        )  # fmt: skip
+        return MessageRef(str(sent["ts"]), self.channel)
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+        streamed = self._streams.get(ref.id)
+        if streamed is None:
+            await self._update(ref.id, text)
+            return
+        delta = text[len(streamed) :] if text.startswith(streamed) else None
+        if delta is None:  # the text changed behind the stream: close it, then replace it
+            await self.client.chat_stopStream(channel=self.channel, ts=ref.id)
+            del self._streams[ref.id]
+            await self._update(ref.id, text)
+        elif final:
+            await self.client.chat_stopStream(
+                channel=self.channel, ts=ref.id, markdown_text=_neutralise(delta) or None
+            )
+            del self._streams[ref.id]
+        elif delta:
+            await self.client.chat_appendStream(
+                channel=self.channel, ts=ref.id, markdown_text=_neutralise(delta)
+            )
+            self._streams[ref.id] = text
+
+    async def _update(self, ts: str, text: str) -> None:
+        await self.client.chat_update(channel=self.channel, ts=ts, text=to_mrkdwn(text))
+
+
+class EphemeralResponder:
+    """A slash command answer only the asker sees: sent once, when complete."""
+
+    limit = LIMIT
+    edit_interval = 3600.0
+    typing_interval = 0.0
+
+    def __init__(self, respond: Callable[..., Awaitable[Any]]) -> None:
+        self.respond = respond
+
+    async def typing(self) -> None:
+        return None
+
+    async def send(self, text: str, *, final: bool) -> MessageRef:
+        if final:
+            await self.respond(text=to_mrkdwn(text), response_type="ephemeral")
+        return MessageRef("ephemeral")
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+        if final:
+            await self.respond(text=to_mrkdwn(text), response_type="ephemeral")
+
+
+class SlackAdapter:
+    """Slack events in, answers out."""
+
+    name = "slack"
+
+    def __init__(
+        self,
+        handler: Handler,
+        deduper: Deduper,
+        settings: Settings,
+        *,
+        bot_token: str,
+        signing_secret: str | None = None,
+        app_token: str | None = None,
+        api_url: str | None = None,
+        has_history: HasHistory | None = None,
+    ) -> None:
+        self.handler = handler
+        self.deduper = deduper
+        self.settings = settings
+        self.platform: SlackSettings = settings.platforms.slack
+        self.signing_secret = signing_secret
+        self.app_token = app_token
+        self.has_history = has_history
+        self.client = AsyncWebClient(
+            token=bot_token,
+            base_url=api_url or AsyncWebClient.BASE_URL,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            ],
+        )
+        self.bot: BotIdentity | None = None
+        self.bolt: AsyncApp | None = None
+        self.socket: AsyncSocketModeHandler | None = None
+        self._ready = False
+        self._admins = frozenset(self.platform.admins)
+
+    def mount(self, app: web.Application) -> None:
+        if self.signing_secret:
+            app.router.add_post(EVENTS_PATH, self._http)
+
+    async def start(self) -> None:
+        try:
+            auth = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise AdapterStartError(
+                f"Slack refused SLACK_BOT_TOKEN (auth.test: {exc.response.get('error')}); "
+                "check the bot token"
+            ) from None
+        except Exception as exc:
+            raise AdapterStartError(
+                f"Slack is unreachable at start ({type(exc).__name__})"
+            ) from None
+        self.bot = BotIdentity(str(auth["user_id"]), str(auth.get("bot_id", "")),
+                               str(auth.get("team_id", "")))  # fmt: skip
+        self.bolt = self._build_bolt()
+        if self.app_token:
+            self.socket = AsyncSocketModeHandler(self.bolt, self.app_token)
+            await self.socket.connect_async()
+        self._ready = True
+        log.info("slack: %s via %s", self.bot.user_id, "socket mode" if self.socket else "HTTP")
+
+    def _build_bolt(self) -> AsyncApp:
+        bolt = AsyncApp(
+            client=self.client,
+            signing_secret=self.signing_secret or "",
+            request_verification_enabled=bool(self.signing_secret),
+        )
+        bolt.event("app_mention")(self._on_mention)
+        bolt.event("message")(self._on_message)
+        bolt.command(self.platform.command)(self._on_command)
+        assistant = AsyncAssistant()
+        assistant.thread_started(self._on_assistant_started)
+        assistant.user_message(self._on_assistant_message)
+        bolt.use(assistant)
+        return bolt
+
+    async def stop(self) -> None:
+        self._ready = False
+        if self.socket is not None:
+            await self.socket.close_async()
+            self.socket = None
+
+    async def close(self) -> None:
+        await self.stop()
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def responder_for(self, message: Message) -> SlackResponder:
+        return self._responder(message.key.channel, message.key.thread or None, message.key.user)
+
+    def _responder(
+        self, channel: str, thread: str | None, user: str, set_status: Any = None
+    ) -> SlackResponder:
+        return SlackResponder(
+            self.client,
+            channel,
+            thread_ts=thread,
+            edit_interval=self.settings.edit_interval("slack"),
+            native=self.platform.native_streaming,
+            team=self.bot.team_id if self.bot else "",
+            user=user,
+            thinking=self.platform.thinking,
+            set_status=set_status,
+        )
+
+    async def _http(self, request: web.Request) -> web.Response:
+        if self.bolt is None:
+            return web.Response(status=503, text="starting")
+        response = await self.bolt.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
+
+    async def _first_time(self, body: dict[str, Any]) -> bool:
+        event_id = body.get("event_id")
+        if not event_id:
+            return True
+        if await self.deduper.first_seen("slack", str(event_id)):
+            return True
+        log.info("slack: event %s delivered again; answered once", event_id)
+        return False
+
+    async def _answer(self, message: Message, responder: Any) -> None:
+        await self.handler(message, responder)
+
+    async def _on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        assert self.bot is not None
+        if is_ignored(event, self.bot, self.platform.allow_bots) or not await self._first_time(
+            body
+        ):
+            return
+        thread = str(event.get("thread_ts") or event["ts"])
+        message = to_message(event, self.bot, thread=thread, admins=self._admins)
+        await self._answer(message, self._responder(message.key.channel, thread, message.key.user))
+
+    async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        assert self.bot is not None
+        if is_ignored(event, self.bot, self.platform.allow_bots):
+            return
+        text = str(event.get("text", ""))
+        if event.get("channel_type") == "im":
+            thread = str(
+                event.get("thread_ts") or (event["ts"] if self.platform.dm_threads else "")
+            )
+        elif mentions_bot(text, self.bot.user_id):
+            return  # the app_mention event answers it
+        elif event.get("thread_ts") and self.platform.follow_threads:
+            thread = str(event["thread_ts"])
+            message = to_message(event, self.bot, thread=thread, admins=self._admins)
+            if self.has_history is None or not await self.has_history(message.key):
+                return  # not a thread the bot answers in
+        else:
+            return  # channel chatter
+        if not await self._first_time(body):
+            return
+        message = to_message(event, self.bot, thread=thread, admins=self._admins)
+        await self._answer(message, self._responder(message.key.channel, thread or None,
+                                                    message.key.user))  # fmt: skip
+
+    async def _on_command(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
+        await ack()  # within Slack's 3 s: the answer follows
+        assert self.bot is not None
+        user, channel = str(body.get("user_id", "")), str(body.get("channel_id", ""))
+        command = command_from_slash(str(body.get("text", "")))
+        message = Message(
+            platform="slack",
+            key=ContextKey(
+                "slack",
+                channel=channel,
+                user=user,
+                workspace=str(body.get("team_id", self.bot.team_id)),
+            ),
+            user=User(user, str(body.get("user_name", user)), is_admin=user in self._admins),
+            text=command.args if command.name == "ask" else "",
+            message_id=str(body.get("trigger_id", "")),
+            command=command,
+        )
+        if self.platform.ephemeral:
+            await self._answer(message, EphemeralResponder(respond))
+        else:
+            await self._answer(message, self._responder(channel, None, user))
+
+    async def _on_assistant_started(self, set_suggested_prompts: Any) -> None:
+        prompts = [p.model_dump() for p in self.platform.suggested_prompts]
+        if prompts:
+            await set_suggested_prompts(prompts=prompts)
+
+    async def _on_assistant_message(
+        self, body: dict[str, Any], payload: dict[str, Any], set_status: Any
+    ) -> None:
+        assert self.bot is not None
+        if is_ignored(payload, self.bot, self.platform.allow_bots) or not await self._first_time(
+            body
+        ):
+            return
+        thread = str(payload.get("thread_ts") or payload["ts"])
+        message = to_message(payload, self.bot, thread=thread, admins=self._admins)
+        responder = self._responder(message.key.channel, thread, message.key.user, set_status)
+        await self._answer(message, responder)
