@@ -271,8 +271,12 @@ async def test_bad_token_is_a_clear_error(
     fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
 ):
     async with FakeSlack() as slack:
-        secrets = Secrets(slack_bot_token="xoxb-wrong", slack_signing_secret=SIGNING_SECRET,
-                          slack_api_url=slack.api_url, openai_base_url=fake_openai.base_url)  # fmt: skip
+        secrets = Secrets(
+            slack_bot_token="xoxb-wrong",
+            slack_signing_secret=SIGNING_SECRET,
+            slack_api_url=slack.api_url,
+            openai_base_url=fake_openai.base_url,
+        )
         app = BotApp(_settings(key_prefix, tmp_path), secrets, redis=redis)
         with pytest.raises(AdapterStartError) as info:
             await app.start()
