@@ -61,6 +61,19 @@ def build_adapters(core: Core) -> list[Adapter]:
             )
         )
     # --- discord ---
+    if settings.platforms.discord.enabled and secrets.discord_bot_token:
+        from adapters.discord import DiscordAdapter
+
+        adapters.append(
+            DiscordAdapter(
+                core.handler,
+                core.store,
+                settings,
+                token=secrets.discord_bot_token.get_secret_value(),
+                api_url=secrets.discord_api_url,
+                gateway_url=secrets.discord_gateway_url,
+            )
+        )
     return adapters
 
 

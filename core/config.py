@@ -168,8 +168,15 @@ class TelegramSettings(PlatformSettings):
 class DiscordSettings(PlatformSettings):
     """Discord: mentions, DMs and slash commands."""
 
-    guild_ids: list[int] = Field(default_factory=list)
-    message_content: bool = False
+    guild_ids: list[int] = Field(
+        default_factory=list,
+        description="sync slash commands to these guilds (instant); else global",
+    )
+    message_content: bool = Field(False, description="the privileged message content intent")
+    open_threads: bool = Field(False, description="a thread per new conversation")
+    interaction_expiry: float = Field(
+        14 * 60, gt=0, description="seconds before an interaction's answer moves to the channel"
+    )
 
 
 class ConsoleSettings(PlatformSettings):

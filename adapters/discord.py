@@ -1,0 +1,331 @@
+"""The Discord adapter (discord.py 2.x): mentions, DMs, threads and slash commands.
+
+Every message the bot sends has `AllowedMentions.none()`, so nothing the model writes can
+ping @everyone, @here, a role or a user. Slash commands are deferred at once and the answer
+edits the original response, continuing in follow-ups; an interaction token lives 15
+minutes, so a longer answer continues as normal channel messages.
+`DISCORD_API_URL` and `DISCORD_GATEWAY_URL` set discord.py's documented base URLs
+(`Route.BASE`, `DiscordWebSocket.DEFAULT_GATEWAY`) for proxies and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import discord
+import yarl
+from aiohttp import web
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from adapters.base import AdapterStartError
+from adapters.discord_events import conversation_key, strip_bot_mention
+from core.config import DiscordSettings, Settings
+from core.model import Command, Message, MessageRef, User
+from core.protocols import Deduper, Handler
+
+log = logging.getLogger(__name__)
+
+LIMIT = 2000
+NO_PINGS = discord.AllowedMentions.none()
+
+
+class ChannelResponder:
+    """Answers in a channel, DM or thread: the first part replies to the question."""
+
+    limit = LIMIT
+    typing_interval = 8.0  # Discord shows typing for 10 s
+
+    def __init__(
+        self, channel: Any, *, reply_to: discord.Message | None, edit_interval: float
+    ) -> None:
+        self.channel = channel
+        self.reply_to = reply_to
+        self.edit_interval = edit_interval
+        self._sent: dict[str, discord.Message] = {}
+
+    async def typing(self) -> None:
+        await self.channel.typing()
+
+    async def send(self, text: str, *, final: bool) -> MessageRef:
+        reference, self.reply_to = self.reply_to, None
+        try:
+            sent = await self.channel.send(
+                text, allowed_mentions=NO_PINGS, reference=reference, mention_author=False
+            )
+        except discord.HTTPException:
+            if reference is None:
+                raise
+            self.reply_to = reference  # try again next time
+            raise
+        self._sent[str(sent.id)] = sent
+        return MessageRef(str(sent.id), str(self.channel.id))
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+        await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
+
+
+class InteractionResponder:
+    """Answers a slash command: edits the deferred response, then follow-ups, then (after
+    the token's lifetime) plain channel messages."""
+
+    limit = LIMIT
+    typing_interval = 0.0  # the deferred response already shows "thinking…"
+
+    def __init__(
+        self, interaction: discord.Interaction, *, edit_interval: float, expiry: float
+    ) -> None:
+        self.interaction = interaction
+        self.edit_interval = edit_interval
+        self._deadline = time.monotonic() + expiry
+        self._original_used = False
+        self._sent: dict[str, Any] = {}
+        self._channel = ChannelResponder(interaction.channel, reply_to=None,
+                                         edit_interval=edit_interval)  # fmt: skip
+
+    def _expired(self) -> bool:
+        return time.monotonic() > self._deadline
+
+    async def typing(self) -> None:
+        return None
+
+    async def send(self, text: str, *, final: bool) -> MessageRef:
+        if self._expired():
+            return await self._channel.send(text, final=final)
+        if not self._original_used:
+            self._original_used = True
+            message = await self.interaction.edit_original_response(
+                content=text, allowed_mentions=NO_PINGS
+            )
+            self._sent["@original"] = message
+            return MessageRef("@original")
+        message = await self.interaction.followup.send(text, allowed_mentions=NO_PINGS, wait=True)
+        self._sent[str(message.id)] = message
+        return MessageRef(str(message.id))
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+        if ref.id in self._channel._sent:
+            await self._channel.edit(ref, text, final=final)
+        elif ref.id == "@original":
+            await self.interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
+        else:
+            await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
+
+
+class DiscordAdapter:
+    """The gateway client and the slash command tree, handing messages to the core."""
+
+    name = "discord"
+
+    def __init__(
+        self,
+        handler: Handler,
+        deduper: Deduper,
+        settings: Settings,
+        *,
+        token: str,
+        api_url: str | None = None,
+        gateway_url: str | None = None,
+    ) -> None:
+        self.handler = handler
+        self.deduper = deduper
+        self.settings = settings
+        self.platform: DiscordSettings = settings.platforms.discord
+        self.token = token
+        self.api_url = api_url
+        self.gateway_url = gateway_url
+        self.client: discord.Client | None = None
+        self.tree: app_commands.CommandTree[discord.Client] | None = None
+        self._connection: asyncio.Task[None] | None = None
+        self._admins = frozenset(self.platform.admins)
+
+    def mount(self, app: web.Application) -> None:
+        return None  # everything arrives over the gateway
+
+    def _configure_endpoints(self) -> None:
+        if self.api_url:
+            Route.BASE = self.api_url.rstrip("/")
+        if self.gateway_url:
+            DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
+
+    async def start(self) -> None:
+        self._configure_endpoints()
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = self.platform.message_content
+        client = discord.Client(intents=intents, allowed_mentions=NO_PINGS)
+        self.client = client
+        self.tree = app_commands.CommandTree(client)
+        self._register_commands(self.tree)
+        client.event(self.on_message)
+        try:
+            await client.login(self.token)
+        except discord.LoginFailure:
+            await client.close()
+            raise AdapterStartError(
+                "Discord refused DISCORD_BOT_TOKEN (login: 401 Unauthorized); check the bot token"
+            ) from None
+        except (discord.HTTPException, OSError) as exc:
+            await client.close()
+            raise AdapterStartError(
+                f"Discord is unreachable at start ({type(exc).__name__})"
+            ) from None
+        await self._sync_commands(self.tree)
+        self._connection = asyncio.create_task(client.connect(reconnect=True))
+        ready = asyncio.create_task(client.wait_until_ready())
+        done, _ = await asyncio.wait({ready, self._connection}, timeout=60,
+                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if ready not in done:
+            ready.cancel()
+            await client.close()
+            raise AdapterStartError("Discord gateway did not become ready")
+        log.info("discord: connected as %s", client.user)
+
+    async def _sync_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
+        if self.platform.guild_ids:
+            for guild_id in self.platform.guild_ids:
+                guild = discord.Object(id=guild_id)
+                tree.copy_global_to(guild=guild)
+                await tree.sync(guild=guild)
+        else:
+            await tree.sync()
+
+    async def stop(self) -> None:
+        return None  # the gateway stays up so answers in flight can finish
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self._connection is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connection
+        self.client = None
+
+    def ready(self) -> bool:
+        return self.client is not None and self.client.is_ready()
+
+    def responder_for(self, message: Message) -> ChannelResponder:
+        assert self.client is not None
+        channel_id = int(message.key.thread or message.key.channel)
+        channel = self.client.get_partial_messageable(channel_id)
+        return ChannelResponder(channel, reply_to=None, edit_interval=self._interval())
+
+    def _interval(self) -> float:
+        return self.settings.edit_interval("discord")
+
+    # --- messages -------------------------------------------------------------------
+
+    async def on_message(self, msg: discord.Message) -> None:
+        client = self.client
+        if client is None or client.user is None or msg.author.bot:
+            return  # ourselves and other bots
+        is_dm = isinstance(msg.channel, discord.DMChannel)
+        mentioned = client.user in msg.mentions
+        in_own_thread = (
+            isinstance(msg.channel, discord.Thread) and msg.channel.owner_id == client.user.id
+        )
+        if not (is_dm or mentioned or in_own_thread):
+            return
+        if not await self.deduper.first_seen("discord", str(msg.id)):
+            return  # another replica on the same token took it
+        channel: Any = msg.channel
+        reply_to: discord.Message | None = msg
+        if mentioned and self.platform.open_threads and isinstance(channel, discord.TextChannel):
+            channel = await msg.create_thread(name=_thread_name(msg.clean_content))
+            reply_to = None
+        text = strip_bot_mention(msg.content, client.user.id)
+        author = str(msg.author.id)
+        message = Message(
+            platform="discord",
+            key=conversation_key(channel, author),
+            user=User(author, msg.author.display_name, is_admin=author in self._admins),
+            text=text,
+            message_id=str(msg.id),
+            command=_text_command(text),
+        )
+        responder = ChannelResponder(channel, reply_to=reply_to, edit_interval=self._interval())
+        await self.handler(message, responder)
+
+    # --- slash commands -------------------------------------------------------------
+
+    def _register_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
+        personas = [app_commands.Choice(name=n, value=n) for n in list(self.settings.personas)[:25]]
+        models = [app_commands.Choice(name=m, value=m) for m in self.settings.llm.models[:25]]
+
+        @app_commands.describe(question="What do you want to ask?")
+        async def ask(interaction: discord.Interaction, question: str) -> None:
+            await self._slash(interaction, Command("ask", question))
+
+        async def reset(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, Command("reset"))
+
+        async def help_(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, Command("help"))
+
+        @app_commands.choices(name=personas)
+        async def persona(interaction: discord.Interaction, name: str) -> None:
+            await self._slash(interaction, Command("persona", name))
+
+        @app_commands.choices(name=models)
+        async def model(interaction: discord.Interaction, name: str) -> None:
+            await self._slash(interaction, Command("model", name))
+
+        for command_name, callback, description in (
+            ("ask", ask, "Ask the bot a question"),
+            ("reset", reset, "Forget this conversation"),
+            ("persona", persona, "Change the persona"),
+            ("model", model, "Change the model"),
+            ("help", help_, "What the bot can do"),
+        ):
+            tree.add_command(
+                app_commands.Command(name=command_name, description=description, callback=callback)
+            )
+
+    async def _slash(self, interaction: discord.Interaction, command: Command) -> None:
+        await interaction.response.defer(thinking=True)  # well inside the 3 s deadline
+        channel: Any = interaction.channel
+        if (
+            command.name == "ask"
+            and self.platform.open_threads
+            and isinstance(channel, discord.TextChannel)
+        ):
+            await interaction.edit_original_response(
+                content=f"Answering in a thread: {command.args[:80]}", allowed_mentions=NO_PINGS
+            )
+            thread = await channel.create_thread(
+                name=_thread_name(command.args), type=discord.ChannelType.public_thread
+            )
+            responder: Any = ChannelResponder(thread, reply_to=None, edit_interval=self._interval())
+            channel = thread
+        else:
+            responder = InteractionResponder(
+                interaction, edit_interval=self._interval(), expiry=self.platform.interaction_expiry
+            )
+        author = str(interaction.user.id)
+        message = Message(
+            platform="discord",
+            key=conversation_key(channel, author),
+            user=User(author, interaction.user.display_name, is_admin=author in self._admins),
+            text=command.args if command.name == "ask" else "",
+            message_id=str(interaction.id),
+            command=command,
+        )
+        await self.handler(message, responder)
+
+
+def _thread_name(text: str) -> str:
+    name = " ".join(text.split())[:90]
+    return name or "Conversation"
+
+
+def _text_command(text: str) -> Command | None:
+    from core.model import parse_command
+
+    return parse_command(text)

@@ -1,0 +1,298 @@
+"""A local fake of Discord: the REST API and the gateway, driven by the real discord.py.
+
+REST answers with `Content-Type: application/json` exactly (discord.py reads anything else
+as text). The gateway sends HELLO, takes IDENTIFY, ACKs heartbeats, dispatches READY and
+GUILD_CREATE, and then whatever the test sends (MESSAGE_CREATE, INTERACTION_CREATE).
+Every REST call is recorded; `fail()` injects 5xx or 429 answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+TOKEN = "TEST.discord.token"
+APP_ID = "900000000000000001"
+BOT_ID = APP_ID
+GUILD = "910000000000000001"
+CHANNEL = "920000000000000001"
+DM_CHANNEL = "920000000000000099"
+USER_ID = "930000000000000001"
+
+_ids = itertools.count(940000000000000001)
+
+
+def snowflake() -> str:
+    return str(next(_ids))
+
+
+def bot_user() -> dict[str, Any]:
+    return {"id": BOT_ID, "username": "chatbot", "discriminator": "0", "global_name": "chatbot",
+            "avatar": None, "bot": True, "flags": 0}  # fmt: skip
+
+
+def human(user_id: str = USER_ID, name: str = "ann") -> dict[str, Any]:
+    return {"id": user_id, "username": name, "discriminator": "0", "global_name": name,
+            "avatar": None}  # fmt: skip
+
+
+def text_channel(channel_id: str = CHANNEL) -> dict[str, Any]:
+    return {"id": channel_id, "type": 0, "guild_id": GUILD, "name": "general", "position": 0,
+            "permission_overwrites": [], "nsfw": False, "parent_id": None}  # fmt: skip
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    body: dict[str, Any]
+    query: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class FakeDiscord:
+    """`async with FakeDiscord() as discord:`; `api_url` and `gateway_url` go to the bot."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.messages: dict[str, dict[str, Any]] = {}  # id -> message as stored
+        self.failures: dict[str, deque[tuple[int, dict[str, Any]]]] = {}
+        self.threads: dict[str, dict[str, Any]] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self._sockets: list[web.WebSocketResponse] = []
+        self.identified = asyncio.Event()
+        self._sequence = itertools.count(1)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for socket in self._sockets:
+            await socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- what tests use -------------------------------------------------------------
+
+    def fail(self, method_and_prefix: str, status: int = 500, **body: Any) -> None:
+        """The next REST call matching "PATCH /channels" (method + path prefix) fails."""
+        self.failures.setdefault(method_and_prefix, deque()).append((status, body))
+
+    def calls_to(self, method: str, path_contains: str = "") -> list[Call]:
+        return [c for c in self.calls if c.method == method and path_contains in c.path]
+
+    def texts_in(self, channel_id: str) -> list[str]:
+        """Current text of every message the bot has in a channel, in order."""
+        found = [m for m in self.messages.values() if m["channel_id"] == channel_id]
+        return [m["content"] for m in sorted(found, key=lambda m: int(m["id"]))]
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        payload = {"op": 0, "t": event, "s": next(self._sequence) + 2, "d": data}
+        await self._sockets[-1].send_str(json.dumps(payload))
+
+    async def user_says(self, content: str, *, channel_id: str = CHANNEL, guild: bool = True,
+                        mention_bot: bool = False, author: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:  # fmt: skip
+        """A MESSAGE_CREATE from a user."""
+        author = author or human()
+        message: dict[str, Any] = {
+            "id": snowflake(), "channel_id": channel_id, "author": author, "content": content,
+            "timestamp": _now(), "edited_timestamp": None, "tts": False,
+            "mention_everyone": False, "mentions": [bot_user()] if mention_bot else [],
+            "mention_roles": [], "attachments": [], "embeds": [], "pinned": False, "type": 0,
+        }  # fmt: skip
+        if guild:
+            message["guild_id"] = GUILD
+            message["member"] = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False,
+                                 "flags": 0}  # fmt: skip
+        await self.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    async def slash(self, name: str, options: dict[str, str] | None = None) -> dict[str, Any]:
+        """An INTERACTION_CREATE for a slash command in the guild channel."""
+        data = {
+            "id": snowflake(), "application_id": APP_ID, "type": 2, "token": f"itok-{snowflake()}",
+            "version": 1, "guild_id": GUILD, "channel_id": CHANNEL, "channel": text_channel(),
+            "member": {"user": human(), "roles": [], "permissions": "2147483647",
+                       "joined_at": _now(), "deaf": False, "mute": False, "flags": 0},
+            "data": {"id": snowflake(), "name": name, "type": 1, "guild_id": GUILD,
+                     "options": [{"name": k, "type": 3, "value": v}
+                                 for k, v in (options or {}).items()]},
+            "app_permissions": "2147483647", "locale": "en-US", "guild_locale": "en-US",
+            "entitlements": [], "authorizing_integration_owners": {"0": GUILD}, "context": 0,
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }  # fmt: skip
+        await self.dispatch("INTERACTION_CREATE", data)
+        return data
+
+    # --- the gateway ----------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._sockets.append(socket)
+        await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
+        async for frame in socket:
+            if frame.type != WSMsgType.TEXT:
+                continue
+            payload = json.loads(frame.data)
+            if payload["op"] == 1:
+                await socket.send_str(json.dumps({"op": 11}))
+            elif payload["op"] == 2:
+                if payload["d"].get("token") != TOKEN:
+                    await socket.close(code=4004, message=b"Authentication failed")
+                    break
+                await self._ready(socket)
+        return socket
+
+    async def _ready(self, socket: web.WebSocketResponse) -> None:
+        ready = {"v": 10, "user": bot_user(), "guilds": [{"id": GUILD, "unavailable": True}],
+                 "session_id": "session-1", "resume_gateway_url": self.gateway_url,
+                 "application": {"id": APP_ID, "flags": 0}, "private_channels": [],
+                 "relationships": [], "user_settings": {}}  # fmt: skip
+        await socket.send_str(json.dumps({"op": 0, "t": "READY", "s": 1, "d": ready}))
+        guild = {"id": GUILD, "name": "Test guild", "owner_id": USER_ID, "icon": None,
+                 "roles": [{"id": GUILD, "name": "@everyone", "permissions": "2147483647",
+                            "position": 0, "color": 0, "hoist": False, "managed": False,
+                            "mentionable": False}],
+                 "channels": [text_channel()], "threads": [], "members": [], "emojis": [],
+                 "stickers": [], "features": [], "member_count": 2, "large": False,
+                 "presences": [], "voice_states": [], "stage_instances": [],
+                 "guild_scheduled_events": [], "verification_level": 0,
+                 "default_message_notifications": 0, "explicit_content_filter": 0,
+                 "mfa_level": 0, "premium_tier": 0, "preferred_locale": "en-US",
+                 "nsfw_level": 0, "unavailable": False, "joined_at": _now()}  # fmt: skip
+        await socket.send_str(json.dumps({"op": 0, "t": "GUILD_CREATE", "s": 2, "d": guild}))
+        self.identified.set()
+
+    # --- REST -----------------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.Response:
+        path = "/" + request.match_info["path"]
+        body: dict[str, Any] = {}
+        if request.can_read_body:
+            raw = await request.read()
+            if raw:
+                if request.content_type.startswith("multipart/"):
+                    body = {"multipart": True}
+                else:
+                    body = json.loads(raw)
+        self.calls.append(Call(request.method, path, body, dict(request.query)))
+        if not path.startswith(("/interactions/", "/webhooks/")) and (
+            request.headers.get("Authorization") != f"Bot {TOKEN}"
+        ):
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        for key, queue in self.failures.items():
+            method, _, prefix = key.partition(" ")
+            if queue and method == request.method and path.startswith(prefix):
+                status, extra = queue.popleft()
+                if status == 429:
+                    retry = extra.get("retry_after", 0.2)
+                    return _json({"message": "You are being rate limited.", "retry_after": retry,
+                                  "global": False}, 429, {"Retry-After": str(retry)})  # fmt: skip
+                return _json({"message": "Server error", "code": 0}, status)
+        return self._route(request.method, path, body)
+
+    def _route(self, method: str, path: str, body: dict[str, Any]) -> web.Response:
+        parts = path.strip("/").split("/")
+        if path == "/users/@me":
+            return _json(bot_user())
+        if path == "/oauth2/applications/@me":
+            return _json({"id": APP_ID, "name": "chatbot", "icon": None, "description": "",
+                          "bot_public": True, "bot_require_code_grant": False,
+                          "verify_key": "0" * 64, "flags": 0, "owner": human(),
+                          "team": None, "summary": ""})  # fmt: skip
+        if path == "/gateway" or path == "/gateway/bot":
+            limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
+            return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+        if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
+            commands = body if isinstance(body, list) else []
+            return _json([{**c, "id": snowflake(), "application_id": APP_ID, "version": "1",
+                           "default_member_permissions": None, "type": 1}
+                          for c in commands])  # fmt: skip
+        if parts[0] == "channels" and parts[-1] == "typing":
+            return web.Response(status=204)
+        if parts[0] == "channels" and parts[-1] == "threads" and method == "POST":
+            thread = {"id": snowflake(), "type": 11, "guild_id": GUILD, "parent_id": parts[1],
+                      "name": body.get("name", "thread"), "owner_id": BOT_ID,
+                      "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
+                                          "archive_timestamp": _now(), "locked": False},
+                      "message_count": 0, "member_count": 1, "rate_limit_per_user": 0}  # fmt: skip
+            self.threads[thread["id"]] = thread
+            return _json(thread, 201)
+        if parts[0] == "channels" and parts[-1] == "messages" and method == "POST":
+            return _json(self._store(parts[1], body))
+        if parts[0] == "channels" and len(parts) == 4 and method == "PATCH":
+            return self._edit(parts[3], body)
+        if parts[0] == "interactions" and parts[-1] == "callback":
+            message_id = snowflake()
+            self._store(CHANNEL, {"content": ""}, message_id=message_id, token=parts[2])
+            return _json({"interaction": {"id": parts[1], "type": 2, "response_message_id":
+                          message_id, "response_message_loading": True,
+                          "response_message_ephemeral": False},
+                          "resource": {"type": 5}})  # fmt: skip
+        if parts[0] == "webhooks" and len(parts) == 3 and method == "POST":
+            return _json(self._store(CHANNEL, body, token=parts[2]))
+        if parts[0] == "webhooks" and parts[-2] == "messages" and method == "PATCH":
+            if parts[-1] == "@original":
+                found = [m for m in self.messages.values() if m.get("token") == parts[2]]
+                return self._edit(found[0]["id"] if found else "missing", body)
+            return self._edit(parts[-1], body)
+        return _json({"message": f"404: Not Found ({method} {path})", "code": 0}, 404)
+
+    def _store(self, channel_id: str, body: dict[str, Any], *, message_id: str | None = None,
+               token: str | None = None) -> dict[str, Any]:  # fmt: skip
+        message = {"id": message_id or snowflake(), "channel_id": channel_id, "author": bot_user(),
+                   "content": body.get("content", ""), "timestamp": _now(),
+                   "edited_timestamp": None, "tts": False, "mention_everyone": False,
+                   "mentions": [], "mention_roles": [], "attachments": [], "embeds": [],
+                   "pinned": False, "type": 0, "flags": 0}  # fmt: skip
+        if message_id is None and token is None and "guild_id" not in body:
+            message["guild_id"] = GUILD
+        self.messages[message["id"]] = {**message, "token": token}
+        return message
+
+    def _edit(self, message_id: str, body: dict[str, Any]) -> web.Response:
+        stored = self.messages.get(message_id)
+        if stored is None:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        if "content" in body:
+            stored["content"] = body["content"]
+        stored["edited_timestamp"] = _now()
+        return _json({k: v for k, v in stored.items() if k != "token"})
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data).encode(), status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )  # fmt: skip
