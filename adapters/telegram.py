@@ -183,7 +183,11 @@ class TelegramAdapter:
             app.router.add_post(WEBHOOK_PATH, self._webhook)
 
     def _build(self) -> Application:  # type: ignore[type-arg]
-        limiter = AIORateLimiter(group_max_rate=self.platform.group_max_rate, max_retries=3)
+        limiter = AIORateLimiter(
+            overall_max_rate=self.platform.max_rate,
+            group_max_rate=self.platform.group_max_rate,
+            max_retries=3,
+        )
         builder = (
             ApplicationBuilder().token(self.token).concurrent_updates(True).rate_limiter(limiter)
         )

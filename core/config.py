@@ -163,6 +163,7 @@ class TelegramSettings(PlatformSettings):
     )
     poll_timeout: int = Field(30, ge=0, description="getUpdates long-poll seconds")
     group_max_rate: float = Field(20, gt=0, description="messages per minute per group")
+    max_rate: float = Field(30, gt=0, description="messages per second overall (Telegram: 30)")
 
 
 class DiscordSettings(PlatformSettings):

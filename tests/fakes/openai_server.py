@@ -97,6 +97,7 @@ class FakeOpenAI:
         answer: Callable[[dict[str, Any]], str] = echo_answer,
     ) -> None:
         self.default = default or Reply()
+        self.decide: Callable[[dict[str, Any]], Reply] | None = None  # per-request choice
         self.answer = answer
         self.queue: deque[Reply] = deque()
         self.requests: list[Recorded] = []
@@ -142,7 +143,10 @@ class FakeOpenAI:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
-        reply = self.queue.popleft() if self.queue else self.default
+        if self.queue:
+            reply = self.queue.popleft()
+        else:
+            reply = self.decide(body) if self.decide is not None else self.default
         if reply.kind == "error":
             return _error(reply)
         calls = reply.tool_calls
