@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -34,15 +34,23 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
-def _client(url: str, socket_timeout: float) -> Redis:
-    # Fail fast and retry little: the bot degrades to "no history" rather than hanging.
-    return Redis.from_url(
+MAX_CONNECTIONS = 512
+
+
+def make_client(url: str, socket_timeout: float = 2.0) -> Redis:
+    """The bot's Redis client: fails fast and retries little, so an outage degrades to "no
+    history" rather than hanging; under load a turn waits for a free connection (a blocking
+    pool) instead of failing as if Redis were down."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=socket_timeout * 5,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
         health_check_interval=30,
     )
+    return Redis(connection_pool=pool)
 
 
 async def open_redis(
@@ -53,7 +61,7 @@ async def open_redis(
         described = safe_url(url)
     else:
         url, described = await _start_embedded(stack, data_dir)
-    client = _client(url, socket_timeout)
+    client = make_client(url, socket_timeout)
     stack.push_async_callback(client.aclose)
     try:
         await client.ping()

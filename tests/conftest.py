@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from bots.redis_conn import make_client
 from core.config import Secrets, Settings
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -97,7 +98,7 @@ def key_prefix() -> str:
 @pytest.fixture
 async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
     """A client on the test Redis; every key under this test's prefix is deleted after."""
-    client = Redis.from_url(redis_url)
+    client = make_client(redis_url)
     try:
         yield client
     finally:

@@ -58,12 +58,19 @@ class Driver:
         """(time, conversation channel, text) of every call that put text on screen."""
         raise NotImplementedError
 
+    def where(self, conversation: int) -> str:
+        """The channel id that `calls()` reports for a conversation."""
+        raise NotImplementedError
+
 
 class TelegramDriver(Driver):
     name = "telegram"
 
     def chat(self, conversation: int) -> int:
         return 10_000 + conversation
+
+    def where(self, conversation: int) -> str:
+        return str(self.chat(conversation))
 
     async def say(self, conversation: int, text: str) -> None:
         message = ft.text_message(text, chat_id=self.chat(conversation),
@@ -88,6 +95,9 @@ class SlackDriver(Driver):
     def channel(self, conversation: int) -> str:
         return f"D{conversation:06d}"
 
+    def where(self, conversation: int) -> str:
+        return self.channel(conversation)
+
     async def say(self, conversation: int, text: str) -> None:
         event = fs.message(text, channel=self.channel(conversation), user=f"U{conversation:06d}")
         body = json.dumps(fs.event_body(event))
@@ -109,6 +119,9 @@ class DiscordDriver(Driver):
 
     def channel(self, conversation: int) -> str:
         return str(950000000000000000 + conversation)
+
+    def where(self, conversation: int) -> str:
+        return self.channel(conversation)
 
     async def say(self, conversation: int, text: str) -> None:
         author = fd.human(str(960000000000000000 + conversation), f"user{conversation}")

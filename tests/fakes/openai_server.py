@@ -81,6 +81,7 @@ class Recorded:
     headers: dict[str, str]
     body: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
+    first_token: float = 0.0  # when the first content chunk left
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -142,7 +143,8 @@ class FakeOpenAI:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        record = Recorded(request.path, dict(request.headers), body)
+        self.requests.append(record)
         if self.queue:
             reply = self.queue.popleft()
         else:
@@ -162,7 +164,7 @@ class FakeOpenAI:
             return web.json_response(
                 _completion(next(self._ids), body, text, calls, self._call_ids, reply.usage)
             )
-        return await self._stream(request, body, reply, text, calls)
+        return await self._stream(request, body, reply, text, calls, record)
 
     async def _moderations(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -183,6 +185,7 @@ class FakeOpenAI:
         reply: Reply,
         text: str,
         calls: list[Call],
+        record: Recorded,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -197,7 +200,8 @@ class FakeOpenAI:
             if reply.kind in ("stall", "cut") and index == reply.after_chunks:
                 return await self._break(request, response, reply)
             if index == 0:
-                self.first_token_at.append(time.monotonic())
+                record.first_token = time.monotonic()
+                self.first_token_at.append(record.first_token)
             elif delay:
                 await asyncio.sleep(delay)
             try:

@@ -28,8 +28,8 @@ from tests.fakes.openai_server import FakeOpenAI, Reply, echo_answer
 from tests.helpers import wait_for
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
-CONVERSATIONS = 200 if FULL else 24
-TURNS = 5 if FULL else 3
+CONVERSATIONS = int(os.environ.get("RELIABILITY_CONVERSATIONS", 200 if FULL else 24))
+TURNS = int(os.environ.get("RELIABILITY_TURNS", 5 if FULL else 3))
 PLATFORMS = ("slack", "telegram", "discord")
 CUT_NOTE = "cut short"
 
@@ -81,7 +81,10 @@ async def _conversation(bot: Bot, platform: str, number: int, latencies: list[fl
             answers = driver.answers(number)
             return len(answers) > turn and _is_final(answers[turn], f"echo: {text}")
 
-        await wait_for(answered, timeout=60, every=0.02)
+        try:
+            await wait_for(answered, timeout=60, every=0.02)
+        except AssertionError:
+            raise AssertionError(f"{platform} #{number} turn {turn}: {driver.answers(number)}")
         latencies.append(time.monotonic() - started)
 
 

