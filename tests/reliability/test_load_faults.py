@@ -49,19 +49,22 @@ def _faulty_model(rng: random.Random) -> Any:
 
 
 async def _platform_faults(bot: Bot, rng: random.Random, stop: asyncio.Event) -> None:
-    """Now and then a platform answers 429 or 5xx to a send or an edit."""
+    """Now and then a platform answers 429 or 5xx to a send or an edit (one pending fault per
+    kind at a time, so faults follow the traffic instead of piling up in quiet moments)."""
+    faults = [
+        (bot.slack.failures, "chat.update", lambda: bot.slack.fail("chat.update", retry_after=1)),
+        (bot.slack.failures, "chat.postMessage",
+         lambda: bot.slack.fail("chat.postMessage", error="internal_error", status=500)),
+        (bot.telegram.failures, "editMessageText",
+         lambda: bot.telegram.flood("editMessageText", retry_after=1)),
+        (bot.discord.failures, "PATCH /channels",
+         lambda: bot.discord.fail("PATCH /channels", 429, retry_after=0.3)),
+        (bot.discord.failures, "POST /channels", lambda: bot.discord.fail("POST /channels", 502)),
+    ]  # fmt: skip
     while not stop.is_set():
-        kind = rng.randrange(6)
-        if kind == 0:
-            bot.slack.fail("chat.update", retry_after=1)
-        elif kind == 1:
-            bot.slack.fail("chat.postMessage", error="internal_error", status=500)
-        elif kind == 2:
-            bot.telegram.flood("editMessageText", retry_after=1)
-        elif kind == 3:
-            bot.discord.fail("PATCH /channels", 429, retry_after=0.3)
-        elif kind == 4:
-            bot.discord.fail("POST /channels", 502)
+        pending, key, inject = rng.choice(faults)
+        if not pending.get(key):
+            inject()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5 + rng.random())
 
@@ -84,7 +87,8 @@ async def _conversation(bot: Bot, platform: str, number: int, latencies: list[fl
         try:
             await wait_for(answered, timeout=60, every=0.02)
         except AssertionError:
-            raise AssertionError(f"{platform} #{number} turn {turn}: {driver.answers(number)}")
+            answers = driver.answers(number)
+            raise AssertionError(f"{platform} #{number} turn {turn}: {answers}") from None
         latencies.append(time.monotonic() - started)
 
 
