@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.common import serve_locally
+
 
 @dataclass
 class Hit:
@@ -47,11 +49,7 @@ class FakeActions:
         app.router.add_post("/fail", self._fail)
         app.router.add_post("/slow", self._slow)
         app.router.add_post("/garbage", self._garbage)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_locally(app, shutdown_timeout=0.2)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.common import read_params, serve_locally
+
 BOT_TOKEN = "xoxb-test-bot-token"
 APP_TOKEN = "xapp-test-app-token"
 SIGNING_SECRET = "test-signing-secret"
@@ -66,11 +68,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_locally(app, shutdown_timeout=0.2)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -111,7 +109,7 @@ class FakeSlack:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        params = await _params(request)
+        params = await read_params(request)
         self.calls.append(Call(method, params))
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
@@ -195,24 +193,6 @@ class FakeSlack:
             if message.type == WSMsgType.TEXT:
                 self.acks.append(json.loads(message.data))
         return socket
-
-
-async def _params(request: web.Request) -> dict[str, Any]:
-    if request.content_type == "application/json":
-        data = await request.json()
-        return dict(data) if isinstance(data, dict) else {}
-    form = await request.post()
-    params: dict[str, Any] = {}
-    for key, value in form.items():
-        text = value if isinstance(value, str) else ""
-        if text[:1] in "[{":
-            try:
-                params[key] = json.loads(text)
-                continue
-            except ValueError:
-                pass
-        params[key] = text
-    return params
 
 
 _event_ids = itertools.count(1)

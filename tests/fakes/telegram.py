@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from html.parser import HTMLParser
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.common import read_params, serve_locally
 
 BOT_ID = 7000001
 BOT_USERNAME = "TestChatBot"
@@ -90,11 +91,7 @@ class FakeTelegram:
     async def __aenter__(self) -> FakeTelegram:
         app = web.Application()
         app.router.add_post("/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_locally(app, shutdown_timeout=0.2)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -135,7 +132,7 @@ class FakeTelegram:
         if request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
         method = request.match_info["method"]
-        params = await _params(request)
+        params = await read_params(request)
         self.calls.append(Call(method, params))
         queued = self.failures.get(method)
         if queued:
@@ -286,24 +283,6 @@ def _message(chat_id: int, message_id: int, text: str, params: dict[str, Any]) -
     if params.get("message_thread_id"):
         message["message_thread_id"] = int(params["message_thread_id"])
     return message
-
-
-async def _params(request: web.Request) -> dict[str, Any]:
-    if request.content_type == "application/json":
-        data = await request.json()
-        return dict(data) if isinstance(data, dict) else {}
-    form = await request.post()
-    params: dict[str, Any] = {}
-    for key, value in form.items():
-        text = value if isinstance(value, str) else ""
-        if text[:1] in "[{":
-            try:
-                params[key] = json.loads(text)
-                continue
-            except ValueError:
-                pass
-        params[key] = text
-    return params
 
 
 def _ok(result: Any) -> web.Response:
