@@ -111,7 +111,7 @@ async def main(args: argparse.Namespace) -> str:
         base = await run_naive("naive", conversations=1, turns=turns_a, reply=fast)
         out.append(table(ours, base))
     if "b" in args.scenarios:
-        n = 30 if smoke else 1000
+        n = 30 if smoke else args.conversations
         slow = Reply(text=answer_of(200), ttft=0.3 if smoke else 2.0, tokens_per_second=30
                      if not smoke else 300, words_per_chunk=1)  # fmt: skip
         ours = await run_bot_scenario("(b) concurrent conversations, slow model", redis_url=url,
@@ -138,6 +138,7 @@ def cli() -> int:
     parser.add_argument("--smoke", action="store_true", help="a few-second run (CI)")
     parser.add_argument("--scenarios", default="abc", help="which of a, b, c to run")
     parser.add_argument("--write", type=Path, help="append the tables to this file")
+    parser.add_argument("--conversations", type=int, default=1000, help="scenario (b) size")
     args = parser.parse_args()
     started = time.monotonic()
     report = asyncio.run(main(args))
