@@ -126,6 +126,7 @@ def intents_test(settings: Settings, text: str) -> int:
 
 
 async def _run(settings: Settings, secrets: Secrets) -> int:
+    from bots import taskdump
     from bots.app import BotApp
 
     app = BotApp(settings, secrets)
@@ -134,7 +135,8 @@ async def _run(settings: Settings, secrets: Secrets) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("chatbot running; SIGTERM or Ctrl-C to stop")
+    taskdump.install(loop)
+    log.info("chatbot running; SIGTERM or Ctrl-C to stop; SIGUSR1 logs what every task awaits")
     await stop.wait()
     log.info("shutting down")
     await app.stop()

@@ -328,21 +328,26 @@ class RedisStore:
         else:
             if not acquired:
                 log.warning("conversation lock %s not free after %ss", name, self.limits.lock_wait)
-        refresher = asyncio.create_task(self._refresh(lock)) if acquired else None
+        done = asyncio.Event()
+        refresher = asyncio.create_task(self._refresh(lock, done)) if acquired else None
         try:
             yield
         finally:
             if refresher is not None:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+                # Ends by the event, not by cancel(): a cancel that lands as a Redis call times
+                # out comes back as TimeoutError (an OSError), would be swallowed below, and
+                # the refresher would then keep the turn waiting here for ever.
+                done.set()
+                await asyncio.wait({refresher})
                 with contextlib.suppress(LockError, RedisError, OSError):
                     await lock.release()
 
-    async def _refresh(self, lock: Lock) -> None:
+    async def _refresh(self, lock: Lock, done: asyncio.Event) -> None:
         """Keep the lock while a long answer streams."""
-        while True:
-            await asyncio.sleep(self.limits.lock_ttl / 3)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.limits.lock_ttl / 3)
+                return
             with contextlib.suppress(LockError, RedisError, OSError):
                 await lock.extend(self.limits.lock_ttl, replace_ttl=True)
 
