@@ -188,13 +188,10 @@ async def run_bot_scenario(
                     async with semaphore:
                         sent_at[text] = (platform, index, time.monotonic())
                         await driver.say(index, text)
-                        deadline = time.monotonic() + 120
-                        while time.monotonic() < deadline:
-                            answers = driver.answers(index)
-                            expected = reply.text or _final(fake, text)
-                            if len(answers) > turn and answers[turn] == expected:
-                                break
-                            await asyncio.sleep(0.01)
+                        expected = reply.text or _final(fake, text)
+                        await driver.wait_answers(
+                            index, lambda a, t=turn, e=expected: len(a) > t and a[t] == e, 120
+                        )
 
             await asyncio.gather(*(conversation(i) for i in range(conversations)))
             result.seconds = time.monotonic() - started

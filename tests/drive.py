@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from core.config import Secrets, Settings
 from tests.fakes import discord as fd
 from tests.fakes import slack as fs
 from tests.fakes import telegram as ft
+from tests.fakes.common import Screen
 from tests.fakes.openai_server import FakeOpenAI
 
 TELEGRAM_TOKEN = "123456:TEST-token"
@@ -62,8 +63,27 @@ class Driver:
         """The channel id that `calls()` reports for a conversation."""
         raise NotImplementedError
 
+    def screen(self) -> Screen:
+        raise NotImplementedError
+
+    async def wait_answers(
+        self, conversation: int, done: Callable[[list[str]], bool], timeout: float
+    ) -> list[str]:
+        """Wait until `done(answers)`; return the answers. Waits on the fake's change events
+        rather than polling, so thousands of waiting conversations cost nothing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answers = self.answers(conversation)
+            left = deadline - time.monotonic()
+            if done(answers) or left <= 0:
+                return answers
+            await self.screen().wait(self.where(conversation), left)
+
 
 class TelegramDriver(Driver):
+    def screen(self) -> Screen:
+        return self.bot.telegram.screen
+
     name = "telegram"
 
     def chat(self, conversation: int) -> int:
@@ -90,6 +110,9 @@ class TelegramDriver(Driver):
 
 
 class SlackDriver(Driver):
+    def screen(self) -> Screen:
+        return self.bot.slack.screen
+
     name = "slack"
 
     def channel(self, conversation: int) -> str:
@@ -115,6 +138,9 @@ class SlackDriver(Driver):
 
 
 class DiscordDriver(Driver):
+    def screen(self) -> Screen:
+        return self.bot.discord.screen
+
     name = "discord"
 
     def channel(self, conversation: int) -> str:

@@ -1,8 +1,12 @@
-"""What every fake server shares: listening on a free loopback port, reading request bodies."""
+"""What every fake server shares: listening on a free loopback port, reading request bodies,
+and a per-channel index of what the bot has on screen that drivers can wait on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import defaultdict
+from collections.abc import Hashable
 from typing import Any
 
 from aiohttp import web
@@ -36,3 +40,34 @@ async def read_params(request: web.Request) -> dict[str, Any]:
                 pass
         params[key] = text
     return params
+
+
+class Screen:
+    """The bot's messages per channel, in the order they were posted, with a wait for the next
+    change in a channel. Drivers of many conversations wait on this instead of rescanning every
+    message of every channel: that scan grows with the load and starved the event loop."""
+
+    def __init__(self) -> None:
+        self._keys: defaultdict[str, list[Hashable]] = defaultdict(list)
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def posted(self, channel: str, key: Hashable) -> None:
+        self._keys[channel].append(key)
+        self.changed(channel)
+
+    def keys(self, channel: str) -> list[Hashable]:
+        return list(self._keys.get(channel, ()))
+
+    def changed(self, channel: str) -> None:
+        event = self._changed.pop(channel, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, channel: str, timeout: float) -> bool:
+        """Wait for the next change in `channel`; False if none came within `timeout`."""
+        event = self._changed.setdefault(channel, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

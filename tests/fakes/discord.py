@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.common import serve_locally
+from tests.fakes.common import Screen, serve_locally
 
 TOKEN = "TEST.discord.token"
 APP_ID = "900000000000000001"
@@ -70,6 +70,7 @@ class FakeDiscord:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.messages: dict[str, dict[str, Any]] = {}  # id -> message as stored
+        self.screen = Screen()
         self.failures: dict[str, deque[tuple[int, dict[str, Any]]]] = {}
         self.threads: dict[str, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
@@ -110,8 +111,7 @@ class FakeDiscord:
 
     def texts_in(self, channel_id: str) -> list[str]:
         """Current text of every message the bot has in a channel, in order."""
-        found = [m for m in self.messages.values() if m["channel_id"] == channel_id]
-        return [m["content"] for m in sorted(found, key=lambda m: int(m["id"]))]
+        return [self.messages[str(key)]["content"] for key in self.screen.keys(channel_id)]
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         payload = {"op": 0, "t": event, "s": next(self._sequence) + 2, "d": data}
@@ -277,6 +277,7 @@ class FakeDiscord:
         if message_id is None and token is None and "guild_id" not in body:
             message["guild_id"] = GUILD
         self.messages[message["id"]] = {**message, "token": token}
+        self.screen.posted(channel_id, message["id"])
         return message
 
     def _edit(self, message_id: str, body: dict[str, Any]) -> web.Response:
@@ -286,6 +287,7 @@ class FakeDiscord:
         if "content" in body:
             stored["content"] = body["content"]
         stored["edited_timestamp"] = _now()
+        self.screen.changed(stored["channel_id"])
         return _json({k: v for k, v in stored.items() if k != "token"})
 
 

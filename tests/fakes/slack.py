@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.common import read_params, serve_locally
+from tests.fakes.common import Screen, read_params, serve_locally
 
 BOT_TOKEN = "xoxb-test-bot-token"
 APP_TOKEN = "xapp-test-app-token"
@@ -52,6 +52,7 @@ class FakeSlack:
         self.streaming = streaming  # whether chat.startStream & co. exist in this workspace
         self.calls: list[Call] = []
         self.messages: dict[str, dict[str, Any]] = {}  # ts -> {"channel", "thread_ts", "text"}
+        self.screen = Screen()
         self.failures: dict[str, deque[tuple[int, str, int]]] = {}
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -90,11 +91,8 @@ class FakeSlack:
 
     def texts_in(self, channel: str, thread_ts: str | None = None) -> list[str]:
         """The current text of every bot message in a channel (or thread), in order."""
-        return [
-            m["text"]
-            for _, m in sorted(self.messages.items())
-            if m["channel"] == channel and (thread_ts is None or m.get("thread_ts") == thread_ts)
-        ]
+        found = (self.messages[ts] for ts in self.screen.keys(channel))
+        return [m["text"] for m in found if thread_ts is None or m.get("thread_ts") == thread_ts]
 
     async def envelope(self, payload: dict[str, Any], kind: str = "events_api") -> str:
         """Send a Socket Mode envelope to the connected bot; returns its envelope id."""
@@ -145,6 +143,7 @@ class FakeSlack:
         channel = str(params["channel"])
         self.messages[ts] = {"channel": channel, "thread_ts": params.get("thread_ts"),
                              "text": str(params.get("text", ""))}  # fmt: skip
+        self.screen.posted(channel, ts)
         return {"ok": True, "channel": channel, "ts": ts,
                 "message": {"type": "message", "user": BOT_USER, "bot_id": BOT_ID,
                             "text": params.get("text", ""), "ts": ts}}  # fmt: skip
@@ -154,6 +153,7 @@ class FakeSlack:
         if ts not in self.messages:
             return {"ok": False, "error": "message_not_found"}
         self.messages[ts]["text"] = str(params.get("text", ""))
+        self.screen.changed(self.messages[ts]["channel"])
         return {"ok": True, "channel": params["channel"], "ts": ts, "text": params.get("text")}
 
     def _m_chat_startStream(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +162,7 @@ class FakeSlack:
         self.messages[ts] = {"channel": channel, "thread_ts": params.get("thread_ts"),
                              "text": str(params.get("markdown_text", "") or ""),
                              "streaming": True}  # fmt: skip
+        self.screen.posted(channel, ts)
         return {"ok": True, "channel": channel, "ts": ts}
 
     def _m_chat_appendStream(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +170,7 @@ class FakeSlack:
         if message is None or not message.get("streaming"):
             return {"ok": False, "error": "message_not_in_streaming_state"}
         message["text"] += str(params.get("markdown_text", "") or "")
+        self.screen.changed(message["channel"])
         return {"ok": True, "channel": params["channel"], "ts": params["ts"]}
 
     def _m_chat_stopStream(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +179,7 @@ class FakeSlack:
             return {"ok": False, "error": "message_not_in_streaming_state"}
         message["text"] += str(params.get("markdown_text", "") or "")
         message["streaming"] = False
+        self.screen.changed(message["channel"])
         return {"ok": True, "channel": params["channel"], "ts": params["ts"],
                 "message": {"text": message["text"]}}  # fmt: skip
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import read_params, serve_locally
+from tests.fakes.common import Screen, read_params, serve_locally
 
 BOT_ID = 7000001
 BOT_USERNAME = "TestChatBot"
@@ -77,6 +77,7 @@ class FakeTelegram:
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
         self.messages: dict[tuple[int, int], str] = {}  # (chat, id) -> text as shown
+        self.screen = Screen()
         self.failures: dict[str, deque[tuple[int, str, dict[str, Any]]]] = {}
         self._new_update = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -113,7 +114,7 @@ class FakeTelegram:
 
     def sent_texts(self, chat_id: int) -> list[str]:
         """The final text of every message in a chat, in order."""
-        return [text for (chat, _), text in sorted(self.messages.items()) if chat == chat_id]
+        return [self.messages[key] for key in self.screen.keys(str(chat_id))]  # type: ignore[index]
 
     def update(self, message: dict[str, Any]) -> dict[str, Any]:
         """Queue an update for getUpdates and return it (for webhook delivery too)."""
@@ -176,6 +177,7 @@ class FakeTelegram:
             return _error(400, problem)
         message_id = next(self._message_ids)
         self.messages[(chat_id, message_id)] = text
+        self.screen.posted(str(chat_id), (chat_id, message_id))
         return _ok(_message(chat_id, message_id, text, params))
 
     async def _m_editMessageText(self, params: dict[str, Any]) -> web.Response:
@@ -190,6 +192,7 @@ class FakeTelegram:
         if problem:
             return _error(400, problem)
         self.messages[(chat_id, message_id)] = text
+        self.screen.changed(str(chat_id))
         return _ok(_message(chat_id, message_id, text, params))
 
     async def _m_sendMessageDraft(self, params: dict[str, Any]) -> web.Response:

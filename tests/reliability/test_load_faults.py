@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from bots.taskdump import dump_tasks
 from core.chat import APOLOGY
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, running_bot
@@ -80,15 +82,11 @@ async def _conversation(bot: Bot, platform: str, number: int, latencies: list[fl
         started = time.monotonic()
         await driver.say(number, text)
 
-        def answered(turn: int = turn, text: str = text) -> bool:
-            answers = driver.answers(number)
+        def answered(answers: list[str], turn: int = turn, text: str = text) -> bool:
             return len(answers) > turn and _is_final(answers[turn], f"echo: {text}")
 
-        try:
-            await wait_for(answered, timeout=60, every=0.02)
-        except AssertionError:
-            answers = driver.answers(number)
-            raise AssertionError(f"{platform} #{number} turn {turn}: {answers}") from None
+        answers = await driver.wait_answers(number, answered, timeout=60)
+        assert answered(answers), f"{platform} #{number} turn {turn}: {answers}\n{dump_tasks()}"
         latencies.append(time.monotonic() - started)
 
 
@@ -105,6 +103,7 @@ async def test_every_message_answered_exactly_once_under_faults(
         streaming={"edit_interval": 0.2},
     )  # fmt: skip
     latencies: list[float] = []
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: print(dump_tasks()))
     async with running_bot(settings, redis, fake_openai) as bot:
         stop = asyncio.Event()
         faults = asyncio.create_task(_platform_faults(bot, rng, stop))
