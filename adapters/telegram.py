@@ -28,6 +28,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Contex
 
 from adapters.base import AdapterStartError
 from adapters.telegram_format import to_telegram_html
+from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_updates import BotIdentity, to_message
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
@@ -190,7 +191,8 @@ class TelegramAdapter:
         )
         builder = (
             ApplicationBuilder().token(self.token).concurrent_updates(True).rate_limiter(limiter)
-        )
+            .request(AiohttpRequest()).get_updates_request(AiohttpRequest(read_timeout=None))
+        )  # fmt: skip
         if self.api_url:
             base = self.api_url.rstrip("/")
             builder = builder.base_url(base if base.endswith("/bot") else base + "/bot")
