@@ -83,9 +83,12 @@ def table(result: Result, base: Result | None) -> str:
     lines.append(_row("Redis round trips per turn (delivery dedupe)",
                       result.redis_dedupe / answers, None, "trips"))  # fmt: skip
     base_cpu = base.cpu_seconds / max(base.answered, 1) * 1000 if base else None
-    lines.append(_row("CPU per message (bot + fakes, one process)",
+    lines.append(_row("CPU per message (bot process; naive: with its fakes)",
                       result.cpu_seconds / answers * 1000, base_cpu, "ms"))  # fmt: skip
-    lines.append(_row("peak RSS (process)", result.peak_rss_mb,
+    if result.driver_cpu_seconds:
+        lines.append(_row("CPU per message (fakes + driver, not the bot)",
+                          result.driver_cpu_seconds / answers * 1000, None, "ms"))  # fmt: skip
+    lines.append(_row("peak RSS (bot process)", result.peak_rss_mb,
                       base.peak_rss_mb if base else None, "MB"))  # fmt: skip
     if result.prompt_tokens:
         lines.append(_row("tokens sent per turn (max)", max(result.prompt_tokens),
@@ -107,7 +110,8 @@ async def main(args: argparse.Namespace) -> str:
     if "a" in args.scenarios:
         ours = await run_bot_scenario("(a) one conversation, context growth", redis_url=url,
                                       platforms=("telegram",), conversations=1, turns=turns_a,
-                                      reply=fast, budget=600, tmp=tmp)  # fmt: skip
+                                      reply=fast, budget=600, tmp=tmp,
+                                      profile=_profile(args, "a"))  # fmt: skip
         base = await run_naive("naive", conversations=1, turns=turns_a, reply=fast)
         out.append(table(ours, base))
     if "b" in args.scenarios:
@@ -116,21 +120,31 @@ async def main(args: argparse.Namespace) -> str:
                      if not smoke else 300, words_per_chunk=1)  # fmt: skip
         ours = await run_bot_scenario("(b) concurrent conversations, slow model", redis_url=url,
                                       platforms=ALL, conversations=n, turns=1, reply=slow,
-                                      tmp=tmp)  # fmt: skip
+                                      tmp=tmp, profile=_profile(args, "b"))  # fmt: skip
         out.append(table(ours, None))
     if "c" in args.scenarios:
-        per = 20 if smoke else 300
+        per = 20 if smoke else args.per_platform
         for platforms in [(p,) for p in ALL] + [ALL]:
             label = "+".join(platforms)
+            if args.only and args.only != (label if len(platforms) == 1 else "mixed"):
+                continue
             ours = await run_bot_scenario(f"(c) max throughput, instant model: {label}",
                                           redis_url=url, platforms=platforms,
                                           conversations=per * len(platforms) // 2, turns=2,
-                                          reply=fast, concurrency=200, tmp=tmp)  # fmt: skip
+                                          reply=fast, concurrency=200, tmp=tmp,
+                                          profile=_profile(args, f"c-{label}"))  # fmt: skip
             base = None
             if platforms == ("telegram",):
                 base = await run_naive("naive", conversations=per // 2, turns=2, reply=fast)
             out.append(table(ours, base))
     return "\n".join(out)
+
+
+def _profile(args: argparse.Namespace, scenario: str) -> Path | None:
+    if args.profile is None:
+        return None
+    args.profile.mkdir(parents=True, exist_ok=True)
+    return args.profile.resolve() / f"profile-{scenario}.txt"
 
 
 def cli() -> int:
@@ -139,6 +153,14 @@ def cli() -> int:
     parser.add_argument("--scenarios", default="abc", help="which of a, b, c to run")
     parser.add_argument("--write", type=Path, help="append the tables to this file")
     parser.add_argument("--conversations", type=int, default=1000, help="scenario (b) size")
+    parser.add_argument("--per-platform", type=int, default=300,
+                        help="scenario (c): messages per platform")  # fmt: skip
+    parser.add_argument("--only", default="", help="scenario (c): only this platform or 'mixed'")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write a pyinstrument profile of the bot per scenario in this folder",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     report = asyncio.run(main(args))

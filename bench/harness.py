@@ -1,32 +1,36 @@
 """Run the real bot end to end and measure it.
 
-The bot runs with all three adapters (tests/drive.py) against the fake platform servers in
-this process, and the fake OpenAI server in a thread of its own (so a blocking baseline
-cannot stall it), with a real Redis reached through a connection that counts round trips.
+The bot runs alone in its own process (bench/botproc.py) with all three adapters, so its CPU,
+memory and profile are its own; the fake platform servers and the driver (tests/drive.py) run
+in this process, and the fake OpenAI server in a thread of its own (so a blocking baseline
+cannot stall it). Redis is real, reached through a connection that counts round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import json
+import os
 import resource
+import signal
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from pydantic import SecretStr
 
+from core.config import Secrets, Settings
 from core.tokens import TokenCounter
 from tests.conftest import make_settings
-from tests.drive import drive_settings_overrides, running_bot
+from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
-
-HANDSHAKE = (b"HELLO", b"CLIENT", b"SELECT", b"AUTH", b"PING")
 
 
 class ThreadedOpenAI:
@@ -63,49 +67,6 @@ class ThreadedOpenAI:
         self._thread.join(10)
 
 
-class RoundTrips:
-    """A Redis connection class that records every network write."""
-
-    def __init__(self, url: str) -> None:
-        base = UnixDomainSocketConnection if url.startswith("unix") else Connection
-
-        class Counting(base):  # type: ignore[misc, valid-type]
-            writes: ClassVar[list[bytes]] = []
-
-            async def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
-                parts = [command] if isinstance(command, (bytes, str)) else list(command)
-                Counting.writes.append(
-                    b"".join(p.encode() if isinstance(p, str) else p for p in parts)
-                )
-                return await super().send_packed_command(command, check_health)
-
-        self.connection_class = Counting
-        self.url = url
-
-    def client(self) -> Redis:
-        pool = BlockingConnectionPool.from_url(
-            self.url, connection_class=self.connection_class, max_connections=512, timeout=10
-        )
-        return Redis(connection_pool=pool)
-
-    def reset(self) -> None:
-        self.connection_class.writes.clear()
-
-    def count(self) -> tuple[int, int]:
-        """(turn round trips, delivery dedupe round trips), locks and handshakes left out."""
-        turn = dedupe = 0
-        for write in self.connection_class.writes:
-            if b":lock" in write or b":owner:" in write or any(h in write[:40] for h in HANDSHAKE):
-                continue
-            if b":journal" in write and b":conv:" not in write:
-                continue  # crash recovery's periodic scan, not part of a turn
-            if b":seen:" in write:
-                dedupe += 1
-            else:
-                turn += 1
-        return turn, dedupe
-
-
 @dataclass
 class Result:
     """One scenario's figures."""
@@ -120,7 +81,8 @@ class Result:
     platform_calls: int = 0
     redis_turn: int = 0
     redis_dedupe: int = 0
-    cpu_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the bot process's (or the naive bot's, with its fakes)
+    driver_cpu_seconds: float = 0.0  # the fakes' and the driver's, in the benchmark process
     peak_rss_mb: float = 0.0
     prompt_tokens: list[int] = field(default_factory=list)
     budget: int = 0
@@ -146,6 +108,60 @@ def _rusage() -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+@asynccontextmanager
+async def bot_process(
+    settings: Settings, secrets: Secrets, redis_url: str, tmp: Path, profile: Path | None = None
+) -> AsyncIterator[BotProcess]:
+    """`python -m bench.botproc` with these settings; its figures are filled in on exit."""
+    tag = f"{time.monotonic_ns()}"
+    settings_file, stats_file = tmp / f"settings-{tag}.json", tmp / f"stats-{tag}.json"
+    settings_file.write_text(settings.model_dump_json())
+    env = {**os.environ, **_secret_env(secrets)}
+    command = [sys.executable, "-m", "bench.botproc", str(settings_file), str(stats_file),
+               "--redis-url", redis_url]  # fmt: skip
+    if profile is not None:
+        command += ["--profile", str(profile)]
+    with (tmp / f"bot-{tag}.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=log
+        )
+        bot = BotProcess(process.pid)
+        try:
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 60)
+            if not line.startswith(b"READY "):
+                raise RuntimeError(f"the bench bot did not start; see {log.name}")
+            bot.port = int(line.split()[1])
+            yield bot
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                await asyncio.wait_for(process.wait(), 300)
+            if stats_file.exists():
+                bot.figures.update(json.loads(stats_file.read_text()))
+
+
+@dataclass
+class BotProcess:
+    pid: int
+    port: int = 0
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def traffic_starts(self) -> None:
+        os.kill(self.pid, signal.SIGUSR2)
+
+
+def _secret_env(secrets: Secrets) -> dict[str, str]:
+    env = {}
+    for name in type(secrets).model_fields:
+        value = getattr(secrets, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value:
+            env[name.upper()] = str(value)
+    return env
+
+
 async def run_bot_scenario(
     name: str,
     *,
@@ -159,12 +175,11 @@ async def run_bot_scenario(
     budget: int = 3000,
     key_prefix: str = "bench",
     tmp: Path,
+    profile: Path | None = None,
 ) -> Result:
     """Drive `conversations` x `turns` messages through the bot; measure everything."""
     result = Result(name, budget=budget)
     counter = TokenCounter("estimate")
-    trips = RoundTrips(redis_url)
-    redis = trips.client()
     settings = make_settings(
         f"{key_prefix}-{int(time.time() * 1000)}", tmp,
         platforms=drive_settings_overrides(), streaming={"edit_interval": edit_interval},
@@ -173,9 +188,16 @@ async def run_bot_scenario(
     )  # fmt: skip
     sent_at: dict[str, tuple[str, int, float]] = {}
     with ThreadedOpenAI(reply) as fake:
-        async with running_bot(settings, redis, fake) as bot:
+        async with running_fakes(fake) as fakes, AsyncExitStack() as stack:
+            process = await stack.enter_async_context(
+                bot_process(settings, fakes.secrets, redis_url, tmp, profile)
+            )
+            bot = await stack.enter_async_context(driving(
+                Bot(None, settings, fake, fakes.slack, fakes.telegram, fakes.discord,
+                    port=process.port)
+            ))  # fmt: skip
             before = {p: len(bot.drivers[p].calls()) for p in platforms}
-            trips.reset()
+            process.traffic_starts()
             cpu0, _ = _rusage()
             started = time.monotonic()
             semaphore = asyncio.Semaphore(concurrency)
@@ -195,9 +217,8 @@ async def run_bot_scenario(
 
             await asyncio.gather(*(conversation(i) for i in range(conversations)))
             result.seconds = time.monotonic() - started
-            cpu1, rss = _rusage()
-            result.cpu_seconds, result.peak_rss_mb = cpu1 - cpu0, rss
-            result.redis_turn, result.redis_dedupe = trips.count()
+            cpu1, _ = _rusage()
+            result.driver_cpu_seconds = cpu1 - cpu0
             result.messages = conversations * turns
             calls_by_where: dict[str, list[tuple[float, str]]] = {}
             for platform in platforms:
@@ -211,7 +232,11 @@ async def run_bot_scenario(
                     result.answered += len(driver.answers(index))
             for request in fake.chat_requests():
                 _measure(result, request, sent_at, bot, calls_by_where, counter)
-    await redis.aclose()
+        figures = process.figures
+        result.cpu_seconds = figures.get("cpu_seconds", 0.0)
+        result.peak_rss_mb = figures.get("peak_rss_mb", 0.0)
+        result.redis_turn = int(figures.get("redis_turn", 0))
+        result.redis_dedupe = int(figures.get("redis_dedupe", 0))
     return result
 
 

@@ -164,31 +164,46 @@ class DiscordDriver(Driver):
 
 
 class Bot:
-    """The running bot and its fakes."""
+    """The running bot and its fakes. `app` is None when the bot runs in another process
+    (the benchmark); `port` is then where that process listens."""
 
-    def __init__(self, app: BotApp, settings: Settings, openai: FakeOpenAI,
+    def __init__(self, app: BotApp | None, settings: Settings, openai: FakeOpenAI,
                  slack: fs.FakeSlack, telegram: ft.FakeTelegram,
-                 discord: fd.FakeDiscord) -> None:  # fmt: skip
+                 discord: fd.FakeDiscord, *, port: int = 0) -> None:  # fmt: skip
         self.app, self.settings, self.openai = app, settings, openai
         self.slack, self.telegram, self.discord = slack, telegram, discord
+        self._port = port
         self.session: aiohttp.ClientSession | None = None
         self.drivers: dict[str, Driver] = {
             "slack": SlackDriver(self), "telegram": TelegramDriver(self),
             "discord": DiscordDriver(self),
         }  # fmt: skip
 
+    @property
+    def port(self) -> int:
+        return self.app.port if self.app is not None else self._port
+
     async def post(self, path: str, body: str, headers: dict[str, str]) -> int:
         assert self.session is not None
-        url = f"http://127.0.0.1:{self.app.port}{path}"
+        url = f"http://127.0.0.1:{self.port}{path}"
         headers = {**headers, "Content-Type": "application/json"}
         async with self.session.post(url, data=body, headers=headers) as response:
             await response.read()
             return response.status
 
 
+@dataclass
+class Fakes:
+    """The three fake platforms, and the secrets that point a bot at them."""
+
+    slack: fs.FakeSlack
+    telegram: ft.FakeTelegram
+    discord: fd.FakeDiscord
+    secrets: Secrets
+
+
 @asynccontextmanager
-async def running_bot(settings: Settings, redis: Redis, openai: FakeOpenAI) -> AsyncIterator[Bot]:
-    """All three platforms on one bot, over their fakes."""
+async def running_fakes(openai: FakeOpenAI) -> AsyncIterator[Fakes]:
     async with AsyncExitStack() as stack:
         slack = await stack.enter_async_context(fs.FakeSlack(streaming=False))
         telegram = await stack.enter_async_context(ft.FakeTelegram(TELEGRAM_TOKEN))
@@ -203,13 +218,28 @@ async def running_bot(settings: Settings, redis: Redis, openai: FakeOpenAI) -> A
             discord_bot_token=fd.TOKEN, discord_api_url=discord.api_url,
             discord_gateway_url=discord.gateway_url,
         )  # fmt: skip
-        app = BotApp(settings, secrets, redis=redis)
+        yield Fakes(slack, telegram, discord, secrets)
+
+
+@asynccontextmanager
+async def driving(bot: Bot) -> AsyncIterator[Bot]:
+    """Give `bot` the HTTP session its drivers post webhooks with."""
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        bot.session = session
+        yield bot
+
+
+@asynccontextmanager
+async def running_bot(settings: Settings, redis: Redis, openai: FakeOpenAI) -> AsyncIterator[Bot]:
+    """All three platforms on one bot in this process, over their fakes."""
+    async with running_fakes(openai) as fakes, AsyncExitStack() as stack:
+        app = BotApp(settings, fakes.secrets, redis=redis)
         await app.start()
         stack.push_async_callback(app.stop)
-        bot = Bot(app, settings, openai, slack, telegram, discord)
-        connector = aiohttp.TCPConnector(limit=200)
-        bot.session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
-        yield bot
+        bot = Bot(app, settings, openai, fakes.slack, fakes.telegram, fakes.discord)
+        async with driving(bot):
+            yield bot
 
 
 def drive_settings_overrides() -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""The bot under benchmark, in a process of its own: `python -m bench.botproc SETTINGS STATS`.
+
+Only the bot runs here, so CPU per message, peak RSS and the profile are the bot's alone
+(the fakes and the driver run in the benchmark's process). Secrets come from the
+environment, as in `chatbot run`; `--redis-url` names the Redis, reached through a
+connection that counts round trips. Protocol with the benchmark:
+
+- stdout `READY <port>` once the bot serves;
+- SIGUSR2: traffic starts now (counters and CPU reset, the profiler starts);
+- SIGTERM: stop, write the figures as JSON to STATS (and the profile beside it), exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.roundtrips import RoundTrips
+from bots.app import BotApp
+from bots.logs import setup_logging
+from core.config import Secrets, Settings
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def serve(
+    settings: Settings, secrets: Secrets, redis_url: str, profile: bool
+) -> tuple[dict[str, float], Any]:
+    """Run until SIGTERM; return the figures and the profiler (if any)."""
+    trips = RoundTrips(redis_url)
+    redis = trips.client()
+    app = BotApp(settings, secrets, redis=redis)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    marks: dict[str, Any] = {"cpu0": _cpu()}
+    profiler: Any = None
+
+    def start_traffic() -> None:
+        nonlocal profiler
+        trips.reset()
+        marks["cpu0"] = _cpu()
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.001, async_mode="disabled")
+            profiler.start()
+
+    loop.add_signal_handler(signal.SIGUSR2, start_traffic)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"READY {app.port}", flush=True)
+    await stop.wait()
+    cpu = _cpu() - marks["cpu0"]
+    if profiler is not None:
+        profiler.stop()  # rendered after the loop: rendering takes seconds
+    turn, dedupe = trips.count()
+    await app.stop()
+    await redis.aclose()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures = {"cpu_seconds": cpu, "peak_rss_mb": peak, "redis_turn": turn, "redis_dedupe": dedupe}
+    return figures, profiler
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.botproc", description=__doc__)
+    parser.add_argument("settings", type=Path, help="Settings as JSON")
+    parser.add_argument("stats", type=Path, help="where the figures are written on SIGTERM")
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument profile here")
+    args = parser.parse_args()
+    settings = Settings.model_validate_json(args.settings.read_text())
+    secrets = Secrets()
+    setup_logging(settings.log_level, secrets.values(), fmt=settings.log_format)
+    figures, profiler = asyncio.run(serve(settings, secrets, args.redis_url, bool(args.profile)))
+    args.stats.write_text(json.dumps(figures))
+    if profiler is not None:
+        args.profile.write_text(profiler.output_text(unicode=False, color=False))
+        profiler.last_session.save(str(args.profile.with_suffix(".pyisession")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

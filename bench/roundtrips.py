@@ -1,0 +1,53 @@
+"""Counting Redis round trips: a connection class that records every network write."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+
+HANDSHAKE = (b"HELLO", b"CLIENT", b"SELECT", b"AUTH", b"PING")
+
+
+class RoundTrips:
+    """A Redis connection class that records every network write."""
+
+    def __init__(self, url: str) -> None:
+        base = UnixDomainSocketConnection if url.startswith("unix") else Connection
+
+        class Counting(base):  # type: ignore[misc, valid-type]
+            writes: ClassVar[list[bytes]] = []
+
+            async def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+                parts = [command] if isinstance(command, (bytes, str)) else list(command)
+                Counting.writes.append(
+                    b"".join(p.encode() if isinstance(p, str) else p for p in parts)
+                )
+                return await super().send_packed_command(command, check_health)
+
+        self.connection_class = Counting
+        self.url = url
+
+    def client(self) -> Redis:
+        pool = BlockingConnectionPool.from_url(
+            self.url, connection_class=self.connection_class, max_connections=512, timeout=10
+        )
+        return Redis(connection_pool=pool)
+
+    def reset(self) -> None:
+        self.connection_class.writes.clear()
+
+    def count(self) -> tuple[int, int]:
+        """(turn round trips, delivery dedupe round trips), locks and handshakes left out."""
+        turn = dedupe = 0
+        for write in self.connection_class.writes:
+            if b":lock" in write or b":owner:" in write or any(h in write[:40] for h in HANDSHAKE):
+                continue
+            if b":journal" in write and b":conv:" not in write:
+                continue  # crash recovery's periodic scan, not part of a turn
+            if b":seen:" in write:
+                dedupe += 1
+            else:
+                turn += 1
+        return turn, dedupe
