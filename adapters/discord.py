@@ -24,7 +24,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.base import AdapterStartError
-from adapters.discord_events import conversation_key, strip_bot_mention
+from adapters.discord_events import conversation_key, to_message
 from core.config import DiscordSettings, Settings
 from core.model import Command, Message, MessageRef, User
 from core.protocols import Deduper, Handler
@@ -240,16 +240,7 @@ class DiscordAdapter:
         if mentioned and self.platform.open_threads and isinstance(channel, discord.TextChannel):
             channel = await msg.create_thread(name=_thread_name(msg.clean_content))
             reply_to = None
-        text = strip_bot_mention(msg.content, client.user.id)
-        author = str(msg.author.id)
-        message = Message(
-            platform="discord",
-            key=conversation_key(channel, author),
-            user=User(author, msg.author.display_name, is_admin=author in self._admins),
-            text=text,
-            message_id=str(msg.id),
-            command=_text_command(text),
-        )
+        message = to_message(msg, channel, client.user.id, self._admins)
         responder = ChannelResponder(channel, reply_to=reply_to, edit_interval=self._interval())
         await self.handler(message, responder)
 
@@ -323,9 +314,3 @@ class DiscordAdapter:
 def _thread_name(text: str) -> str:
     name = " ".join(text.split())[:90]
     return name or "Conversation"
-
-
-def _text_command(text: str) -> Command | None:
-    from core.model import parse_command
-
-    return parse_command(text)

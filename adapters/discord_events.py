@@ -8,9 +8,10 @@ A thread is its own conversation (its parent channel is the `channel`, the threa
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
-from core.model import ContextKey
+from core.model import ContextKey, Message, User, parse_command
 
 
 def conversation_key(channel: Any, user: str) -> ContextKey:
@@ -25,4 +26,27 @@ def conversation_key(channel: Any, user: str) -> ContextKey:
 
 
 def strip_bot_mention(content: str, bot_id: int) -> str:
-    return re.sub(rf"<@!?{bot_id}>", "", content).strip()
+    """`content` without mentions of the bot (removed until none is left: taking one out of
+    `<@<@1>1>` joins the rest into another)."""
+    pattern = re.compile(rf"<@!?{bot_id}>")
+    while True:
+        stripped = pattern.sub("", content)
+        if stripped == content:
+            return stripped.strip()
+        content = stripped
+
+
+def to_message(msg: Any, channel: Any, bot_id: int, admins: Collection[str]) -> Message:
+    """The core's `Message` for a discord.py message the bot answers in `channel` (the
+    message's own channel, or the thread opened for the answer)."""
+    content = msg.content if isinstance(msg.content, str) else ""  # discord.py keeps a null
+    text = strip_bot_mention(content, bot_id)
+    author = str(msg.author.id)
+    return Message(
+        platform="discord",
+        key=conversation_key(channel, author),
+        user=User(author, msg.author.display_name, is_admin=author in admins),
+        text=text,
+        message_id=str(msg.id),
+        command=parse_command(text),
+    )

@@ -205,7 +205,14 @@ class TelegramAdapter:
     async def start(self) -> None:
         application = self._build()
         try:
-            await application.initialize()  # getMe
+            try:
+                await application.initialize()  # getMe
+            except BaseException:
+                # initialize() opened the HTTP clients before getMe failed, and shutdown()
+                # of an Application that never finished initializing does nothing: close the
+                # bot's clients here, or their pooled connection is left to the collector.
+                await application.bot.shutdown()
+                raise
         except InvalidToken:
             raise AdapterStartError(
                 "Telegram refused TELEGRAM_BOT_TOKEN (getMe: Unauthorized); check the token "

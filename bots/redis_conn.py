@@ -50,7 +50,7 @@ def make_client(url: str, socket_timeout: float = 2.0) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
         health_check_interval=30,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
 async def open_redis(
