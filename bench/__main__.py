@@ -107,20 +107,21 @@ async def main(args: argparse.Namespace) -> str:
            f"command: python -m bench {' '.join(sys.argv[1:])}".rstrip()]  # fmt: skip
     turns_a = 5 if smoke else 30
     fast = Reply(text=answer_of(50), words_per_chunk=5)
+    common = {"redis_url": url, "tmp": tmp}
     if "a" in args.scenarios:
-        ours = await run_bot_scenario("(a) one conversation, context growth", redis_url=url,
+        ours = await run_bot_scenario("(a) one conversation, context growth",
                                       platforms=("telegram",), conversations=1, turns=turns_a,
-                                      reply=fast, budget=600, tmp=tmp,
-                                      profile=_profile(args, "a"))  # fmt: skip
+                                      reply=fast, budget=600, profile=_profile(args, "a"),
+                                      **common)  # fmt: skip
         base = await run_naive("naive", conversations=1, turns=turns_a, reply=fast)
         out.append(table(ours, base))
     if "b" in args.scenarios:
         n = 30 if smoke else args.conversations
         slow = Reply(text=answer_of(200), ttft=0.3 if smoke else 2.0, tokens_per_second=30
                      if not smoke else 300, words_per_chunk=1)  # fmt: skip
-        ours = await run_bot_scenario("(b) concurrent conversations, slow model", redis_url=url,
+        ours = await run_bot_scenario("(b) concurrent conversations, slow model",
                                       platforms=ALL, conversations=n, turns=1, reply=slow,
-                                      tmp=tmp, profile=_profile(args, "b"))  # fmt: skip
+                                      profile=_profile(args, "b"), **common)  # fmt: skip
         out.append(table(ours, None))
     if "c" in args.scenarios:
         per = 20 if smoke else args.per_platform
@@ -129,10 +130,11 @@ async def main(args: argparse.Namespace) -> str:
             if args.only and args.only != (label if len(platforms) == 1 else "mixed"):
                 continue
             ours = await run_bot_scenario(f"(c) max throughput, instant model: {label}",
-                                          redis_url=url, platforms=platforms,
+                                          platforms=platforms,
                                           conversations=per * len(platforms) // 2, turns=2,
-                                          reply=fast, concurrency=200, tmp=tmp,
-                                          profile=_profile(args, f"c-{label}"))  # fmt: skip
+                                          reply=fast, concurrency=200,
+                                          profile=_profile(args, f"c-{label}"),
+                                          **common)  # fmt: skip
             base = None
             if platforms == ("telegram",):
                 base = await run_naive("naive", conversations=per // 2, turns=2, reply=fast)

@@ -80,7 +80,8 @@ def main() -> int:
     settings = Settings.model_validate_json(args.settings.read_text())
     secrets = Secrets()
     setup_logging(settings.log_level, secrets.values(), fmt=settings.log_format)
-    figures, profiler = asyncio.run(serve(settings, secrets, args.redis_url, bool(args.profile)))
+    served = serve(settings, secrets, args.redis_url, bool(args.profile))
+    figures, profiler = asyncio.run(served)
     args.stats.write_text(json.dumps(figures))
     if profiler is not None:
         args.profile.write_text(profiler.output_text(unicode=False, color=False))

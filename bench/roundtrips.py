@@ -33,7 +33,7 @@ class RoundTrips:
         pool = BlockingConnectionPool.from_url(
             self.url, connection_class=self.connection_class, max_connections=512, timeout=10
         )
-        return Redis(connection_pool=pool)
+        return Redis.from_pool(pool)
 
     def reset(self) -> None:
         self.connection_class.writes.clear()

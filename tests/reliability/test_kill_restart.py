@@ -1,0 +1,131 @@
+"""`chatbot run` on Slack, Telegram and Discord at once, killed with SIGKILL mid-answer and
+started again: every message being answered is answered after the restart, exactly once.
+
+The bot is the real command in its own process; the fake platforms and the fake model run
+here, so they outlive the kill the way the real platforms would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import yaml
+from redis.asyncio import Redis
+
+from tests.conftest import make_settings
+from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.helpers import wait_for
+from tests.redis_server import free_port
+
+PLATFORMS = ("slack", "telegram", "discord")
+RESTART_NOTE = "restarted while answering"
+
+
+def _env(secrets: object, redis_url: str, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "REDIS_", "SLACK_", "TELEGRAM_", "DISCORD_",
+                                "CHATBOT_"))}  # fmt: skip
+    for name in type(secrets).model_fields:  # type: ignore[attr-defined]
+        value = getattr(secrets, name)
+        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        if value:
+            env[name.upper()] = str(value)
+    env.update(REDIS_URL=redis_url, CHATBOT_PORT=str(port),
+               PYTHONPATH=str(Path(__file__).parents[2]))  # fmt: skip
+    return env
+
+
+@asynccontextmanager
+async def chatbot_run(config: Path, env: dict[str, str], port: int) -> AsyncIterator[object]:
+    """`python -m bots run`, ready once /readyz says so; killed on exit if still running."""
+    log = (config.parent / f"bot-{port}-{len(os.listdir(config.parent))}.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots", "run", "--config", str(config),
+        stdout=log, stderr=log, env=env, cwd=config.parent,
+    )  # fmt: skip
+
+    async def ready() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/readyz") as response,
+            ):
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        await wait_for(ready, timeout=30, every=0.1)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+
+
+async def test_sigkill_mid_answer_on_every_platform_is_answered_once_after_restart(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+):
+    settings = make_settings(
+        key_prefix, tmp_path, platforms=drive_settings_overrides(),
+        redis={"key_prefix": key_prefix, "heartbeat_ttl": 1, "lock_ttl": 1},
+        streaming={"edit_interval": 0.2},
+    )  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    port = free_port()
+    for _ in PLATFORMS:  # slow answers: the kill lands while all three are streaming
+        fake_openai.push(Reply(text="never finished " * 30, ttft=0.1, tokens_per_second=10))
+
+    async with running_fakes(fake_openai) as fakes:
+        env = _env(fakes.secrets, redis_url, port)
+        bot = Bot(None, settings, fake_openai, fakes.slack, fakes.telegram, fakes.discord,
+                  port=port)  # fmt: skip
+        async with driving(bot):
+            async with chatbot_run(config, env, port) as process:
+                for number, platform in enumerate(PLATFORMS):
+                    await bot.drivers[platform].say(number, f"question {number} on {platform}")
+
+                def all_streaming() -> bool:
+                    return all(
+                        any("never finished" in a for a in bot.drivers[p].answers(n))
+                        for n, p in enumerate(PLATFORMS)
+                    )
+
+                await wait_for(all_streaming, timeout=20)
+                process.kill()  # type: ignore[attr-defined]
+                await process.wait()  # type: ignore[attr-defined]
+            assert await redis.hlen(f"{key_prefix}:journal") == len(PLATFORMS)
+            shown_before = {p: bot.drivers[p].answers(n) for n, p in enumerate(PLATFORMS)}
+
+            async def owner_gone() -> bool:
+                return not [k async for k in redis.scan_iter(match=f"{key_prefix}:owner:*")]
+
+            await wait_for(owner_gone, timeout=10, every=0.1)  # the dead process's heartbeat
+            async with chatbot_run(config, env, port):
+
+                def answered(number: int, platform: str) -> bool:
+                    expected = f"echo: question {number} on {platform}"
+                    return any(expected in a for a in bot.drivers[platform].answers(number))
+
+                await wait_for(lambda: all(answered(n, p) for n, p in enumerate(PLATFORMS)),
+                               timeout=30)  # fmt: skip
+                assert await redis.hlen(f"{key_prefix}:journal") == 0
+            for number, platform in enumerate(PLATFORMS):
+                answers = bot.drivers[platform].answers(number)
+                expected = f"echo: question {number} on {platform}"
+                assert sum(expected in a for a in answers) == 1, (platform, answers)
+                # what was shown before the kill stays; then one note and the one answer
+                before = shown_before[platform]
+                assert answers[: len(before)] == before, (platform, answers)
+                new = answers[len(before) :]
+                assert len(new) == 2 and RESTART_NOTE in new[0] and expected in new[1], new
+    assert len(fake_openai.chat_requests()) == 2 * len(PLATFORMS)  # each asked again once
