@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from core.config import Secrets, Settings
 from core.tokens import TokenCounter
 from tests.conftest import make_settings
-from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
+from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 
 
@@ -116,7 +114,7 @@ async def bot_process(
     tag = f"{time.monotonic_ns()}"
     settings_file, stats_file = tmp / f"settings-{tag}.json", tmp / f"stats-{tag}.json"
     settings_file.write_text(settings.model_dump_json())
-    env = {**os.environ, **_secret_env(secrets)}
+    env = {**os.environ, **secret_env(secrets)}
     command = [sys.executable, "-m", "bench.botproc", str(settings_file), str(stats_file),
                "--redis-url", redis_url]  # fmt: skip
     if profile is not None:
@@ -149,17 +147,6 @@ class BotProcess:
 
     def traffic_starts(self) -> None:
         os.kill(self.pid, signal.SIGUSR2)
-
-
-def _secret_env(secrets: Secrets) -> dict[str, str]:
-    env = {}
-    for name in type(secrets).model_fields:
-        value = getattr(secrets, name)
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if value:
-            env[name.upper()] = str(value)
-    return env
 
 
 async def run_bot_scenario(

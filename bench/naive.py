@@ -53,9 +53,15 @@ async def run_naive(name: str, *, conversations: int, turns: int, reply: Reply) 
     """The same message pattern as the bot scenarios, against the naive bot."""
     result = Result(name)
     with ThreadedOpenAI(reply) as fake:
-        async with FakeTelegram(TOKEN) as telegram, aiohttp.ClientSession() as session:
+        async with (
+            FakeTelegram(TOKEN) as telegram,
+            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession() as bot_session,
+        ):
+            # the bot's own session: sharing the driver's 100-connection pool deadlocks once
+            # 100 webhooks wait for answers that need a connection to be sent
             bot = NaiveBot(telegram.api_url, fake.base_url)
-            bot.session = session
+            bot.session = bot_session
             app = web.Application()
             app.router.add_post("/telegram/webhook", bot.webhook)
             runner = web.AppRunner(app, access_log=None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from bots.app import BotApp
@@ -219,6 +220,18 @@ async def running_fakes(openai: FakeOpenAI) -> AsyncIterator[Fakes]:
             discord_gateway_url=discord.gateway_url,
         )  # fmt: skip
         yield Fakes(slack, telegram, discord, secrets)
+
+
+def secret_env(secrets: Secrets) -> dict[str, str]:
+    """The environment variables that give a bot process these secrets."""
+    env = {}
+    for name in type(secrets).model_fields:
+        value = getattr(secrets, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value:
+            env[name.upper()] = str(value)
+    return env
 
 
 @asynccontextmanager

@@ -18,8 +18,9 @@ import aiohttp
 import yaml
 from redis.asyncio import Redis
 
+from core.config import Secrets
 from tests.conftest import make_settings
-from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
+from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import wait_for
 from tests.redis_server import free_port
@@ -28,16 +29,11 @@ PLATFORMS = ("slack", "telegram", "discord")
 RESTART_NOTE = "restarted while answering"
 
 
-def _env(secrets: object, redis_url: str, port: int) -> dict[str, str]:
+def _env(secrets: Secrets, redis_url: str, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OPENAI_", "REDIS_", "SLACK_", "TELEGRAM_", "DISCORD_",
                                 "CHATBOT_"))}  # fmt: skip
-    for name in type(secrets).model_fields:  # type: ignore[attr-defined]
-        value = getattr(secrets, name)
-        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        if value:
-            env[name.upper()] = str(value)
-    env.update(REDIS_URL=redis_url, CHATBOT_PORT=str(port),
+    env.update(secret_env(secrets), REDIS_URL=redis_url, CHATBOT_PORT=str(port),
                PYTHONPATH=str(Path(__file__).parents[2]))  # fmt: skip
     return env
 
