@@ -2,7 +2,8 @@
 
 Scenarios (issue 8): (a) one conversation, 30 turns; (b) 1,000 concurrent conversations
 with a slow model (2 s to first token, 30 tokens/s, 200-token answers); (c) the most
-messages per second with an instant model and 50-token answers, per platform and mixed.
+messages per second with an instant model and 50-token answers, per platform and mixed;
+(d) a steady 100 messages/s (`--rate`) across the platforms, for the bot-added latency target.
 Each bot figure is printed beside the naive baseline's and their ratio.
 """
 
@@ -139,6 +140,13 @@ async def main(args: argparse.Namespace) -> str:
             if platforms == ("telegram",):
                 base = await run_naive("naive", conversations=per // 2, turns=2, reply=fast)
             out.append(table(ours, base))
+    if "d" in args.scenarios:
+        n = 60 if smoke else int(args.rate * 10)
+        ours = await run_bot_scenario(f"(d) steady {args.rate:g} messages/s, instant model, mixed",
+                                      platforms=ALL, conversations=n, turns=1, reply=fast,
+                                      rate=args.rate, profile=_profile(args, "d"),
+                                      **common)  # fmt: skip
+        out.append(table(ours, None))
     return "\n".join(out)
 
 
@@ -152,11 +160,13 @@ def _profile(args: argparse.Namespace, scenario: str) -> Path | None:
 def cli() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few-second run (CI)")
-    parser.add_argument("--scenarios", default="abc", help="which of a, b, c to run")
+    parser.add_argument("--scenarios", default="abcd", help="which of a, b, c, d to run")
     parser.add_argument("--write", type=Path, help="append the tables to this file")
     parser.add_argument("--conversations", type=int, default=1000, help="scenario (b) size")
     parser.add_argument("--per-platform", type=int, default=300,
                         help="scenario (c): messages per platform")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="scenario (d): messages per second, for 10 s")  # fmt: skip
     parser.add_argument("--only", default="", help="scenario (c): only this platform or 'mixed'")
     parser.add_argument(
         "--profile",

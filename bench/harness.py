@@ -159,12 +159,16 @@ async def run_bot_scenario(
     reply: Reply,
     edit_interval: float = 1.0,
     concurrency: int = 1000,
+    rate: float | None = None,
     budget: int = 3000,
     key_prefix: str = "bench",
     tmp: Path,
     profile: Path | None = None,
 ) -> Result:
-    """Drive `conversations` x `turns` messages through the bot; measure everything."""
+    """Drive `conversations` x `turns` messages through the bot; measure everything.
+
+    With `rate`, conversations start at that many per second (a steady load) instead of all
+    at once (the most the bot can take)."""
     result = Result(name, budget=budget)
     counter = TokenCounter("estimate")
     settings = make_settings(
@@ -192,6 +196,8 @@ async def run_bot_scenario(
             async def conversation(index: int) -> None:
                 platform = platforms[index % len(platforms)]
                 driver = bot.drivers[platform]
+                if rate:  # open loop: conversation i starts at i / rate seconds, load or not
+                    await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
                 for turn in range(turns):
                     text = f"bench c{index} t{turn}"
                     async with semaphore:
