@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.driver_info import DriverInfo
 
 HANDSHAKE = (b"HELLO", b"CLIENT", b"SELECT", b"AUTH", b"PING")
 
@@ -31,7 +32,11 @@ class RoundTrips:
 
     def client(self) -> Redis:
         pool = BlockingConnectionPool.from_url(
-            self.url, connection_class=self.connection_class, max_connections=512, timeout=10
+            self.url,
+            connection_class=self.connection_class,
+            max_connections=512,
+            timeout=10,
+            driver_info=DriverInfo(),
         )
         return Redis.from_pool(pool)
 
