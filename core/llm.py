@@ -9,6 +9,7 @@ stalled stream ends within `chunk_timeout` whatever the transport does.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -114,7 +115,7 @@ class OpenAIChat:
             )  # fmt: skip
         except Exception as exc:  # APIError after the SDK's retries, or a transport error
             raise LLMError(describe_error(exc)) from None
-        chunks = stream.__aiter__()
+        chunks = _sse_payloads(stream.response.aiter_lines()).__aiter__()
         calls: dict[int, dict[str, str]] = {}
         try:
             while True:
@@ -129,24 +130,25 @@ class OpenAIChat:
                     ) from None
                 except Exception as exc:  # a cut connection surfaces as a transport error
                     raise StreamCut(describe_error(exc)) from None
-                if chunk.usage is not None:
-                    usage = Usage(
-                        chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0
-                    )
+                if chunk.get("error"):  # the server gave up mid-stream
+                    raise StreamCut(f"the model reported an error: {_error_text(chunk)}")
+                if chunk.get("usage"):
+                    got = chunk["usage"]
+                    usage = Usage(got.get("prompt_tokens") or 0, got.get("completion_tokens") or 0)
                     if self._on_usage is not None:
                         self._on_usage(usage)
                     yield usage
-                for choice in chunk.choices:
-                    if choice.delta is None:
-                        continue
-                    if choice.delta.content:
-                        yield choice.delta.content
-                    for fragment in choice.delta.tool_calls or ():
-                        call = calls.setdefault(fragment.index, {"id": "", "name": "", "args": ""})
-                        call["id"] = fragment.id or call["id"]
-                        if fragment.function is not None:
-                            call["name"] += fragment.function.name or ""
-                            call["args"] += fragment.function.arguments or ""
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield delta["content"]
+                    for fragment in delta.get("tool_calls") or ():
+                        index = fragment.get("index", 0)
+                        call = calls.setdefault(index, {"id": "", "name": "", "args": ""})
+                        call["id"] = fragment.get("id") or call["id"]
+                        function = fragment.get("function") or {}
+                        call["name"] += function.get("name") or ""
+                        call["args"] += function.get("arguments") or ""
         finally:
             await stream.close()
         for index in sorted(calls):
@@ -210,6 +212,39 @@ def _safe_name(name: str) -> str:
     """The API accepts names matching ^[a-zA-Z0-9_-]{1,64}$."""
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in name)
     return cleaned[:64] or "user"
+
+
+async def _sse_payloads(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON payload of each server-sent event, until `[DONE]`.
+
+    The SDK opens the stream (auth, retries before the first byte, error statuses) and the
+    payloads are read here as plain dicts: the SDK's own decoder builds a typed model per
+    chunk, ~0.15 ms of CPU each against ~0.04 ms here (`python -m bench`, 200-token answers),
+    and a busy bot handles thousands of chunks a second.
+    """
+    data: list[str] = []
+    async for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+            continue
+        if line or not data:
+            continue  # `event:`, `id:`, comments; or a blank line with nothing pending
+        text, data = "\n".join(data), []
+        if text == "[DONE]":
+            return
+        payload = json.loads(text)
+        if isinstance(payload, dict):
+            yield payload
+    if data and "\n".join(data) != "[DONE]":  # a last event without its blank line
+        payload = json.loads("\n".join(data))
+        if isinstance(payload, dict):
+            yield payload
+
+
+def _error_text(chunk: dict[str, Any]) -> str:
+    error = chunk.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message or "unknown error")[:200]
 
 
 def describe_error(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from tests.fakes.common import serve_locally
 
-Kind = Literal["stream", "error", "stall", "cut"]
+Kind = Literal["stream", "error", "stall", "cut", "stream_error"]
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class FakeOpenAI:
         pieces = _pieces(text, reply.words_per_chunk) if text else []
         delay = 1 / reply.tokens_per_second if reply.tokens_per_second else 0.0
         for index, piece in enumerate(pieces):
-            if reply.kind in ("stall", "cut") and index == reply.after_chunks:
+            if reply.kind in ("stall", "cut", "stream_error") and index == reply.after_chunks:
                 return await self._break(request, response, reply)
             if index == 0:
                 record.first_token = time.monotonic()
@@ -206,7 +206,7 @@ class FakeOpenAI:
                 await _event(response, _chunk(ident, model, {"content": piece}))
             except ConnectionError:
                 return response  # the client went away (killed or cancelled)
-        if reply.kind in ("stall", "cut"):
+        if reply.kind in ("stall", "cut", "stream_error"):
             return await self._break(request, response, reply)
         for index, call in enumerate(calls):
             first = {"index": index, "id": f"call_{next(self._call_ids)}", "type": "function"}
@@ -229,6 +229,12 @@ class FakeOpenAI:
     async def _break(
         self, request: web.Request, response: web.StreamResponse, reply: Reply
     ) -> web.StreamResponse:
+        if reply.kind == "stream_error":  # how the API reports a failure after the 200
+            error = {"message": "The server had an error while processing your request.",
+                     "type": "server_error", "param": None, "code": None}  # fmt: skip
+            await _event(response, {"error": error})
+            await response.write_eof()
+            return response
         if reply.kind == "cut":
             if request.transport is not None:
                 request.transport.close()

@@ -108,6 +108,18 @@ async def test_stream_cut_midway_keeps_partial_answer_with_a_note(
     assert conversation.history[-1].content == responder.shown  # exactly what was shown
 
 
+async def test_an_error_event_mid_stream_keeps_partial_answer_with_a_note(
+    core: Core, fake_openai: FakeOpenAI
+):
+    fake_openai.push(Reply("stream_error", text="one two three four", after_chunks=2))
+    responder = RecordingResponder()
+    await core.handler(user_message("count"), responder)
+    assert responder.shown.startswith("one two") and "three" not in responder.shown
+    assert "cut short" in responder.shown
+    conversation = await core.store.load(core.chat.conversation_key(user_message("x")))
+    assert conversation.history[-1].content == responder.shown
+
+
 async def test_commands_reset_persona_model_and_unknown(core: Core, fake_openai: FakeOpenAI):
     await core.handler(user_message("first"), RecordingResponder())
     reset = RecordingResponder()
