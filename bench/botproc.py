@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.roundtrips import RoundTrips
-from bots.app import BotApp
+from bots.app import BotApp, freeze_startup_objects
 from bots.logs import setup_logging
 from core.config import Secrets, Settings
 
@@ -40,6 +40,7 @@ async def serve(
     redis = trips.client()
     app = BotApp(settings, secrets, redis=redis)
     await app.start()
+    freeze_startup_objects()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     marks: dict[str, Any] = {"cpu0": _cpu()}

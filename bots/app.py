@@ -7,6 +7,7 @@ reverse order. Shutdown drains the answers in flight before the clients close.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -198,6 +199,14 @@ async def build_core(
         usage=usage,
         journal=journal,
     )
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive after start-up (modules, SDK clients, settings: kept for the life
+    of the process) out of the garbage collector's reach. Full collections otherwise walk them
+    all and paused the loop for 57-111 ms under load (`python -m bench`, scenario d)."""
+    gc.collect()
+    gc.freeze()
 
 
 class BotApp:

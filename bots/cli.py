@@ -127,10 +127,11 @@ def intents_test(settings: Settings, text: str) -> int:
 
 async def _run(settings: Settings, secrets: Secrets) -> int:
     from bots import taskdump
-    from bots.app import BotApp
+    from bots.app import BotApp, freeze_startup_objects
 
     app = BotApp(settings, secrets)
     await app.start()
+    freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
