@@ -52,6 +52,9 @@ class ConsoleResponder:
     async def typing(self) -> None:
         return None
 
+    async def delete(self, ref: MessageRef) -> None:
+        return None  # printed text stays printed; the final text follows it
+
     def _write(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()

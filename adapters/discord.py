@@ -69,6 +69,9 @@ class ChannelResponder:
     async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
         await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
 
+    async def delete(self, ref: MessageRef) -> None:
+        await self._sent.pop(ref.id).delete()
+
 
 class InteractionResponder:
     """Answers a slash command: edits the deferred response, then follow-ups, then (after
@@ -115,6 +118,14 @@ class InteractionResponder:
             await self.interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
         else:
             await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
+
+    async def delete(self, ref: MessageRef) -> None:
+        if ref.id in self._channel._sent:
+            await self._channel.delete(ref)
+        elif ref.id == "@original":
+            await self.interaction.delete_original_response()
+        else:
+            await self._sent.pop(ref.id).delete()
 
 
 class DiscordAdapter:

@@ -144,6 +144,10 @@ class SlackResponder:
             )
             self._streams[ref.id] = text
 
+    async def delete(self, ref: MessageRef) -> None:
+        self._streams.pop(ref.id, None)
+        await self.client.chat_delete(channel=self.channel, ts=ref.id)
+
     async def _update(self, ts: str, text: str) -> None:
         await self.client.chat_update(channel=self.channel, ts=ts, text=to_mrkdwn(text))
 
@@ -169,6 +173,9 @@ class EphemeralResponder:
     async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
         if final:
             await self.respond(text=to_mrkdwn(text), response_type="ephemeral")
+
+    async def delete(self, ref: MessageRef) -> None:
+        return None  # only complete answers are sent
 
 
 class SlackAdapter:

@@ -118,6 +118,11 @@ class TelegramResponder:
                 raise
         self._shown[ref.id] = rendered
 
+    async def delete(self, ref: MessageRef) -> None:
+        if not ref.id.startswith("draft:"):  # a draft vanishes by itself
+            await self.bot.delete_message(self.chat_id, int(ref.id))
+            self._shown.pop(ref.id, None)
+
     async def _draft(self, draft_id: int, text: str) -> None:
         await self.bot.send_message_draft(
             self.chat_id, draft_id, text, message_thread_id=self.thread_id

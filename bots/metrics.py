@@ -129,6 +129,9 @@ class MeteredResponder:
     async def typing(self) -> None:
         await self._inner.typing()
 
+    async def delete(self, ref: MessageRef) -> None:
+        await self._call("delete", False, lambda: self._inner.delete(ref))
+
 
 class MeteredLLM:
     """An LLM that times the call and the first token, and counts failures by kind."""

@@ -34,6 +34,11 @@ class Responder(Protocol):
 
     async def typing(self) -> None: ...
 
+    async def delete(self, ref: MessageRef) -> None:
+        """Remove a message the bot sent: a partial answer left behind once its final text
+        had to be posted anew. Best effort: callers ignore failures."""
+        ...
+
 
 Handler = Callable[[Message, Responder], Awaitable[None]]
 """The core contract: handle one message, answering through the responder."""

@@ -171,9 +171,13 @@ class StreamingReply:
             await self._responder.edit(ref, text, final=True)
             self.edits_sent += 1
         except Exception as exc:
-            # The final text must not be lost: post it anew.
+            # The final text must not be lost: post it anew, then take the stale partial away.
             log.warning("final edit failed twice, sending anew: %s", _describe(exc))
             self._ref = await self._send(text, final=True)
+            try:
+                await self._responder.delete(ref)
+            except Exception as exc:  # the complete answer is out; a stale partial may stay
+                log.warning("could not remove the partial answer: %s", _describe(exc))
 
 
 async def reply(responder: Responder, text: str) -> None:

@@ -29,7 +29,7 @@ async def wait_for(
 
 @dataclass
 class Call:
-    kind: str  # "send" | "edit" | "typing"
+    kind: str  # "send" | "edit" | "typing" | "delete"
     text: str = ""
     ref: str = ""
     final: bool = False
@@ -66,6 +66,10 @@ class RecordingResponder:
 
     async def typing(self) -> None:
         self.calls.append(Call("typing"))
+
+    async def delete(self, ref: MessageRef) -> None:
+        self.calls.append(Call("delete", ref=ref.id))
+        self.messages.pop(ref.id, None)
 
     @property
     def texts(self) -> list[str]:

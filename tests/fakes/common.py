@@ -55,6 +55,11 @@ class Screen:
         self._keys[channel].append(key)
         self.changed(channel)
 
+    def removed(self, channel: str, key: Hashable) -> None:
+        if key in self._keys.get(channel, ()):
+            self._keys[channel].remove(key)
+        self.changed(channel)
+
     def keys(self, channel: str) -> list[Hashable]:
         return list(self._keys.get(channel, ()))
 

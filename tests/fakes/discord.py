@@ -251,6 +251,12 @@ class FakeDiscord:
             return _json(self._store(parts[1], body))
         if parts[0] == "channels" and len(parts) == 4 and method == "PATCH":
             return self._edit(parts[3], body)
+        if parts[0] == "channels" and len(parts) == 4 and method == "DELETE":
+            stored = self.messages.pop(parts[3], None)
+            if stored is None:
+                return _json({"message": "Unknown Message", "code": 10008}, 404)
+            self.screen.removed(stored["channel_id"], parts[3])
+            return web.Response(status=204)
         if parts[0] == "interactions" and parts[-1] == "callback":
             message_id = snowflake()
             self._store(CHANNEL, {"content": ""}, message_id=message_id, token=parts[2])

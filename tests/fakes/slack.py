@@ -107,7 +107,8 @@ class FakeSlack:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        params = await read_params(request)
+        # Slack takes arguments in the query string too (slack-sdk sends some methods so)
+        params = {**request.query, **await read_params(request)}
         self.calls.append(Call(method, params))
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
@@ -155,6 +156,14 @@ class FakeSlack:
         self.messages[ts]["text"] = str(params.get("text", ""))
         self.screen.changed(self.messages[ts]["channel"])
         return {"ok": True, "channel": params["channel"], "ts": ts, "text": params.get("text")}
+
+    def _m_chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        ts = str(params["ts"])
+        message = self.messages.pop(ts, None)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        self.screen.removed(message["channel"], ts)
+        return {"ok": True, "channel": params["channel"], "ts": ts}
 
     def _m_chat_startStream(self, params: dict[str, Any]) -> dict[str, Any]:
         ts = self._new_ts()

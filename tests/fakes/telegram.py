@@ -195,6 +195,13 @@ class FakeTelegram:
         self.screen.changed(str(chat_id))
         return _ok(_message(chat_id, message_id, text, params))
 
+    async def _m_deleteMessage(self, params: dict[str, Any]) -> web.Response:
+        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        if self.messages.pop((chat_id, message_id), None) is None:
+            return _error(400, "Bad Request: message to delete not found")
+        self.screen.removed(str(chat_id), (chat_id, message_id))
+        return _ok(True)
+
     async def _m_sendMessageDraft(self, params: dict[str, Any]) -> web.Response:
         if not int(params.get("draft_id", 0) or 0):
             return _error(400, "Bad Request: draft_id must be non-zero")

@@ -75,9 +75,12 @@ async def test_failed_final_edit_is_retried_then_sent_anew():
         answer.feed(" and the rest")
         responder.fail_edits = 2
         await answer.finish()
-    assert responder.calls[-1].kind == "send"
-    assert responder.calls[-1].text == "partial and the rest"
-    assert responder.calls[-1].final
+    sent_anew, removed = responder.calls[-2:]
+    assert sent_anew.kind == "send" and sent_anew.final
+    assert sent_anew.text == "partial and the rest"
+    first_send = next(c for c in responder.calls if c.kind == "send")
+    assert removed.kind == "delete" and removed.ref == first_send.ref  # the partial
+    assert responder.texts == ["partial and the rest"]  # one message left: the whole answer
 
 
 async def test_send_failing_every_time_raises_delivery_error():
