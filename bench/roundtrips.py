@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
-from redis.driver_info import DriverInfo
+
+from bots.redis_conn import make_client
 
 HANDSHAKE = (b"HELLO", b"CLIENT", b"SELECT", b"AUTH", b"PING")
 
@@ -28,14 +29,8 @@ class RoundTrips:
         self.url = url
 
     def client(self) -> Redis:
-        pool = BlockingConnectionPool.from_url(
-            self.url,
-            connection_class=self.connection_class,
-            max_connections=512,
-            timeout=10,
-            driver_info=DriverInfo(),
-        )
-        return Redis.from_pool(pool)
+        """The bot's own client (`make_client`), on the counting connection."""
+        return make_client(self.url, connection_class=self.connection_class)
 
     def reset(self) -> None:
         self.connection_class.writes.clear()

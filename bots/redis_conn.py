@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.driver_info import DriverInfo
@@ -38,7 +39,12 @@ def safe_url(url: str) -> str:
 MAX_CONNECTIONS = 512
 
 
-def make_client(url: str, socket_timeout: float = 2.0) -> Redis:
+def make_client(
+    url: str,
+    socket_timeout: float = 2.0,
+    *,
+    connection_class: type[AbstractConnection] | None = None,
+) -> Redis:
     """The bot's Redis client: fails fast and retries little, so an outage degrades to "no
     history" rather than hanging; under load a turn waits for a free connection (a blocking
     pool) instead of failing as if Redis were down."""
@@ -53,6 +59,7 @@ def make_client(url: str, socket_timeout: float = 2.0) -> Redis:
         # one DriverInfo for every connection: redis-py otherwise reads its own version from
         # package metadata on each new connection (~1 ms each while the pool grows under load)
         driver_info=DriverInfo(),
+        **({"connection_class": connection_class} if connection_class else {}),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 

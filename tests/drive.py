@@ -82,10 +82,10 @@ class Driver:
 
 
 class TelegramDriver(Driver):
+    name = "telegram"
+
     def screen(self) -> Screen:
         return self.bot.telegram.screen
-
-    name = "telegram"
 
     def chat(self, conversation: int) -> int:
         return 10_000 + conversation
@@ -111,10 +111,10 @@ class TelegramDriver(Driver):
 
 
 class SlackDriver(Driver):
+    name = "slack"
+
     def screen(self) -> Screen:
         return self.bot.slack.screen
-
-    name = "slack"
 
     def channel(self, conversation: int) -> str:
         return f"D{conversation:06d}"
@@ -139,10 +139,10 @@ class SlackDriver(Driver):
 
 
 class DiscordDriver(Driver):
+    name = "discord"
+
     def screen(self) -> Screen:
         return self.bot.discord.screen
-
-    name = "discord"
 
     def channel(self, conversation: int) -> str:
         return str(950000000000000000 + conversation)

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.model import ContextKey, Message, MessageRef, User, parse_command
+
+
+def bot_process_env(**extra: str) -> dict[str, str]:
+    """The environment for a `python -m bots` child: this one without any bot setting or
+    secret of the developer's, plus `extra`, with the project importable."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "REDIS_", "SLACK_", "TELEGRAM_", "DISCORD_",
+                                "CHATBOT_"))}  # fmt: skip
+    env.update(extra, PYTHONPATH=str(Path(__file__).parents[1]))
+    return env
 
 
 async def wait_for(

@@ -4,6 +4,7 @@ and a per-channel index of what the bot has on screen that drivers can wait on."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Hashable
@@ -68,11 +69,8 @@ class Screen:
         if event is not None:
             event.set()
 
-    async def wait(self, channel: str, timeout: float) -> bool:
-        """Wait for the next change in `channel`; False if none came within `timeout`."""
+    async def wait(self, channel: str, timeout: float) -> None:
+        """Wait for the next change in `channel`, at most `timeout` seconds."""
         event = self._changed.setdefault(channel, asyncio.Event())
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -13,21 +12,14 @@ import aiohttp
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import wait_for
+from tests.helpers import bot_process_env, wait_for
 from tests.redis_server import free_port
 
 SECRET_KEY = "sk-test-SECRET-abcdef123456"
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "REDIS_", "SLACK_", "TELEGRAM_", "DISCORD_", "CHATBOT_"))
-    }
-    env.update(extra)
-    env["PYTHONPATH"] = str(Path(__file__).parents[2])
-    return env
+    return bot_process_env(**extra)
 
 
 def _config(tmp_path: Path, text: str = "") -> Path:

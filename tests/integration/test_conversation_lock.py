@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from redis.asyncio import Redis
 
@@ -26,9 +25,7 @@ async def test_a_long_turn_keeps_its_lock_and_leaves_it_at_once(redis: Redis, ke
     async with store.lock(KEY):
         await asyncio.sleep(1.0)  # the turn itself: several times the lock's TTL
         assert await redis.exists(name)  # still held: the refresher extended it
-    left = time.monotonic()
     assert not await redis.exists(name)
-    assert time.monotonic() - left < 0.1
     assert "_refresh" not in dump_tasks()  # no refresher outlives its turn
 
 

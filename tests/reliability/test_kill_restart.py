@@ -22,7 +22,7 @@ from core.config import Secrets
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import wait_for
+from tests.helpers import bot_process_env, wait_for
 from tests.redis_server import free_port
 
 PLATFORMS = ("slack", "telegram", "discord")
@@ -30,16 +30,13 @@ RESTART_NOTE = "restarted while answering"
 
 
 def _env(secrets: Secrets, redis_url: str, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "REDIS_", "SLACK_", "TELEGRAM_", "DISCORD_",
-                                "CHATBOT_"))}  # fmt: skip
-    env.update(secret_env(secrets), REDIS_URL=redis_url, CHATBOT_PORT=str(port),
-               PYTHONPATH=str(Path(__file__).parents[2]))  # fmt: skip
-    return env
+    return bot_process_env(**secret_env(secrets), REDIS_URL=redis_url, CHATBOT_PORT=str(port))
 
 
 @asynccontextmanager
-async def chatbot_run(config: Path, env: dict[str, str], port: int) -> AsyncIterator[object]:
+async def chatbot_run(
+    config: Path, env: dict[str, str], port: int
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`python -m bots run`, ready once /readyz says so; killed on exit if still running."""
     log = (config.parent / f"bot-{port}-{len(os.listdir(config.parent))}.log").open("wb")
     process = await asyncio.create_subprocess_exec(
@@ -97,8 +94,8 @@ async def test_sigkill_mid_answer_on_every_platform_is_answered_once_after_resta
                     )
 
                 await wait_for(all_streaming, timeout=20)
-                process.kill()  # type: ignore[attr-defined]
-                await process.wait()  # type: ignore[attr-defined]
+                process.kill()
+                await process.wait()
             assert await redis.hlen(f"{key_prefix}:journal") == len(PLATFORMS)
             shown_before = {p: bot.drivers[p].answers(n) for n, p in enumerate(PLATFORMS)}
 
