@@ -64,10 +64,16 @@ async def serve(
     cpu = _cpu() - marks["cpu0"]
     if profiler is not None:
         profiler.stop()  # rendered after the loop: rendering takes seconds
-    turn, dedupe = trips.count()
+    turn, dedupe, lock_only = trips.count()
     await redis.aclose()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    figures = {"cpu_seconds": cpu, "peak_rss_mb": peak, "redis_turn": turn, "redis_dedupe": dedupe}
+    figures = {
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak,
+        "redis_turn": turn,
+        "redis_dedupe": dedupe,
+        "redis_lock_only": lock_only,
+    }
     return figures, profiler
 
 

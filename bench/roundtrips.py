@@ -35,13 +35,17 @@ class RoundTrips:
     def reset(self) -> None:
         self.connection_class.writes.clear()
 
-    def count(self) -> tuple[int, int]:
-        """(turn round trips, delivery dedupe round trips), locks and handshakes left out."""
-        turn = dedupe = 0
+    def count(self) -> tuple[int, int, int]:
+        """(turn round trips with the lock riding in them, delivery dedupe round trips,
+        round trips for the lock alone: a wait, an extension, a release), handshakes left out."""
+        turn = dedupe = lock_only = 0
         for command in self.connection_class.writes:
             parts = [command] if isinstance(command, (bytes, str)) else list(command)  # type: ignore[call-overload]
             write = b"".join(p.encode() if isinstance(p, str) else p for p in parts)
-            if b":lock" in write or b":owner:" in write or any(h in write[:40] for h in HANDSHAKE):
+            if b":owner:" in write or any(h in write[:40] for h in HANDSHAKE):
+                continue
+            if b":lock" in write and b"LRANGE" not in write and b"MULTI" not in write:
+                lock_only += 1
                 continue
             if b":journal" in write and b":conv:" not in write:
                 continue  # crash recovery's periodic scan, not part of a turn
@@ -49,4 +53,4 @@ class RoundTrips:
                 dedupe += 1
             else:
                 turn += 1
-        return turn, dedupe
+        return turn, dedupe, lock_only

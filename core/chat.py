@@ -6,10 +6,11 @@ in the middle leaves the partial answer with a short note, and the history recor
 what the user was shown. Optional parts (moderation, tools, the cache, the summary) never
 stop an answer when they fail.
 
-Redis round trips of a turn, besides the lock: ONE read (history, settings, the channel's
-defaults, the rate-limit bucket, today's usage, a cached first answer) and ONE write (the
-turn, usage counters, the cache). A first turn whose persona or model is not the default
-reads the cache once more. The summary runs afterwards, in the background.
+Redis round trips of a turn, the conversation lock included: ONE read (the lock, history,
+settings, the channel's defaults, the rate-limit bucket, today's usage, a cached first
+answer) and ONE write (the turn, usage counters, the cache, the lock's release). A first
+turn whose persona or model is not the default reads the cache once more. The summary
+runs afterwards, in the background.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from core.memory import Summarizer, needs_summary
 from core.model import ContextKey, Conversation, Message, Turn
 from core.moderation import Moderator, Verdict
 from core.prompt import build_prompt
-from core.protocols import LLM, LLMError, Queue, Responder, Store, StreamCut, Usage
+from core.protocols import (
+    LLM,
+    LLMError,
+    Queue,
+    Responder,
+    Store,
+    StreamCut,
+    TurnLock,
+    Usage,
+)
 from core.streaming import DeliveryError, StreamingReply, reply
 from core.tokens import TokenCounter
 from core.toolloop import LoopStats, run_model
@@ -118,9 +128,9 @@ class ChatTurn:
         # Moderation runs while the turn waits for the lock and reads Redis.
         screening = asyncio.create_task(moderator.check(message.text)) if moderator else None
         try:
-            async with self.store.lock(key):
+            async with self.store.lock(key, lazy=True) as held:
                 try:
-                    result, summarise = await self._locked(message, key, responder, screening)
+                    result, summarise = await self._locked(message, key, responder, screening, held)
                 except Exception:
                     await self._unjournal(message)
                     raise
@@ -137,6 +147,7 @@ class ChatTurn:
         key: ContextKey,
         responder: Responder,
         screening: asyncio.Task[Verdict] | None,
+        held: TurnLock,
     ) -> tuple[TurnResult, tuple[list[Turn], str, str] | None]:
         f = self.features
         now = f.usage.now() if f.usage else None
@@ -156,7 +167,7 @@ class ChatTurn:
             )
             reads.add("cache", f.cache.queue_get(default_key))
         conversation, results = await self.store.load_turn(
-            key, channel=message.key, extra=reads.queues
+            key, channel=message.key, extra=reads.queues, lock=held
         )
         refusal = None
         if f.limiter is not None:
@@ -181,7 +192,9 @@ class ChatTurn:
             if cached is not None:
                 await reply(responder, cached)
                 done = [f.journal.end(message)] if f.journal is not None else []
-                await self.store.save(key, user_turn, Turn("assistant", cached), extra=done)
+                await self.store.save(
+                    key, user_turn, Turn("assistant", cached), extra=done, lock=held
+                )
                 return TurnResult(cached, False, 0, cached=True), None
         prompt = build_prompt(
             system=self.settings.personas[persona].system_prompt,
@@ -209,7 +222,7 @@ class ChatTurn:
         if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
             writes.append(f.cache.queue_set(cache_key, answer))
         turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
-        await self.store.save(key, *turns, extra=writes)
+        await self.store.save(key, *turns, extra=writes, lock=held)
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
         memory = f.memory
@@ -230,7 +243,8 @@ class ChatTurn:
         stats: LoopStats,
     ) -> tuple[str, bool]:
         """Stream the answer; return what the user was shown and whether the model failed."""
-        async with StreamingReply(responder) as answer:
+        typing_delay = self.settings.streaming.typing_delay
+        async with StreamingReply(responder, typing_delay=typing_delay) as answer:
             try:
                 await run_model(
                     self.llm,
@@ -247,16 +261,16 @@ class ChatTurn:
                 if answer.text.strip():
                     answer.feed(CUT_NOTE)
                     return await self._finish(answer), True
-                return await self._apologise(responder), True
+                return await self._apologise(responder, answer), True
             except LLMError as exc:
                 log.warning("model call failed: %s", exc)
                 if answer.text.strip():  # a later tool round failed: keep what was shown
                     answer.feed(CUT_NOTE)
                     return await self._finish(answer), True
-                return await self._apologise(responder), True
+                return await self._apologise(responder, answer), True
             if not answer.text.strip():
                 log.warning("model returned an empty answer")
-                return await self._apologise(responder), True
+                return await self._apologise(responder, answer), True
             return await self._finish(answer), False
 
     async def _unjournal(self, message: Message) -> None:
@@ -275,7 +289,8 @@ class ChatTurn:
             log.error("the platform refused the answer; it is kept in the history")
             return answer.text
 
-    async def _apologise(self, responder: Responder) -> str:
+    async def _apologise(self, responder: Responder, answer: StreamingReply) -> str:
+        await answer.stop()  # a late typing signal must not follow the apology
         try:
             await reply(responder, APOLOGY)
         except Exception as exc:

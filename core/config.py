@@ -113,6 +113,9 @@ class StreamingSettings(Section):
     """Defaults for every platform's streaming (each platform may override)."""
 
     edit_interval: float = Field(1.0, ge=0)
+    typing_delay: float = Field(
+        0.3, ge=0, description="no typing signal when the answer starts sooner (0: always)"
+    )
 
 
 class PlatformSettings(Section):

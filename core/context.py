@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
@@ -60,6 +62,39 @@ class StoreLimits:
     lock_ttl: float = 60.0
     lock_wait: float = 120.0
     dedupe_ttl: int = 86400
+
+
+# KEYS: lock. ARGV: token. Deletes the lock only while it still holds this turn's token.
+RELEASE = Lock.LUA_RELEASE_SCRIPT
+
+
+@dataclass(slots=True)
+class RedisTurnLock:
+    """One turn's hold on a conversation lock: the Redis key and this turn's token.
+
+    pending (not taken yet: lazy) -> held -> released; or unlocked (Redis failed or the
+    wait ran out: the turn goes on under the in-process lock alone)."""
+
+    name: str
+    token: str
+    state: Literal["pending", "held", "unlocked", "released"] = "pending"
+    timer: asyncio.TimerHandle | None = None
+    extending: asyncio.Task[None] | None = None
+    _lock: Lock | None = None
+
+    def redis_lock(self, redis: Redis, limits: StoreLimits) -> Lock:
+        """redis-py's lock on the same key and token, for the blocking wait and extending."""
+        if self._lock is None:
+            self._lock = Lock(
+                redis,
+                self.name,
+                timeout=limits.lock_ttl,
+                sleep=0.02,
+                blocking_timeout=limits.lock_wait,
+                thread_local=False,
+            )
+            self._lock.local.token = self.token.encode()
+        return self._lock
 
 
 class RedisHealth:
@@ -125,15 +160,24 @@ class RedisStore:
         return conversation
 
     async def load_turn(
-        self, key: ContextKey, *, channel: ContextKey | None = None, extra: Sequence[Queue] = ()
+        self,
+        key: ContextKey,
+        *,
+        channel: ContextKey | None = None,
+        extra: Sequence[Queue] = (),
+        lock: RedisTurnLock | None = None,
     ) -> tuple[Conversation, list[Any]]:
         """The conversation plus `extra` reads (rate limit, usage, cache) in ONE round trip.
 
-        `channel` is the message's own key, whose channel defaults are read too. When Redis
-        is away: an empty conversation, and None for every extra (features fail open).
+        `channel` is the message's own key, whose channel defaults are read too. A pending
+        `lock` is taken in the same round trip; when another process holds it, the turn waits
+        for it and reads the conversation again (the extras are not repeated: a rate-limit
+        take must count once). When Redis is away: an empty conversation, and None for every
+        extra (features fail open).
         """
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
+                taking = self._queue_take(pipe, lock)
                 pipe.lrange(self.keys.history(key), 0, -1)
                 pipe.hgetall(self.keys.meta(key))
                 pipe.hgetall(self.keys.channel(channel or key))
@@ -143,8 +187,16 @@ class RedisStore:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "loading a conversation")
+            if lock is not None and lock.state == "pending":
+                lock.state = "unlocked"
             return Conversation(), [None] * len(extra)
         self.health.ok()
+        if taking:
+            assert lock is not None
+            took, results = results[0], results[1:]
+            if not await self._taken(lock, took):
+                conversation, _ = await self.load_turn(key, channel=channel, lock=lock)
+                return conversation, [_or(result, None) for result in results[3:]]
         raw_history, meta, chan = _or(results[0], []), _or(results[1], {}), _or(results[2], {})
         history = [turn for raw in raw_history if (turn := decode_turn(raw)) is not None]
         settings = {_text(k): _text(v) for k, v in meta.items()}
@@ -159,29 +211,46 @@ class RedisStore:
         )
         return conversation, [_or(result, None) for result in results[3:]]
 
-    async def read(self, extra: Sequence[Queue]) -> list[Any]:
-        """Feature reads without a conversation, in one round trip; None each when Redis is away."""
-        if not extra:
+    async def read(self, extra: Sequence[Queue], *, lock: RedisTurnLock | None = None) -> list[Any]:
+        """Feature reads without a conversation, in one round trip; None each when Redis is
+        away. A pending `lock` is taken in the same round trip (waited for when taken)."""
+        taking_lock = lock is not None and lock.state == "pending"
+        if not extra and not taking_lock:
             return []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
+                taking = self._queue_take(pipe, lock)
                 for queue in extra:
                     queue(pipe)
                 self._count()
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "reading")
+            if lock is not None and lock.state == "pending":
+                lock.state = "unlocked"
             return [None] * len(extra)
         self.health.ok()
+        if taking:
+            assert lock is not None
+            took, results = results[0], results[1:]
+            await self._taken(lock, took)
         return [_or(result, None) for result in results]
 
     async def save(
-        self, key: ContextKey, *turns: Turn, trim_to: int = 0, extra: Sequence[Queue] = ()
+        self,
+        key: ContextKey,
+        *turns: Turn,
+        trim_to: int = 0,
+        extra: Sequence[Queue] = (),
+        lock: RedisTurnLock | None = None,
     ) -> None:
         """Append turns, bound the history, refresh the idle TTL, plus `extra` writes (usage,
-        cache): one MULTI/EXEC round trip."""
+        cache), and release a held `lock`: one MULTI/EXEC round trip."""
         history, meta = self.keys.history(key), self.keys.meta(key)
         keep = trim_to or self.limits.max_turns
+        if lock is not None and lock.state == "pending":
+            await self._acquire(lock)  # nothing was read under it: take it before writing
+        releasing = lock is not None and lock.state == "held"
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 if turns:
@@ -191,12 +260,18 @@ class RedisStore:
                 pipe.expire(meta, self.limits.ttl_seconds)
                 for queue in extra:
                     queue(pipe)
+                if releasing:
+                    assert lock is not None
+                    pipe.eval(RELEASE, 1, lock.name, lock.token)
                 self._count()
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "saving a turn")
             return
         self.health.ok()
+        if releasing:
+            assert lock is not None
+            lock.state = "released"
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None:
         """Set (or with an empty value, clear) one conversation setting."""
@@ -291,19 +366,33 @@ class RedisStore:
             return False
         return True
 
-    @contextlib.asynccontextmanager
-    async def lock(self, key: ContextKey) -> AsyncIterator[None]:
+    def lock(
+        self, key: ContextKey, *, lazy: bool = False
+    ) -> AbstractAsyncContextManager[RedisTurnLock]:
         """One turn of a conversation at a time, in arrival order.
 
         In-process waiters queue on a FIFO asyncio.Lock; across processes a Redis lock with a
-        TTL (refreshed while the turn runs) holds. Without Redis, the local lock still holds.
+        TTL (extended while the turn runs) holds. Without Redis, the local lock still holds.
+        `lazy`: the Redis lock is not taken here but rides in the first `load_turn` or `read`
+        given the yielded handle, and leaves in the MULTI of the `save` given it: two round
+        trips fewer per turn.
         """
+        return self._lock(key, lazy)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: ContextKey, lazy: bool) -> AsyncIterator[RedisTurnLock]:
         name = self.keys.lock(key)
         local, users = self._local_locks.get(name, (asyncio.Lock(), 0))
         self._local_locks[name] = (local, users + 1)
         try:
-            async with local, self._redis_lock(name):
-                yield
+            async with local:
+                held = RedisTurnLock(name, secrets.token_hex(16))
+                try:
+                    if not lazy:
+                        await self._acquire(held)
+                    yield held
+                finally:
+                    await self._leave(held)
         finally:
             local, users = self._local_locks[name]
             if users <= 1:
@@ -311,45 +400,77 @@ class RedisStore:
             else:
                 self._local_locks[name] = (local, users - 1)
 
-    @contextlib.asynccontextmanager
-    async def _redis_lock(self, name: str) -> AsyncIterator[None]:
-        lock = Lock(
-            self.redis,
-            name,
-            timeout=self.limits.lock_ttl,
-            sleep=0.02,
-            blocking_timeout=self.limits.lock_wait,
-        )
+    def _queue_take(self, pipe: Any, held: RedisTurnLock | None) -> bool:
+        """Queue the lock's SET NX first in `pipe` when it is still to be taken."""
+        if held is None or held.state != "pending":
+            return False
+        pipe.set(held.name, held.token, nx=True, px=int(self.limits.lock_ttl * 1000))
+        return True
+
+    async def _taken(self, held: RedisTurnLock, result: Any) -> bool:
+        """After a riding SET NX: held (True), or waited for and taken in a round trip of
+        its own (False: reads made before it must be made again)."""
+        if result is True:
+            self._hold(held)
+            return True
+        if isinstance(result, Exception):
+            held.state = "unlocked"  # Redis failed this command: go on as without Redis
+            return True
+        await self._acquire(held)  # another process is in this conversation: wait for it
+        return False
+
+    async def _acquire(self, held: RedisTurnLock) -> None:
+        lock = held.redis_lock(self.redis, self.limits)
         try:
-            acquired = await lock.acquire()
+            self._count()
+            acquired = await lock.acquire(token=held.token)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "taking a conversation lock")
             acquired = False
         else:
             if not acquired:
-                log.warning("conversation lock %s not free after %ss", name, self.limits.lock_wait)
-        done = asyncio.Event()
-        refresher = asyncio.create_task(self._refresh(lock, done)) if acquired else None
-        try:
-            yield
-        finally:
-            if refresher is not None:
-                # Ends by the event, not by cancel(): a cancel that lands as a Redis call times
-                # out comes back as TimeoutError (an OSError), would be swallowed below, and
-                # the refresher would then keep the turn waiting here for ever.
-                done.set()
-                await asyncio.wait({refresher})
-                with contextlib.suppress(LockError, RedisError, OSError):
-                    await lock.release()
+                log.warning(
+                    "conversation lock %s not free after %ss", held.name, self.limits.lock_wait
+                )
+        if acquired:
+            self._hold(held)
+        else:
+            held.state = "unlocked"
 
-    async def _refresh(self, lock: Lock, done: asyncio.Event) -> None:
-        """Keep the lock while a long answer streams."""
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), self.limits.lock_ttl / 3)
+    def _hold(self, held: RedisTurnLock) -> None:
+        """The lock is ours: extend it every third of its TTL while the turn runs (a timer,
+        not a task per turn: most turns end long before the first extension)."""
+        held.state = "held"
+        loop = asyncio.get_running_loop()
+        period = self.limits.lock_ttl / 3
+
+        def extend_soon() -> None:
+            if held.state != "held":
                 return
-            with contextlib.suppress(LockError, RedisError, OSError):
-                await lock.extend(self.limits.lock_ttl, replace_ttl=True)
+            held.extending = asyncio.create_task(self._extend(held), name="lock-extend")
+            held.timer = loop.call_later(period, extend_soon)
+
+        held.timer = loop.call_later(period, extend_soon)
+
+    async def _extend(self, held: RedisTurnLock) -> None:
+        with contextlib.suppress(LockError, RedisError, OSError):
+            await held.redis_lock(self.redis, self.limits).extend(
+                self.limits.lock_ttl, replace_ttl=True
+            )
+
+    async def _leave(self, held: RedisTurnLock) -> None:
+        """Stop extending; release the lock unless a `save` already did."""
+        state, held.state = held.state, "released"
+        if held.timer is not None:
+            held.timer.cancel()
+        if held.extending is not None:
+            # Waited for, never cancelled: a cancel landing as a Redis call times out comes
+            # back as TimeoutError (an OSError) and could be swallowed as a Redis failure.
+            await asyncio.wait({held.extending})
+        if state == "held":
+            with contextlib.suppress(RedisError, OSError):
+                self._count()
+                await self.redis.eval(RELEASE, 1, held.name, held.token)
 
 
 def _or(result: Any, default: Any) -> Any:

@@ -168,13 +168,13 @@ class IntentTurn:
         cache_key = ""
         if self.cache is not None and self.cache.settings.enabled and intent.settings.cache:
             cache_key = self.cache.intent_key(intent.name, message.text)
-        async with self.store.lock(key):
+        async with self.store.lock(key, lazy=True) as held:
             reads: list[Queue] = []
             if limiter is not None:
                 reads.append(limiter.queue_take(message))
             if cache_key:
                 reads.append(AnswerCache.queue_get(cache_key))
-            results = iter(await self.store.read(reads))
+            results = iter(await self.store.read(reads, lock=held))
             if limiter is not None:
                 refusal = limiter.refusal(next(results))
                 if refusal:
@@ -190,7 +190,7 @@ class IntentTurn:
             if fresh and cache_key and self.cache is not None:
                 writes.append(self.cache.queue_set(cache_key, answer))
             turns = (Turn("user", message.text, message.user.name), Turn("assistant", answer))
-            await self.store.save(key, *turns, extra=writes)
+            await self.store.save(key, *turns, extra=writes, lock=held)
 
     async def _respond(
         self, intent: Intent, found: IntentMatch, key: ContextKey, responder: Responder

@@ -49,19 +49,35 @@ Queue = Callable[[Any], object]
 rides in a round trip the turn makes anyway instead of adding its own."""
 
 
+TurnLock = Any
+"""A store's handle on a held conversation lock (opaque to callers): given back to
+`load_turn`, `read` and `save` so a lazily taken lock rides in their round trips."""
+
+
 class Store(Protocol):
-    """Conversation state. Every method is at most one round trip to the backend."""
+    """Conversation state. Every method is at most one round trip to the backend (a lock
+    that is waited for, because another process holds it, adds its own)."""
 
     async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation: ...
 
     async def load_turn(
-        self, key: ContextKey, *, channel: ContextKey | None = None, extra: Sequence[Queue] = ()
+        self,
+        key: ContextKey,
+        *,
+        channel: ContextKey | None = None,
+        extra: Sequence[Queue] = (),
+        lock: TurnLock | None = None,
     ) -> tuple[Conversation, list[Any]]: ...
 
-    async def read(self, extra: Sequence[Queue]) -> list[Any]: ...
+    async def read(self, extra: Sequence[Queue], *, lock: TurnLock | None = None) -> list[Any]: ...
 
     async def save(
-        self, key: ContextKey, *turns: Turn, trim_to: int = 0, extra: Sequence[Queue] = ()
+        self,
+        key: ContextKey,
+        *turns: Turn,
+        trim_to: int = 0,
+        extra: Sequence[Queue] = (),
+        lock: TurnLock | None = None,
     ) -> None: ...
 
     async def reset(self, key: ContextKey) -> None: ...
@@ -74,7 +90,10 @@ class Store(Protocol):
         self, key: ContextKey, summary: str, folded: Sequence[Turn], usage: Usage
     ) -> bool: ...
 
-    def lock(self, key: ContextKey) -> AbstractAsyncContextManager[None]: ...
+    def lock(self, key: ContextKey, *, lazy: bool = False) -> AbstractAsyncContextManager[TurnLock]:
+        """One turn at a time per conversation. `lazy`: taken by the first `load_turn` or
+        `read` given the handle, released by the `save` given it (two round trips fewer)."""
+        ...
 
 
 class Deduper(Protocol):

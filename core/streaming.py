@@ -1,9 +1,10 @@
 """The streaming responder: model deltas in, throttled platform sends and edits out.
 
-Written once for every platform. It shows that the bot is working (typing), posts the first
-text as soon as there is any, edits at most once per `edit_interval`, moves on to a new
-message when the platform's limit would be passed, and ends every part with an exact final
-edit. A flusher task does the platform calls so reading the model never waits on them.
+Written once for every platform. It shows that the bot is working (typing) when the first
+text is slower than `typing_delay`, posts the first text as soon as there is any, edits at
+most once per `edit_interval`, moves on to a new message when the platform's limit would be
+passed, and ends every part with an exact final edit. A flusher task does the platform calls
+so reading the model never waits on them.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ class DeliveryError(Exception):
 class StreamingReply:
     """One answer being written. Use as `async with StreamingReply(responder) as reply:`."""
 
-    def __init__(self, responder: Responder, *, retry_delay: float = RETRY_DELAY) -> None:
+    def __init__(
+        self, responder: Responder, *, retry_delay: float = RETRY_DELAY, typing_delay: float = 0.0
+    ) -> None:
         self._responder = responder
+        self._typing_delay = typing_delay
         self._limit = max(responder.limit, 16)
         self._interval = max(responder.edit_interval, 0.0)
         self._retry_delay = retry_delay
@@ -42,6 +46,7 @@ class StreamingReply:
         self._last_final = False
         self._dirty = asyncio.Event()
         self._closing = asyncio.Event()
+        self._answering = asyncio.Event()  # the first text (or the end) is on its way
         self._render_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.messages_sent = 0
@@ -84,10 +89,15 @@ class StreamingReply:
             await self._render(final=True)
         return self.text
 
+    async def stop(self) -> None:
+        """End typing and flushing without showing more (before a reply sent apart)."""
+        await self._stop_tasks()
+
     async def _stop_tasks(self) -> None:
         # No cancellation: a typing signal in flight (Slack posts a placeholder) must land
         # before the final text, or the adapter could not replace it.
         self._closing.set()
+        self._answering.set()
         self._dirty.set()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
@@ -95,6 +105,12 @@ class StreamingReply:
                 await task
 
     async def _typing_loop(self) -> None:
+        if self._typing_delay > 0:
+            # An answer that starts within the delay needs no typing signal: a platform call
+            # saved (two on Slack: a placeholder and its replacement) and no flicker.
+            await _wait(self._answering, self._typing_delay)
+            if self._answering.is_set():
+                return
         interval = self._responder.typing_interval
         while not self._closing.is_set():
             try:
@@ -103,8 +119,7 @@ class StreamingReply:
                 log.debug("typing signal failed: %s", type(exc).__name__)
             if interval <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), interval)
+            await _wait(self._closing, interval)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -114,8 +129,7 @@ class StreamingReply:
             if self._ref is not None and self._interval > 0:
                 wait = self._last_edit + self._interval - self._loop.time()
                 if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closing.wait(), wait)
+                    await _wait(self._closing, wait)
                     if self._closing.is_set():
                         return
             self._dirty.clear()
@@ -135,6 +149,7 @@ class StreamingReply:
         if not text.strip():
             return
         if self._ref is None:
+            self._answering.set()  # before the call: a typing signal never follows the text
             self._ref = await self._send(text, final=final)
         else:
             if text == self._last_shown and (self._last_final or not final):
@@ -178,6 +193,13 @@ class StreamingReply:
                 await self._responder.delete(ref)
             except Exception as exc:  # the complete answer is out; a stale partial may stay
                 log.warning("could not remove the partial answer: %s", _describe(exc))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` pass (no task per wait, unlike `wait_for`)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 async def reply(responder: Responder, text: str) -> None:

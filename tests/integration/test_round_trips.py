@@ -1,4 +1,4 @@
-"""At most 2 Redis round trips per chat turn (one read, one write), not counting the lock.
+"""2 Redis round trips per chat turn (one read, one write), the conversation lock included.
 
 Measured with a counting connection: every network write of the redis client is recorded.
 """
@@ -34,7 +34,7 @@ def counting(base: type[Connection]) -> type[Connection]:
     return CountingConnection
 
 
-async def test_a_chat_turn_is_two_round_trips_besides_the_lock(
+async def test_a_chat_turn_is_two_round_trips_with_its_lock(
     redis_url: str, settings: Settings, secrets: Secrets, redis: Redis
 ):
     base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
@@ -50,11 +50,12 @@ async def test_a_chat_turn_is_two_round_trips_besides_the_lock(
             responder = RecordingResponder()
             await core.handler(user_message(f"turn {turn}"), responder)
             assert responder.shown == f"echo: turn {turn}"
-            data = [
-                w
-                for w in connection_class.writes
-                if b":lock" not in w and not any(h in w[:40] for h in HANDSHAKE)
-            ]
+            data = [w for w in connection_class.writes if not any(h in w[:40] for h in HANDSHAKE)]
             assert len(data) == 2, data
-            assert b"LRANGE" in data[0] and b"HGETALL" in data[0]  # one pipelined read
-            assert b"MULTI" in data[1] and b"RPUSH" in data[1]  # one transactional write
+            read, write = data
+            assert read.index(b":lock") < read.index(b"LRANGE")  # the lock is taken first
+            assert b"NX" in read and b"HGETALL" in read  # one pipelined read
+            assert b"MULTI" in write and b"RPUSH" in write  # one transactional write ...
+            assert write.index(b"RPUSH") < write.index(b"EVAL") < write.index(b"EXEC")
+            assert b":lock" in write[write.index(b"EVAL") :]  # ... that releases the lock
+        assert not await client.keys(f"{settings.redis.key_prefix}*:lock")

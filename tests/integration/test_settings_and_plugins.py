@@ -180,15 +180,12 @@ async def test_a_chat_turn_with_every_feature_is_two_round_trips(
         responder = RecordingResponder()
         await core.handler(user_message(text), responder)
         assert responder.shown.startswith(("tools said", "echo"))
-        data = [
-            w
-            for w in connection_class.writes
-            if b":lock" not in w and not any(h in w[:40] for h in HANDSHAKE)
-        ]
-        assert len(data) == 2, data
+        data = [w for w in connection_class.writes if not any(h in w[:40] for h in HANDSHAKE)]
+        assert len(data) == 2, data  # the conversation lock rides in both
         read, write = data
-        for part in (b"LRANGE", b"HGETALL", b":chan:", b"EVAL", b":rate:", b":usage:", b":cache:"):
+        for part in (b":lock", b"LRANGE", b"HGETALL", b":chan:", b"EVAL", b":rate:", b":usage:"):
             assert part in read
-        for part in (b"MULTI", b"RPUSH", b"HINCRBY", b":usage:"):
+        assert b":cache:" in read
+        for part in (b"MULTI", b"RPUSH", b"HINCRBY", b":usage:", b":lock"):
             assert part in write
         assert build.round_trips - before == 2  # the store's own count agrees
