@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.harness import Result, percentiles, run_bot_scenario
 from bench.naive import run_naive
+from core.config import StreamingSettings
 from tests.fakes.openai_server import Reply
 
 ALL = ("slack", "telegram", "discord")
@@ -79,8 +80,10 @@ def table(result: Result, base: Result | None) -> str:
     base_calls = base.platform_calls / max(base.answered, 1) if base else None
     lines.append(_row("platform API calls per answer", result.platform_calls / answers,
                       base_calls, "calls"))  # fmt: skip
-    lines.append(_row("Redis round trips per turn (context)", result.redis_turn / answers, None,
-                      "trips"))  # fmt: skip
+    lines.append(_row("Redis round trips per turn (context, lock riding in them)",
+                      result.redis_turn / answers, None, "trips"))  # fmt: skip
+    lines.append(_row("Redis round trips per turn (lock alone: waits, extensions)",
+                      result.redis_lock_only / answers, None, "trips"))  # fmt: skip
     lines.append(_row("Redis round trips per turn (delivery dedupe)",
                       result.redis_dedupe / answers, None, "trips"))  # fmt: skip
     base_cpu = base.cpu_seconds / max(base.answered, 1) * 1000 if base else None
@@ -108,7 +111,7 @@ async def main(args: argparse.Namespace) -> str:
            f"command: python -m bench {' '.join(sys.argv[1:])}".rstrip()]  # fmt: skip
     turns_a = 5 if smoke else 30
     fast = Reply(text=answer_of(50), words_per_chunk=5)
-    common = {"redis_url": url, "tmp": tmp}
+    common = {"redis_url": url, "tmp": tmp, "typing_delay": args.typing_delay}
     if "a" in args.scenarios:
         ours = await run_bot_scenario("(a) one conversation, context growth",
                                       platforms=("telegram",), conversations=1, turns=turns_a,
@@ -157,6 +160,9 @@ def _profile(args: argparse.Namespace, scenario: str) -> Path | None:
     return args.profile.resolve() / f"profile-{scenario}.txt"
 
 
+TYPING_DELAY = StreamingSettings.model_fields["typing_delay"].default
+
+
 def cli() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few-second run (CI)")
@@ -168,6 +174,8 @@ def cli() -> int:
     parser.add_argument("--rate", type=float, default=100.0,
                         help="scenario (d): messages per second, for 10 s")  # fmt: skip
     parser.add_argument("--only", default="", help="scenario (c): only this platform or 'mixed'")
+    parser.add_argument("--typing-delay", type=float, default=TYPING_DELAY,
+                        help="streaming.typing_delay (default: the bot's own)")  # fmt: skip
     parser.add_argument(
         "--profile",
         type=Path,

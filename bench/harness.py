@@ -79,6 +79,7 @@ class Result:
     platform_calls: int = 0
     redis_turn: int = 0
     redis_dedupe: int = 0
+    redis_lock_only: int = 0
     cpu_seconds: float = 0.0  # the bot process's (or the naive bot's, with its fakes)
     driver_cpu_seconds: float = 0.0  # the fakes' and the driver's, in the benchmark process
     peak_rss_mb: float = 0.0
@@ -158,6 +159,7 @@ async def run_bot_scenario(
     turns: int,
     reply: Reply,
     edit_interval: float = 1.0,
+    typing_delay: float = 0.0,
     concurrency: int = 1000,
     rate: float | None = None,
     budget: int = 3000,
@@ -173,7 +175,8 @@ async def run_bot_scenario(
     counter = TokenCounter("estimate")
     settings = make_settings(
         f"{key_prefix}-{int(time.time() * 1000)}", tmp,
-        platforms=drive_settings_overrides(), streaming={"edit_interval": edit_interval},
+        platforms=drive_settings_overrides(), streaming={"edit_interval": edit_interval,
+                                                  "typing_delay": typing_delay},
         context={"token_budget": budget, "max_turns": 60, "tokenizer": "estimate"},
         llm={"chunk_timeout": 30, "max_retries": 2}, log_level="WARNING",
     )  # fmt: skip
@@ -231,6 +234,7 @@ async def run_bot_scenario(
         result.peak_rss_mb = figures.get("peak_rss_mb", 0.0)
         result.redis_turn = int(figures.get("redis_turn", 0))
         result.redis_dedupe = int(figures.get("redis_dedupe", 0))
+        result.redis_lock_only = int(figures.get("redis_lock_only", 0))
     return result
 
 

@@ -127,7 +127,7 @@ def make_settings(key_prefix: str, tmp_path: Path, **overrides: Any) -> Settings
             "connect_timeout": 2,
             "max_retries": 2,
         },
-        "streaming": {"edit_interval": 0.05},
+        "streaming": {"edit_interval": 0.05, "typing_delay": 0},  # typing shown at once
         "personas": {
             "default": {"system_prompt": "You are a test bot."},
             "pirate": {"system_prompt": "You are a pirate."},

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from core.model import MessageRef
 from core.streaming import DeliveryError, StreamingReply, reply
-from tests.helpers import RecordingResponder
+from tests.helpers import RecordingResponder, wait_for
 
 
 async def test_first_text_posted_at_once_then_final_edit():
@@ -109,3 +110,52 @@ async def test_reply_splits_plain_answers():
     await reply(responder, "one two three four five six seven")
     assert all(c.final and len(c.text) <= 20 for c in responder.calls)
     assert "".join(responder.texts) == "one two three four five six seven"
+
+
+async def test_an_answer_sooner_than_the_typing_delay_gets_no_typing_signal():
+    responder = RecordingResponder(typing_interval=0.05)
+    async with StreamingReply(responder, typing_delay=0.5) as answer:
+        answer.feed("quick")
+        await answer.finish()
+    assert [(c.kind, c.final) for c in responder.calls] == [("send", True)]  # one call
+
+
+async def test_a_slow_answer_shows_typing_after_the_delay_then_the_text():
+    responder = RecordingResponder()
+    async with StreamingReply(responder, typing_delay=0.05) as answer:
+        await wait_for(lambda: bool(responder.calls), timeout=2)
+        answer.feed("slow")
+        await answer.finish()
+    assert [c.kind for c in responder.calls][:2] == ["typing", "send"]
+
+
+class GatedSends(RecordingResponder):
+    """Sends wait for `gate`: a first text still on its way to the platform."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, text: str, *, final: bool) -> MessageRef:
+        await self.gate.wait()
+        return await super().send(text, final=final)
+
+
+async def test_no_typing_signal_once_the_first_text_is_on_its_way():
+    """Slack's placeholder must never be posted after (or beside) the answer's first text."""
+    responder = GatedSends()
+    async with StreamingReply(responder, typing_delay=0.05) as answer:
+        answer.feed("first")
+        await asyncio.sleep(0.15)  # an absence: the delay has to pass while the send waits
+        responder.gate.set()
+        await answer.finish()
+    assert "typing" not in [c.kind for c in responder.calls]
+
+
+async def test_stop_ends_a_pending_typing_signal_before_a_separate_reply():
+    responder = RecordingResponder()
+    async with StreamingReply(responder, typing_delay=0.05) as answer:
+        await answer.stop()
+        await reply(responder, "sorry")
+        await asyncio.sleep(0.15)  # an absence: the delay has to pass
+    assert [c.kind for c in responder.calls] == ["send"]
