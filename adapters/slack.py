@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -221,14 +222,21 @@ class SlackAdapter:
             app.router.add_post(EVENTS_PATH, self._http)
 
     async def start(self) -> None:
+        # slack-sdk opens a new aiohttp session, so a new TCP and TLS connection, for every
+        # call it is not given a session for: one kept-alive session serves them all.
+        self.client.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.client.timeout)
+        )
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
+            await self._close_session()
             raise AdapterStartError(
                 f"Slack refused SLACK_BOT_TOKEN (auth.test: {exc.response.get('error')}); "
                 "check the bot token"
             ) from None
         except Exception as exc:
+            await self._close_session()
             raise AdapterStartError(
                 f"Slack is unreachable at start ({type(exc).__name__})"
             ) from None
@@ -261,6 +269,12 @@ class SlackAdapter:
         if self.socket is not None:
             await self.socket.close_async()
             self.socket = None
+        await self._close_session()
+
+    async def _close_session(self) -> None:
+        session, self.client.session = self.client.session, None
+        if session is not None:
+            await session.close()
 
     async def close(self) -> None:
         await self.stop()

@@ -43,6 +43,7 @@ class Call:
     method: str
     params: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
+    peer: tuple[str, int] | None = None  # the client's address: one per TCP connection
 
 
 class FakeSlack:
@@ -109,7 +110,8 @@ class FakeSlack:
         method = request.match_info["method"]
         # Slack takes arguments in the query string too (slack-sdk sends some methods so)
         params = {**request.query, **await read_params(request)}
-        self.calls.append(Call(method, params))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.calls.append(Call(method, params, peer=tuple(peer) if peer else None))
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
         if token != expected:

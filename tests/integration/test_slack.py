@@ -117,6 +117,17 @@ async def test_mention_is_answered_in_a_thread_and_the_thread_is_one_conversatio
     assert [m["content"] for m in fake_openai.chat_requests()[-1].messages][1:] == ["fresh start"]
 
 
+async def test_web_api_calls_share_one_kept_alive_connection(bot: SlackBot):
+    """slack-sdk opens a new aiohttp session (a new TCP and TLS connection) per call unless
+    it is given one; the adapter gives it one for its life."""
+    for n in range(3):
+        await bot.event(mention(f"question {n}", channel=CHANNEL))
+        await wait_for(lambda n=n: len(bot.slack.calls_of("chat.postMessage")) == n + 1)
+    peers = {call.peer for call in bot.slack.calls}
+    assert len(bot.slack.calls) >= 4 and None not in peers  # auth.test and three answers
+    assert len(peers) == 1, peers
+
+
 async def test_follow_ups_in_an_answered_thread_need_no_mention(
     bot: SlackBot, fake_openai: FakeOpenAI
 ):
