@@ -64,6 +64,18 @@ class StoreLimits:
     dedupe_ttl: int = 86400
 
 
+# KEYS: history, meta. ARGV: turns to keep, idle TTL, then the turns to append.
+# One command instead of four (RPUSH, LTRIM, two EXPIRE) in the turn's MULTI.
+APPEND = """
+if #ARGV > 2 then
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
 # KEYS: lock. ARGV: token. Deletes the lock only while it still holds this turn's token.
 RELEASE = Lock.LUA_RELEASE_SCRIPT
 
@@ -253,11 +265,8 @@ class RedisStore:
         releasing = lock is not None and lock.state == "held"
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                if turns:
-                    pipe.rpush(history, *(encode_turn(turn) for turn in turns))
-                pipe.ltrim(history, -keep, -1)
-                pipe.expire(history, self.limits.ttl_seconds)
-                pipe.expire(meta, self.limits.ttl_seconds)
+                appended = (encode_turn(turn) for turn in turns)
+                pipe.eval(APPEND, 2, history, meta, keep, self.limits.ttl_seconds, *appended)
                 for queue in extra:
                     queue(pipe)
                 if releasing:

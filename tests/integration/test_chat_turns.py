@@ -168,3 +168,30 @@ async def test_empty_and_whitespace_messages_get_a_prompt_not_the_model(
         await core.handler(user_message(text), responder)
         assert "How can I help?" in responder.shown
     assert fake_openai.chat_requests() == []
+
+
+async def test_a_saved_turn_keeps_its_ttls_and_counts_usage_everywhere(
+    core: Core, fake_openai: FakeOpenAI, settings, redis
+):
+    """The save is two scripts in one MULTI: the history's append, bound and idle TTLs, and
+    the usage counters of the user's day, month and the conversation, each with its TTL."""
+    from core.usage import DAY_TTL, MONTH_TTL
+
+    fake_openai.push(Reply(usage={"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}))
+    message = user_message("count me")
+    await core.handler(message, RecordingResponder())
+    key = core.chat.conversation_key(message)
+    keys = core.store.keys
+    history = keys.history(key)
+    assert await redis.lrange(history, 0, -1) != []
+    ttl = settings.context.ttl_seconds
+    assert ttl - 5 < await redis.ttl(history) <= ttl
+    day, month = core.chat.features.usage.periods(core.chat.features.usage.now())
+    for usage_key, key_ttl in (
+        (keys.user_usage("console", message.user.id, day), DAY_TTL),
+        (keys.user_usage("console", message.user.id, month), MONTH_TTL),
+        (keys.usage(key), ttl),
+    ):
+        assert await redis.hgetall(usage_key) == {b"prompt": b"7", b"completion": b"5",
+                                                  b"total": b"12"}  # fmt: skip
+        assert key_ttl - 5 < await redis.ttl(usage_key) <= key_ttl
