@@ -292,3 +292,30 @@ async def test_bad_token_is_a_clear_error(
         with pytest.raises(AdapterStartError) as info:
             await app.start()
     assert "SLACK_BOT_TOKEN" in str(info.value) and "xoxb-wrong" not in str(info.value)
+
+
+async def test_a_placeholder_only_when_the_answer_is_slower_than_the_typing_delay(
+    fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
+):
+    """Fallback mode: a quick answer is one chat.postMessage; a slow one shows the
+    placeholder first and replaces it, so no stray "Thinking…" is left either way."""
+    settings = make_settings(key_prefix, tmp_path, platforms={"slack": {"native_streaming": False}},
+                             streaming={"typing_delay": 0.2})  # fmt: skip
+    async with FakeSlack(streaming=False) as slack:
+        app = await _start(slack, fake_openai, redis, settings)
+        bot = SlackBot(app, slack)
+        try:
+            await bot.event(mention("quick", channel=CHANNEL))
+            await wait_for(lambda: slack.texts_in(CHANNEL) == ["echo: quick"])
+            assert [c.method for c in slack.calls_of("chat.postMessage", "chat.update")] == [
+                "chat.postMessage"
+            ]
+            fake_openai.push(Reply(ttft=0.6))
+            await bot.event(mention("slow", channel=CHANNEL))
+            await wait_for(lambda: slack.texts_in(CHANNEL) == ["echo: quick", "echo: slow"])
+            slow = slack.calls_of("chat.postMessage", "chat.update")[1:]
+            assert slow[0].method == "chat.postMessage"
+            assert slow[0].params["text"] == settings.platforms.slack.thinking
+            assert slow[-1].method == "chat.update" and "echo: slow" in slow[-1].params["text"]
+        finally:
+            await app.stop()
