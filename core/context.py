@@ -76,8 +76,29 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: lock. ARGV: token, TTL in ms. Takes a free lock, or renews it when it already holds
+# this turn's token: a take whose reply was lost and is retried must not wait for itself.
+TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # KEYS: lock. ARGV: token. Deletes the lock only while it still holds this turn's token.
 RELEASE = Lock.LUA_RELEASE_SCRIPT
+
+
+class IdempotentLock(Lock):
+    """redis-py's lock (the wait, the extension) taking with `TAKE`."""
+
+    async def do_acquire(self, token: str | bytes) -> bool:
+        ttl = int(self.timeout * 1000) if self.timeout else 0
+        return bool(await self.redis.eval(TAKE, 1, self.name, token, ttl))
 
 
 @dataclass(slots=True)
@@ -90,6 +111,7 @@ class RedisTurnLock:
     name: str
     token: str
     state: Literal["pending", "held", "unlocked", "released"] = "pending"
+    sent: bool = False  # a take went out: Redis may hold the lock even if no reply said so
     timer: asyncio.TimerHandle | None = None
     extending: asyncio.Task[None] | None = None
     _lock: Lock | None = None
@@ -97,7 +119,7 @@ class RedisTurnLock:
     def redis_lock(self, redis: Redis, limits: StoreLimits) -> Lock:
         """redis-py's lock on the same key and token, for the blocking wait and extending."""
         if self._lock is None:
-            self._lock = Lock(
+            self._lock = IdempotentLock(
                 redis,
                 self.name,
                 timeout=limits.lock_ttl,
@@ -410,16 +432,17 @@ class RedisStore:
                 self._local_locks[name] = (local, users - 1)
 
     def _queue_take(self, pipe: Any, held: RedisTurnLock | None) -> bool:
-        """Queue the lock's SET NX first in `pipe` when it is still to be taken."""
+        """Queue the lock's take first in `pipe` when it is still to be taken."""
         if held is None or held.state != "pending":
             return False
-        pipe.set(held.name, held.token, nx=True, px=int(self.limits.lock_ttl * 1000))
+        held.sent = True
+        pipe.eval(TAKE, 1, held.name, held.token, int(self.limits.lock_ttl * 1000))
         return True
 
     async def _taken(self, held: RedisTurnLock, result: Any) -> bool:
-        """After a riding SET NX: held (True), or waited for and taken in a round trip of
+        """After a riding take: held (True), or waited for and taken in a round trip of
         its own (False: reads made before it must be made again)."""
-        if result is True:
+        if result == 1:
             self._hold(held)
             return True
         if isinstance(result, Exception):
@@ -430,6 +453,7 @@ class RedisStore:
 
     async def _acquire(self, held: RedisTurnLock) -> None:
         lock = held.redis_lock(self.redis, self.limits)
+        held.sent = True
         try:
             self._count()
             acquired = await lock.acquire(token=held.token)
@@ -456,7 +480,8 @@ class RedisStore:
         def extend_soon() -> None:
             if held.state != "held":
                 return
-            held.extending = asyncio.create_task(self._extend(held), name="lock-extend")
+            if held.extending is None or held.extending.done():  # never two at once
+                held.extending = asyncio.create_task(self._extend(held), name="lock-extend")
             held.timer = loop.call_later(period, extend_soon)
 
         held.timer = loop.call_later(period, extend_soon)
@@ -468,7 +493,12 @@ class RedisStore:
             )
 
     async def _leave(self, held: RedisTurnLock) -> None:
-        """Stop extending; release the lock unless a `save` already did."""
+        """Stop extending; release the lock unless a `save` already did.
+
+        Also after a take whose outcome is unknown (cancelled, or Redis failed while it was
+        out): the release deletes only this turn's token, so it is always safe. Not while
+        Redis is marked down: the lock's TTL frees it then, without a turn waiting on a
+        timeout here."""
         state, held.state = held.state, "released"
         if held.timer is not None:
             held.timer.cancel()
@@ -476,7 +506,8 @@ class RedisStore:
             # Waited for, never cancelled: a cancel landing as a Redis call times out comes
             # back as TimeoutError (an OSError) and could be swallowed as a Redis failure.
             await asyncio.wait({held.extending})
-        if state == "held":
+        unknown = held.sent and state in ("pending", "unlocked") and self.health.up
+        if state == "held" or unknown:
             with contextlib.suppress(RedisError, OSError):
                 self._count()
                 await self.redis.eval(RELEASE, 1, held.name, held.token)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
+from bots.redis_conn import make_client
 from bots.taskdump import dump_tasks
 from core.context import RedisStore, StoreLimits
 from core.keys import KeyBuilder
@@ -144,3 +147,71 @@ async def test_a_lazy_lock_never_used_for_a_read_is_taken_by_the_save(
     await task
     assert order == ["other in", "other out", "saved"]
     assert not await redis.exists(store.keys.lock(KEY))
+
+
+async def test_a_take_whose_reply_was_lost_does_not_wait_for_itself(redis: Redis, key_prefix: str):
+    """A retried pipeline finds the lock already holding this turn's token: it is taken."""
+    trips: list[int] = []
+    store = RedisStore(redis, KeyBuilder(key_prefix), StoreLimits(lock_ttl=5, lock_wait=5),
+                       on_round_trip=lambda: trips.append(1))  # fmt: skip
+    async with store.lock(KEY, lazy=True) as held:
+        await redis.set(store.keys.lock(KEY), held.token, px=5000)  # the first try's take
+        await store.load_turn(KEY, lock=held)
+        assert held.state == "held" and len(trips) == 1  # no wait of its own
+        assert 4000 < await redis.pttl(store.keys.lock(KEY)) <= 5000  # renewed
+    assert not await redis.exists(store.keys.lock(KEY))
+
+
+async def test_a_turn_cancelled_while_its_take_is_out_leaves_no_lock(
+    redis_url: str, key_prefix: str
+):
+    """Redis took the lock but the reply never reached the turn (cancelled at shutdown):
+    the release still runs, so the next turn in this conversation need not wait for the TTL."""
+    base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
+    gate = asyncio.Event()
+    holding = True
+
+    class HeldReplies(base):  # type: ignore[misc, valid-type]
+        async def read_response(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if holding:
+                await gate.wait()
+            return await super().read_response(*args, **kwargs)
+
+    client = make_client(redis_url, connection_class=HeldReplies)
+    store = _store(client, key_prefix, 30)
+    name = store.keys.lock(KEY)
+    try:
+        holding = False
+        await client.ping()
+        holding = True
+
+        async def turn() -> None:
+            async with store.lock(KEY, lazy=True) as held:
+                await store.load_turn(KEY, lock=held)
+
+        task = asyncio.create_task(turn())
+        watcher = Redis.from_url(redis_url)
+        try:
+            await wait_for(lambda: watcher.exists(name))  # Redis ran the take
+            task.cancel()
+            gate.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert not await watcher.exists(name)
+        finally:
+            await watcher.aclose()
+    finally:
+        gate.set()
+        await client.aclose()
+
+
+async def test_a_lazy_turn_longer_than_the_ttl_keeps_its_lock(redis: Redis, key_prefix: str):
+    store = _store(redis, key_prefix, lock_ttl=0.3)  # extended every 0.1 s
+    name = store.keys.lock(KEY)
+    async with store.lock(KEY, lazy=True) as held:
+        await store.load_turn(KEY, lock=held)
+        await asyncio.sleep(1.0)  # the turn itself: several times the lock's TTL
+        assert await redis.get(name) == held.token.encode()
+        await store.save(KEY, Turn("user", "done"), lock=held)
+    assert not await redis.exists(name)
+    assert "lock-extend" not in dump_tasks()
