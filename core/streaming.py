@@ -101,17 +101,24 @@ class StreamingReply:
         self._dirty.set()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the turn itself is being cancelled, not only this child
 
     async def _typing_loop(self) -> None:
+        interval = self._responder.typing_interval
         if self._typing_delay > 0:
-            # An answer that starts within the delay needs no typing signal: a platform call
-            # saved (two on Slack: a placeholder and its replacement) and no flicker.
+            # An answer that starts within the delay needs no typing signal before its text:
+            # a platform call saved (two on Slack: a placeholder and its replacement). A
+            # renewing signal (Telegram, Discord) still shows while a long answer streams.
             await _wait(self._answering, self._typing_delay)
             if self._answering.is_set():
-                return
-        interval = self._responder.typing_interval
+                if interval <= 0:
+                    return
+                await _wait(self._closing, interval)
         while not self._closing.is_set():
             try:
                 await self._responder.typing()
@@ -149,7 +156,7 @@ class StreamingReply:
         if not text.strip():
             return
         if self._ref is None:
-            self._answering.set()  # before the call: a typing signal never follows the text
+            self._answering.set()  # before the call: no first typing signal after the text
             self._ref = await self._send(text, final=final)
         else:
             if text == self._last_shown and (self._last_final or not final):

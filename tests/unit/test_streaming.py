@@ -159,3 +159,38 @@ async def test_stop_ends_a_pending_typing_signal_before_a_separate_reply():
         await reply(responder, "sorry")
         await asyncio.sleep(0.15)  # an absence: the delay has to pass
     assert [c.kind for c in responder.calls] == ["send"]
+
+
+async def test_a_renewing_typing_signal_shows_while_a_quick_starting_answer_streams():
+    """Telegram and Discord renew "typing…": a long answer that started within the delay
+    still shows it while it streams (but never before its first text)."""
+    responder = RecordingResponder(typing_interval=0.05, edit_interval=10.0)
+    async with StreamingReply(responder, typing_delay=0.2) as answer:
+        answer.feed("first words")
+        await wait_for(lambda: any(c.kind == "typing" for c in responder.calls), timeout=2)
+        answer.feed(" and the rest")
+        await answer.finish()
+    kinds = [c.kind for c in responder.calls]
+    assert kinds[0] == "send" and kinds[-1] == "edit"
+
+
+async def test_cancelling_the_turn_is_not_swallowed_while_it_stops_its_tasks():
+    class SlowTyping(RecordingResponder):
+        async def typing(self) -> None:
+            await asyncio.sleep(10)
+
+    responder = SlowTyping()
+    stopping = asyncio.Event()
+
+    async def turn() -> None:
+        async with StreamingReply(responder) as answer:
+            await asyncio.sleep(0)  # the typing call is under way
+            stopping.set()
+            await answer.stop()  # waits for the typing call
+
+    task = asyncio.create_task(turn())
+    await stopping.wait()
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
