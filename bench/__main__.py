@@ -73,6 +73,13 @@ def table(result: Result, base: Result | None) -> str:
             ("p50", "p95", "p99"), percentiles(ours), percentiles(theirs or []), strict=True
         ):
             lines.append(_row(f"{label} {name}", ours_p, base_p if theirs else None, "ms"))
+    if result.wire_to_llm_ms:  # --wire: arrival to model request, the bot's part only
+        lines.append(_row("messages timed on the wire", len(result.wire_to_llm_ms), None,
+                          "messages", "higher"))  # fmt: skip
+        for name, value in zip(("p50", "p95", "p99"), percentiles(result.wire_to_llm_ms),
+                               strict=True):  # fmt: skip
+            lines.append(_row(f"event arrival -> LLM request on the wire {name}", value, None,
+                              "ms"))  # fmt: skip
     for name, value in zip(("p50", "p95", "p99"), percentiles(result.token_to_screen_ms),
                            strict=True):  # fmt: skip
         lines.append(_row(f"first LLM token -> platform call {name}", value, None, "ms"))
@@ -111,7 +118,8 @@ async def main(args: argparse.Namespace) -> str:
            f"command: python -m bench {' '.join(sys.argv[1:])}".rstrip()]  # fmt: skip
     turns_a = 5 if smoke else 30
     fast = Reply(text=answer_of(50), words_per_chunk=5)
-    common = {"redis_url": url, "tmp": tmp, "typing_delay": args.typing_delay}
+    common = {"redis_url": url, "tmp": tmp, "typing_delay": args.typing_delay,
+              "wire": args.wire}  # fmt: skip
     if "a" in args.scenarios:
         ours = await run_bot_scenario("(a) one conversation, context growth",
                                       platforms=("telegram",), conversations=1, turns=turns_a,
@@ -174,6 +182,9 @@ def cli() -> int:
     parser.add_argument("--rate", type=float, default=100.0,
                         help="scenario (d): messages per second, for 10 s")  # fmt: skip
     parser.add_argument("--only", default="", help="scenario (c): only this platform or 'mixed'")
+    parser.add_argument("--wire", action="store_true",
+                        help="also time arrival -> model request from a loopback capture "
+                             "(tcpdump, root): the bot's part without the harness's")  # fmt: skip
     parser.add_argument("--typing-delay", type=float, default=TYPING_DELAY,
                         help="streaming.typing_delay (default: the bot's own)")  # fmt: skip
     parser.add_argument(

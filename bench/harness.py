@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.wire import WireCapture
 from core.config import Secrets, Settings
 from core.tokens import TokenCounter
 from tests.conftest import make_settings
@@ -74,6 +75,7 @@ class Result:
     answered: int = 0
     seconds: float = 0.0
     to_llm_ms: list[float] = field(default_factory=list)
+    wire_to_llm_ms: list[float] = field(default_factory=list)  # --wire: the bot's part only
     token_to_screen_ms: list[float] = field(default_factory=list)
     first_text_ms: list[float] = field(default_factory=list)  # event -> first visible text
     platform_calls: int = 0
@@ -166,6 +168,7 @@ async def run_bot_scenario(
     key_prefix: str = "bench",
     tmp: Path,
     profile: Path | None = None,
+    wire: bool = False,
 ) -> Result:
     """Drive `conversations` x `turns` messages through the bot; measure everything.
 
@@ -191,6 +194,11 @@ async def run_bot_scenario(
                     port=process.port)
             ))  # fmt: skip
             await _warm_up(bot, platforms, reply, fake)
+            capture = None
+            if wire:
+                capture = WireCapture(tmp, inbound_to=process.port,
+                                      inbound_from=fakes.discord.port, model=fake.port)  # fmt: skip
+                await capture.start()
             before = {p: len(bot.drivers[p].calls()) for p in platforms}
             process.traffic_starts()
             cpu0, _ = _rusage()
@@ -214,6 +222,9 @@ async def run_bot_scenario(
 
             await asyncio.gather(*(conversation(i) for i in range(conversations)))
             result.seconds = time.monotonic() - started
+            if capture is not None:
+                await capture.stop()
+                result.wire_to_llm_ms = capture.latencies_ms()
             cpu1, _ = _rusage()
             result.driver_cpu_seconds = cpu1 - cpu0
             result.messages = conversations * turns
