@@ -223,20 +223,28 @@ class SlackAdapter:
 
     async def start(self) -> None:
         # slack-sdk opens a new aiohttp session, so a new TCP and TLS connection, for every
-        # call it is not given a session for: one kept-alive session serves them all.
+        # call it is not given a session for: one kept-alive session serves them all. No cap
+        # on its connections, as with slack-sdk's own sessions (a wait would eat the timeout).
+        await self._close_session()
         self.client.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.client.timeout)
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=self.client.timeout),
         )
+        try:
+            await self._connect()
+        except BaseException:
+            await self._close_session()
+            raise
+
+    async def _connect(self) -> None:
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
-            await self._close_session()
             raise AdapterStartError(
                 f"Slack refused SLACK_BOT_TOKEN (auth.test: {exc.response.get('error')}); "
                 "check the bot token"
             ) from None
         except Exception as exc:
-            await self._close_session()
             raise AdapterStartError(
                 f"Slack is unreachable at start ({type(exc).__name__})"
             ) from None
@@ -245,6 +253,18 @@ class SlackAdapter:
         self.bolt = self._build_bolt()
         if self.app_token:
             self.socket = AsyncSocketModeHandler(self.bolt, self.app_token)
+            # slack-sdk's connect() retries every error for ever, a refused app token too:
+            # the first WebSocket URL is asked for here, so a bad token stops the start.
+            try:
+                self.socket.client.wss_uri = await self.socket.client.issue_new_wss_url()
+            except SlackApiError as exc:
+                await self.socket.close_async()
+                self.socket = None
+                raise AdapterStartError(
+                    f"Slack refused SLACK_APP_TOKEN (apps.connections.open: "
+                    f"{exc.response.get('error')}); check the app-level token (xapp-…, "
+                    "connections:write)"
+                ) from None
             await self.socket.connect_async()
         self._ready = True
         log.info("slack: %s via %s", self.bot.user_id, "socket mode" if self.socket else "HTTP")
@@ -265,11 +285,11 @@ class SlackAdapter:
         return bolt
 
     async def stop(self) -> None:
+        """Take no new events. Answers in flight keep the session until `close`."""
         self._ready = False
         if self.socket is not None:
             await self.socket.close_async()
             self.socket = None
-        await self._close_session()
 
     async def _close_session(self) -> None:
         session, self.client.session = self.client.session, None
@@ -277,7 +297,9 @@ class SlackAdapter:
             await session.close()
 
     async def close(self) -> None:
+        """After the answers in flight are drained."""
         await self.stop()
+        await self._close_session()
 
     def ready(self) -> bool:
         return self._ready

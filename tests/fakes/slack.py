@@ -55,6 +55,7 @@ class FakeSlack:
         self.messages: dict[str, dict[str, Any]] = {}  # ts -> {"channel", "thread_ts", "text"}
         self.screen = Screen()
         self.failures: dict[str, deque[tuple[int, str, int]]] = {}
+        self.delays: dict[str, float] = {}  # method -> seconds before it answers
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -116,6 +117,8 @@ class FakeSlack:
         expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
         if token != expected:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        if method in self.delays:
+            await asyncio.sleep(self.delays[method])  # a slow Slack
         queued = self.failures.get(method)
         if queued:
             status, error, retry_after = queued.popleft()

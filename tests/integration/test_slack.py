@@ -319,3 +319,18 @@ async def test_a_placeholder_only_when_the_answer_is_slower_than_the_typing_dela
             assert slow[-1].method == "chat.update" and "echo: slow" in slow[-1].params["text"]
         finally:
             await app.stop()
+
+
+async def test_an_answer_in_flight_at_shutdown_is_delivered_once(
+    fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
+):
+    """Stopping takes no new events but keeps the Web API session until the answers in
+    flight are drained: a post under way is not cut (and then sent a second time)."""
+    settings = _settings(key_prefix, tmp_path, native_streaming=False)
+    async with FakeSlack(streaming=False) as slack:
+        app = await _start(slack, fake_openai, redis, settings)
+        slack.delays["chat.postMessage"] = 0.5
+        await SlackBot(app, slack).event(mention("last words", channel=CHANNEL))
+        await wait_for(lambda: bool(slack.calls_of("chat.postMessage")))  # under way
+        await app.stop(grace=5)
+        assert slack.texts_in(CHANNEL) == ["echo: last words"]

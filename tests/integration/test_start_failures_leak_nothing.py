@@ -7,6 +7,7 @@ collector runs inside the test, so a leak fails the start path that made it.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import warnings
 from contextlib import AbstractAsyncContextManager
@@ -64,5 +65,30 @@ async def test_refused_start_leaves_no_open_socket(
         message = await _refused_start(platform, settings, redis, fake_openai)
         gc.collect()
     assert "refused" in message.lower() or "check" in message.lower()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+
+
+async def test_a_refused_socket_mode_start_leaves_no_open_session(
+    redis: Redis, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+):
+    """The bot token is good, the app token is not: the Web API session made for the bot
+    token is closed with the failed start."""
+    settings = make_settings(key_prefix, tmp_path)
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with fs.FakeSlack() as slack:
+            secrets = Secrets(
+                openai_base_url=fake_openai.base_url,
+                slack_api_url=slack.api_url,
+                slack_bot_token=fs.BOT_TOKEN,
+                slack_app_token="xapp-refused",
+            )
+            app = BotApp(settings, secrets, redis=redis)
+            with pytest.raises(AdapterStartError, match="Slack refused SLACK_APP_TOKEN"):
+                await asyncio.wait_for(app.start(), 10)  # slack-sdk alone retries for ever
+            assert slack.calls_of("auth.test") and slack.calls_of("apps.connections.open")
+        gc.collect()
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
