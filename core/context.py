@@ -67,8 +67,8 @@ class StoreLimits:
 # KEYS: history, meta. ARGV: turns to keep, idle TTL, then the turns to append.
 # One command instead of four (RPUSH, LTRIM, two EXPIRE) in the turn's MULTI.
 APPEND = """
-if #ARGV > 2 then
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+for first = 3, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
 end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])

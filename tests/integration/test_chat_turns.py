@@ -7,6 +7,7 @@ import json
 
 from bots.app import Core
 from core.chat import APOLOGY
+from core.model import Turn
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message
 
@@ -195,3 +196,11 @@ async def test_a_saved_turn_keeps_its_ttls_and_counts_usage_everywhere(
         assert await redis.hgetall(usage_key) == {b"prompt": b"7", b"completion": b"5",
                                                   b"total": b"12"}  # fmt: skip
         assert key_ttl - 5 < await redis.ttl(usage_key) <= key_ttl
+
+
+async def test_the_save_script_appends_more_turns_than_lua_can_unpack_at_once(core: Core, redis):
+    key = core.chat.conversation_key(user_message("bulk"))
+    turns = [Turn("user", f"t{i}") for i in range(9000)]  # Lua's unpack() stops near 8000
+    await core.store.save(key, *turns, trim_to=10_000)
+    stored = await redis.lrange(core.store.keys.history(key), 0, -1)
+    assert len(stored) == 9000 and b"t8999" in stored[-1]
