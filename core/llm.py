@@ -232,13 +232,16 @@ async def _sse_payloads(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, An
         text, data = "\n".join(data), []
         if text == "[DONE]":
             return
-        payload = json.loads(text)
-        if isinstance(payload, dict):
+        if (payload := _json_object(text)) is not None:
             yield payload
-    if data and "\n".join(data) != "[DONE]":  # a last event without its blank line
-        payload = json.loads("\n".join(data))
-        if isinstance(payload, dict):
-            yield payload
+    text = "\n".join(data)  # a last event without its blank line
+    if text and text != "[DONE]" and (payload := _json_object(text)) is not None:
+        yield payload
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    payload = json.loads(text)
+    return payload if isinstance(payload, dict) else None
 
 
 def _error_text(chunk: dict[str, Any]) -> str:
