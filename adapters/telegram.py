@@ -210,14 +210,7 @@ class TelegramAdapter:
     async def start(self) -> None:
         application = self._build()
         try:
-            try:
-                await application.initialize()  # getMe
-            except BaseException:
-                # initialize() opened the HTTP clients before getMe failed, and shutdown()
-                # of an Application that never finished initializing does nothing: close the
-                # bot's clients here, or their pooled connection is left to the collector.
-                await application.bot.shutdown()
-                raise
+            await self._initialize(application)
         except InvalidToken:
             raise AdapterStartError(
                 "Telegram refused TELEGRAM_BOT_TOKEN (getMe: Unauthorized); check the token "
@@ -248,6 +241,17 @@ class TelegramAdapter:
         await application.start()
         self._ready = True
         log.info("telegram: @%s via %s", bot.username, "webhook" if self.webhook_url else "polling")
+
+    @staticmethod
+    async def _initialize(application: Application) -> None:  # type: ignore[type-arg]
+        """getMe. On failure the bot's HTTP clients, which initialize() opened first, are
+        closed here: shutdown() of an Application that never finished initializing does
+        nothing, and their pooled connection would be left to the collector."""
+        try:
+            await application.initialize()
+        except BaseException:
+            await application.bot.shutdown()
+            raise
 
     async def stop(self) -> None:
         self._ready = False
