@@ -8,21 +8,18 @@ When Redis is away the bot keeps answering without history: every call degrades 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 
 from core.keys import KeyBuilder
+from core.locking import ConversationLocks, RedisTurnLock
 from core.model import ContextKey, Conversation, Turn
 from core.protocols import Queue, Usage
 
@@ -75,60 +72,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
-
-# KEYS: lock. ARGV: token, TTL in ms. Takes a free lock, or renews it when it already holds
-# this turn's token: a take whose reply was lost and is retried must not wait for itself.
-TAKE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: lock. ARGV: token. Deletes the lock only while it still holds this turn's token.
-RELEASE = Lock.LUA_RELEASE_SCRIPT
-
-
-class IdempotentLock(Lock):
-    """redis-py's lock (the wait, the extension) taking with `TAKE`."""
-
-    async def do_acquire(self, token: str | bytes) -> bool:
-        ttl = int(self.timeout * 1000) if self.timeout else 0
-        return bool(await self.redis.eval(TAKE, 1, self.name, token, ttl))
-
-
-@dataclass(slots=True)
-class RedisTurnLock:
-    """One turn's hold on a conversation lock: the Redis key and this turn's token.
-
-    pending (not taken yet: lazy) -> held -> released; or unlocked (Redis failed or the
-    wait ran out: the turn goes on under the in-process lock alone)."""
-
-    name: str
-    token: str
-    state: Literal["pending", "held", "unlocked", "released"] = "pending"
-    sent: bool = False  # a take went out: Redis may hold the lock even if no reply said so
-    timer: asyncio.TimerHandle | None = None
-    extending: asyncio.Task[None] | None = None
-    _lock: Lock | None = None
-
-    def redis_lock(self, redis: Redis, limits: StoreLimits) -> Lock:
-        """redis-py's lock on the same key and token, for the blocking wait and extending."""
-        if self._lock is None:
-            self._lock = IdempotentLock(
-                redis,
-                self.name,
-                timeout=limits.lock_ttl,
-                sleep=0.02,
-                blocking_timeout=limits.lock_wait,
-                thread_local=False,
-            )
-            self._lock.local.token = self.token.encode()
-        return self._lock
 
 
 class RedisHealth:
@@ -185,8 +128,8 @@ class RedisStore:
         self.keys = keys
         self.limits = limits
         self.health = RedisHealth(describe)
-        self._local_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._count = on_round_trip or (lambda: None)
+        self.locks = ConversationLocks(redis, limits, self.health, self._count)
 
     async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation:
         """History and settings in one round trip; an empty conversation when Redis is away."""
@@ -211,7 +154,7 @@ class RedisStore:
         """
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                taking = self._queue_take(pipe, lock)
+                taking = self.locks.queue_take(pipe, lock)
                 pipe.lrange(self.keys.history(key), 0, -1)
                 pipe.hgetall(self.keys.meta(key))
                 pipe.hgetall(self.keys.channel(channel or key))
@@ -228,7 +171,7 @@ class RedisStore:
         if taking:
             assert lock is not None
             took, results = results[0], results[1:]
-            if not await self._taken(lock, took):
+            if not await self.locks.taken(lock, took):
                 conversation, _ = await self.load_turn(key, channel=channel, lock=lock)
                 return conversation, [_or(result, None) for result in results[3:]]
         raw_history, meta, chan = _or(results[0], []), _or(results[1], {}), _or(results[2], {})
@@ -253,7 +196,7 @@ class RedisStore:
             return []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                taking = self._queue_take(pipe, lock)
+                taking = self.locks.queue_take(pipe, lock)
                 for queue in extra:
                     queue(pipe)
                 self._count()
@@ -267,7 +210,7 @@ class RedisStore:
         if taking:
             assert lock is not None
             took, results = results[0], results[1:]
-            await self._taken(lock, took)
+            await self.locks.taken(lock, took)
         return [_or(result, None) for result in results]
 
     async def save(
@@ -283,17 +226,14 @@ class RedisStore:
         history, meta = self.keys.history(key), self.keys.meta(key)
         keep = trim_to or self.limits.max_turns
         if lock is not None and lock.state == "pending":
-            await self._acquire(lock)  # nothing was read under it: take it before writing
-        releasing = lock is not None and lock.state == "held"
+            await self.locks.acquire(lock)  # nothing was read under it: take it before writing
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 appended = (encode_turn(turn) for turn in turns)
                 pipe.eval(APPEND, 2, history, meta, keep, self.limits.ttl_seconds, *appended)
                 for queue in extra:
                     queue(pipe)
-                if releasing:
-                    assert lock is not None
-                    pipe.eval(RELEASE, 1, lock.name, lock.token)
+                releasing = self.locks.queue_release(pipe, lock)
                 self._count()
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -302,7 +242,7 @@ class RedisStore:
         self.health.ok()
         if releasing:
             assert lock is not None
-            lock.state = "released"
+            self.locks.released(lock)
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None:
         """Set (or with an empty value, clear) one conversation setting."""
@@ -400,117 +340,10 @@ class RedisStore:
     def lock(
         self, key: ContextKey, *, lazy: bool = False
     ) -> AbstractAsyncContextManager[RedisTurnLock]:
-        """One turn of a conversation at a time, in arrival order.
-
-        In-process waiters queue on a FIFO asyncio.Lock; across processes a Redis lock with a
-        TTL (extended while the turn runs) holds. Without Redis, the local lock still holds.
-        `lazy`: the Redis lock is not taken here but rides in the first `load_turn` or `read`
-        given the yielded handle, and leaves in the MULTI of the `save` given it: two round
-        trips fewer per turn.
-        """
-        return self._lock(key, lazy)
-
-    @contextlib.asynccontextmanager
-    async def _lock(self, key: ContextKey, lazy: bool) -> AsyncIterator[RedisTurnLock]:
-        name = self.keys.lock(key)
-        local, users = self._local_locks.get(name, (asyncio.Lock(), 0))
-        self._local_locks[name] = (local, users + 1)
-        try:
-            async with local:
-                held = RedisTurnLock(name, secrets.token_hex(16))
-                try:
-                    if not lazy:
-                        await self._acquire(held)
-                    yield held
-                finally:
-                    await self._leave(held)
-        finally:
-            local, users = self._local_locks[name]
-            if users <= 1:
-                del self._local_locks[name]
-            else:
-                self._local_locks[name] = (local, users - 1)
-
-    def _queue_take(self, pipe: Any, held: RedisTurnLock | None) -> bool:
-        """Queue the lock's take first in `pipe` when it is still to be taken."""
-        if held is None or held.state != "pending":
-            return False
-        held.sent = True
-        pipe.eval(TAKE, 1, held.name, held.token, int(self.limits.lock_ttl * 1000))
-        return True
-
-    async def _taken(self, held: RedisTurnLock, result: Any) -> bool:
-        """After a riding take: held (True), or waited for and taken in a round trip of
-        its own (False: reads made before it must be made again)."""
-        if result == 1:
-            self._hold(held)
-            return True
-        if isinstance(result, Exception):
-            held.state = "unlocked"  # Redis failed this command: go on as without Redis
-            return True
-        await self._acquire(held)  # another process is in this conversation: wait for it
-        return False
-
-    async def _acquire(self, held: RedisTurnLock) -> None:
-        lock = held.redis_lock(self.redis, self.limits)
-        held.sent = True
-        try:
-            self._count()
-            acquired = await lock.acquire(token=held.token)
-        except (RedisError, OSError) as exc:
-            self.health.failed(exc, "taking a conversation lock")
-            acquired = False
-        else:
-            if not acquired:
-                log.warning(
-                    "conversation lock %s not free after %ss", held.name, self.limits.lock_wait
-                )
-        if acquired:
-            self._hold(held)
-        else:
-            held.state = "unlocked"
-
-    def _hold(self, held: RedisTurnLock) -> None:
-        """The lock is ours: extend it every third of its TTL while the turn runs (a timer,
-        not a task per turn: most turns end long before the first extension)."""
-        held.state = "held"
-        loop = asyncio.get_running_loop()
-        period = self.limits.lock_ttl / 3
-
-        def extend_soon() -> None:
-            if held.state != "held":
-                return
-            if held.extending is None or held.extending.done():  # never two at once
-                held.extending = asyncio.create_task(self._extend(held), name="lock-extend")
-            held.timer = loop.call_later(period, extend_soon)
-
-        held.timer = loop.call_later(period, extend_soon)
-
-    async def _extend(self, held: RedisTurnLock) -> None:
-        with contextlib.suppress(LockError, RedisError, OSError):
-            await held.redis_lock(self.redis, self.limits).extend(
-                self.limits.lock_ttl, replace_ttl=True
-            )
-
-    async def _leave(self, held: RedisTurnLock) -> None:
-        """Stop extending; release the lock unless a `save` already did.
-
-        Also after a take whose outcome is unknown (cancelled, or Redis failed while it was
-        out): the release deletes only this turn's token, so it is always safe. Not while
-        Redis is marked down: the lock's TTL frees it then, without a turn waiting on a
-        timeout here."""
-        state, held.state = held.state, "released"
-        if held.timer is not None:
-            held.timer.cancel()
-        if held.extending is not None:
-            # Waited for, never cancelled: a cancel landing as a Redis call times out comes
-            # back as TimeoutError (an OSError) and could be swallowed as a Redis failure.
-            await asyncio.wait({held.extending})
-        unknown = held.sent and state in ("pending", "unlocked") and self.health.up
-        if state == "held" or unknown:
-            with contextlib.suppress(RedisError, OSError):
-                self._count()
-                await self.redis.eval(RELEASE, 1, held.name, held.token)
+        """One turn of a conversation at a time (`core/locking.py`). `lazy`: the Redis lock
+        rides in the first `load_turn` or `read` given the handle and leaves in the `save`
+        given it."""
+        return self.locks.hold(self.keys.lock(key), lazy=lazy)
 
 
 def _or(result: Any, default: Any) -> Any:

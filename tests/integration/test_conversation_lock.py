@@ -69,7 +69,7 @@ async def test_the_task_dump_follows_awaits_into_a_lock(redis: Redis, key_prefix
 
     def waiter_shown_in_acquire() -> bool:
         part = dump_tasks().split("task waiter:")[1]
-        return "core/context.py" in part and "acquire" in part  # seen through the generator
+        return "core/locking.py" in part and "acquire" in part  # seen through the generator
 
     await wait_for(waiter_shown_in_acquire)
     release.set()
