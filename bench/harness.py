@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from bench.wire import WireCapture
 from core.config import Secrets, Settings
 from core.tokens import TokenCounter
@@ -184,76 +186,101 @@ async def run_bot_scenario(
         context={"token_budget": budget, "max_turns": 60, "tokenizer": "estimate"},
         llm={"chunk_timeout": 30, "max_retries": 2}, log_level="WARNING",
     )  # fmt: skip
-    sent_at: dict[str, tuple[str, int, float]] = {}
-    with ThreadedOpenAI(reply) as fake:
-        async with running_fakes(fake) as fakes, AsyncExitStack() as stack:
-            process = await stack.enter_async_context(
-                bot_process(settings, fakes.secrets, redis_url, tmp, profile)
-            )
-            bot = await stack.enter_async_context(driving(
-                Bot(None, settings, fake, fakes.slack, fakes.telegram, fakes.discord,
-                    port=process.port)
-            ))  # fmt: skip
-            await _warm_up(bot, platforms, reply, fake)
-            capture = None
-            if wire:
-                capture = WireCapture(tmp, inbound_to=process.port,
-                                      inbound_from=fakes.discord.port, model=fake.port)  # fmt: skip
-                await capture.start()
-            before = {p: len(bot.drivers[p].calls()) for p in platforms}
-            # The driver's own garbage from earlier scenarios is collected now, not in the first
-            # milliseconds of this one, and what survives is frozen out of later collections:
-            # a pause of the driver bunches the open-loop schedule of (d) into a burst (seen:
-            # the first 14 events of a 100 msg/s run sent within 3 ms, wire p99 31-64 ms).
-            gc.collect()
-            gc.freeze()
-            process.traffic_starts()
-            cpu0, _ = _rusage()
-            started = time.monotonic()
-            semaphore = asyncio.Semaphore(concurrency)
+    try:
+        sent_at: dict[str, tuple[str, int, float]] = {}
+        with ThreadedOpenAI(reply) as fake:
+            async with running_fakes(fake) as fakes, AsyncExitStack() as stack:
+                process = await stack.enter_async_context(
+                    bot_process(settings, fakes.secrets, redis_url, tmp, profile)
+                )
+                bot = await stack.enter_async_context(driving(
+                    Bot(None, settings, fake, fakes.slack, fakes.telegram, fakes.discord,
+                        port=process.port)
+                ))  # fmt: skip
+                await _warm_up(bot, platforms, reply, fake)
+                capture = None
+                if wire:
+                    capture = WireCapture(
+                        tmp,
+                        inbound_to=process.port,
+                        inbound_from=fakes.discord.port,
+                        model=fake.port,
+                    )
+                    await capture.start()
+                before = {p: len(bot.drivers[p].calls()) for p in platforms}
+                # The driver's own garbage from earlier scenarios is collected now, not in the first
+                # milliseconds of this one, and what survives is frozen out of later collections:
+                # a pause of the driver bunches the open-loop schedule of (d) into a burst (seen:
+                # the first 14 events of a 100 msg/s run sent within 3 ms, wire p99 31-64 ms).
+                gc.collect()
+                gc.freeze()
+                process.traffic_starts()
+                cpu0, _ = _rusage()
+                started = time.monotonic()
+                semaphore = asyncio.Semaphore(concurrency)
 
-            async def conversation(index: int) -> None:
-                platform = platforms[index % len(platforms)]
-                driver = bot.drivers[platform]
-                if rate:  # open loop: conversation i starts at i / rate seconds, load or not
-                    await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
-                for turn in range(turns):
-                    text = f"bench c{index} t{turn}"
-                    async with semaphore:
-                        sent_at[text] = (platform, index, time.monotonic())
-                        await driver.say(index, text)
-                        expected = reply.text or _final(fake, text)
-                        await driver.wait_answers(
-                            index, lambda a, t=turn, e=expected: len(a) > t and a[t] == e, 120
-                        )
+                async def conversation(index: int) -> None:
+                    platform = platforms[index % len(platforms)]
+                    driver = bot.drivers[platform]
+                    if rate:  # open loop: conversation i starts at i / rate seconds, load or not
+                        await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+                    for turn in range(turns):
+                        text = f"bench c{index} t{turn}"
+                        async with semaphore:
+                            sent_at[text] = (platform, index, time.monotonic())
+                            await driver.say(index, text)
+                            expected = reply.text or _final(fake, text)
+                            await driver.wait_answers(
+                                index, lambda a, t=turn, e=expected: len(a) > t and a[t] == e, 120
+                            )
 
-            await asyncio.gather(*(conversation(i) for i in range(conversations)))
-            result.seconds = time.monotonic() - started
-            if capture is not None:
-                await capture.stop()
-                result.wire_to_llm_ms = capture.latencies_ms()
-            cpu1, _ = _rusage()
-            result.driver_cpu_seconds = cpu1 - cpu0
-            result.messages = conversations * turns
-            calls_by_where: dict[str, list[tuple[float, str]]] = {}
-            for platform in platforms:
-                driver = bot.drivers[platform]
-                calls = driver.calls()
-                result.platform_calls += len(calls) - before[platform]
-                for at, where, text in calls:
-                    calls_by_where.setdefault(where, []).append((at, text))
-                for index in range(platform_index(platforms, platform), conversations,
-                                   len(platforms)):  # fmt: skip
-                    result.answered += len(driver.answers(index))
-            for request in fake.chat_requests():
-                _measure(result, request, sent_at, bot, calls_by_where, counter)
-        figures = process.figures
-        result.cpu_seconds = figures.get("cpu_seconds", 0.0)
-        result.peak_rss_mb = figures.get("peak_rss_mb", 0.0)
-        result.redis_turn = int(figures.get("redis_turn", 0))
-        result.redis_dedupe = int(figures.get("redis_dedupe", 0))
-        result.redis_lock_only = int(figures.get("redis_lock_only", 0))
+                await asyncio.gather(*(conversation(i) for i in range(conversations)))
+                result.seconds = time.monotonic() - started
+                if capture is not None:
+                    await capture.stop()
+                    result.wire_to_llm_ms = capture.latencies_ms()
+                cpu1, _ = _rusage()
+                result.driver_cpu_seconds = cpu1 - cpu0
+                result.messages = conversations * turns
+                calls_by_where: dict[str, list[tuple[float, str]]] = {}
+                for platform in platforms:
+                    driver = bot.drivers[platform]
+                    calls = driver.calls()
+                    result.platform_calls += len(calls) - before[platform]
+                    for at, where, text in calls:
+                        calls_by_where.setdefault(where, []).append((at, text))
+                    for index in range(platform_index(platforms, platform), conversations,
+                                       len(platforms)):  # fmt: skip
+                        result.answered += len(driver.answers(index))
+                for request in fake.chat_requests():
+                    _measure(result, request, sent_at, bot, calls_by_where, counter)
+            figures = process.figures
+            result.cpu_seconds = figures.get("cpu_seconds", 0.0)
+            result.peak_rss_mb = figures.get("peak_rss_mb", 0.0)
+            result.redis_turn = int(figures.get("redis_turn", 0))
+            result.redis_dedupe = int(figures.get("redis_dedupe", 0))
+            result.redis_lock_only = int(figures.get("redis_lock_only", 0))
+    finally:
+        await forget_keys(redis_url, settings.redis.key_prefix)
     return result
+
+
+async def forget_keys(redis_url: str, prefix: str) -> None:
+    """Delete a run's keys (each run has its own prefix): thousands of conversations with a
+    week's TTL would otherwise pile up in the shared Redis, and every SCAN there (the tests'
+    clean-up, for one) walks them all."""
+    client = Redis.from_url(redis_url)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
 
 
 WARM_UP = 900_000  # conversation numbers for warm-up messages, apart from the measured ones
