@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.model import ContextKey, Message, MessageRef, User, parse_command
 
@@ -111,3 +113,12 @@ def user_message(
         message_id=message_id,
         command=parse_command(text),
     )
+
+
+async def journal_owners_gone(redis: Any, prefix: str) -> bool:
+    """Whether every owner of an entry in the answer journal has lost its heartbeat key.
+
+    Looks the owners up by name: a SCAN for `owner:*` would walk the whole shared Redis."""
+    entries = await redis.hvals(f"{prefix}:journal")
+    owners = {json.loads(entry)["owner"] for entry in entries}
+    return not owners or not await redis.exists(*(f"{prefix}:owner:{o}" for o in owners))

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_process_env, wait_for
+from tests.helpers import bot_process_env, journal_owners_gone, wait_for
 from tests.redis_server import free_port
 
 SECRET_KEY = "sk-test-SECRET-abcdef123456"
@@ -205,10 +205,7 @@ async def test_sigkill_mid_answer_is_answered_after_restart(
 
     assert await redis.hlen(f"{key_prefix}:journal") == 1
 
-    async def owner_gone() -> bool:
-        return not [k async for k in redis.scan_iter(match=f"{key_prefix}:owner:*")]
-
-    await wait_for(owner_gone, timeout=10, every=0.1)  # its heartbeat expired
+    await wait_for(lambda: journal_owners_gone(redis, key_prefix), timeout=10, every=0.1)
     code, out, err = await _chatbot(
         "chat", "--config", str(config), env=env, cwd=tmp_path, stdin=b"", timeout=60
     )

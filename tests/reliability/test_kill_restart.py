@@ -22,7 +22,7 @@ from core.config import Secrets
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_process_env, wait_for
+from tests.helpers import bot_process_env, journal_owners_gone, wait_for
 from tests.redis_server import free_port
 
 PLATFORMS = ("slack", "telegram", "discord")
@@ -99,10 +99,7 @@ async def test_sigkill_mid_answer_on_every_platform_is_answered_once_after_resta
             assert await redis.hlen(f"{key_prefix}:journal") == len(PLATFORMS)
             shown_before = {p: bot.drivers[p].answers(n) for n, p in enumerate(PLATFORMS)}
 
-            async def owner_gone() -> bool:
-                return not [k async for k in redis.scan_iter(match=f"{key_prefix}:owner:*")]
-
-            await wait_for(owner_gone, timeout=10, every=0.1)  # the dead process's heartbeat
+            await wait_for(lambda: journal_owners_gone(redis, key_prefix), timeout=10, every=0.1)
             async with chatbot_run(config, env, port):
 
                 def answered(number: int, platform: str) -> bool:
