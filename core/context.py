@@ -164,8 +164,7 @@ class RedisStore:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "loading a conversation")
-            if lock is not None and lock.state == "pending":
-                lock.state = "unlocked"
+            self.locks.not_taken(lock)
             return Conversation(), [None] * len(extra)
         self.health.ok()
         if taking:
@@ -203,8 +202,7 @@ class RedisStore:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "reading")
-            if lock is not None and lock.state == "pending":
-                lock.state = "unlocked"
+            self.locks.not_taken(lock)
             return [None] * len(extra)
         self.health.ok()
         if taking:

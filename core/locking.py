@@ -132,6 +132,13 @@ class ConversationLocks:
         pipe.eval(TAKE, 1, held.name, held.token, int(self.limits.lock_ttl * 1000))
         return True
 
+    @staticmethod
+    def not_taken(held: RedisTurnLock | None) -> None:
+        """The pipeline carrying a take failed: the turn goes on under the local lock alone.
+        Had the take landed, `hold` releases it at the end (or, Redis being down, its TTL)."""
+        if held is not None and held.state == "pending":
+            held.state = "unlocked"
+
     async def taken(self, held: RedisTurnLock, result: Any) -> bool:
         """After a riding take: held (True), or waited for and taken in a round trip of
         its own (False: reads made before it must be made again)."""

@@ -19,7 +19,6 @@ from core.protocols import Queue, Store, Usage
 
 DAY_TTL = 3 * 86400
 MONTH_TTL = 70 * 86400
-FIELDS = ("prompt", "completion", "total")
 
 # KEYS: the user's day, the user's month, the conversation.
 # ARGV: prompt, completion, total tokens; then each key's TTL.

@@ -132,19 +132,25 @@ async def test_a_lazy_lock_never_used_for_a_read_is_taken_by_the_save(
 ):
     store, other = _store(redis, key_prefix, 5), _store(redis, key_prefix, 5)
     order: list[str] = []
+    release = asyncio.Event()
 
     async def holder() -> None:
         async with other.lock(KEY):
             order.append("other in")
-            await asyncio.sleep(0.3)
+            await release.wait()
             order.append("other out")
+
+    async def saving() -> None:
+        async with store.lock(KEY, lazy=True) as held:
+            await store.save(KEY, Turn("user", "x"), lock=held)
+            order.append("saved")
 
     task = asyncio.create_task(holder())
     await wait_for(lambda: bool(order))
-    async with store.lock(KEY, lazy=True) as held:
-        await store.save(KEY, Turn("user", "x"), lock=held)
-        order.append("saved")
-    await task
+    saver = asyncio.create_task(saving())
+    await wait_for(lambda: "acquire" in dump_tasks())  # the save waits for the lock
+    release.set()
+    await asyncio.gather(task, saver)
     assert order == ["other in", "other out", "saved"]
     assert not await redis.exists(store.keys.lock(KEY))
 
