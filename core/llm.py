@@ -8,7 +8,6 @@ stalled stream ends within `chunk_timeout` whatever the transport does.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,6 +17,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from core.config import LLMSettings
+from core.idle import IdleTimeout
 from core.model import ToolCall, Turn
 from core.protocols import Completion, LLMError, LLMEvent, StreamCut, ToolSpec, Usage
 
@@ -115,40 +115,38 @@ class OpenAIChat:
             )  # fmt: skip
         except Exception as exc:  # APIError after the SDK's retries, or a transport error
             raise LLMError(describe_error(exc)) from None
-        chunks = _sse_payloads(stream.response.aiter_lines()).__aiter__()
+        chunks = _sse_payloads(stream.response.aiter_raw()).__aiter__()
         calls: dict[int, dict[str, str]] = {}
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.settings.chunk_timeout):
+            with IdleTimeout(self.settings.chunk_timeout) as idle:
+                while True:
+                    idle.waiting()
+                    try:
                         chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise StreamCut(
-                        f"no data from the model for {self.settings.chunk_timeout}s"
-                    ) from None
-                except Exception as exc:  # a cut connection surfaces as a transport error
-                    raise StreamCut(describe_error(exc)) from None
-                if chunk.get("error"):  # the server gave up mid-stream
-                    raise StreamCut(f"the model reported an error: {_error_text(chunk)}")
-                if chunk.get("usage"):
-                    got = chunk["usage"]
-                    usage = Usage(got.get("prompt_tokens") or 0, got.get("completion_tokens") or 0)
-                    if self._on_usage is not None:
-                        self._on_usage(usage)
-                    yield usage
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        yield delta["content"]
-                    for fragment in delta.get("tool_calls") or ():
-                        index = fragment.get("index", 0)
-                        call = calls.setdefault(index, {"id": "", "name": "", "args": ""})
-                        call["id"] = fragment.get("id") or call["id"]
-                        function = fragment.get("function") or {}
-                        call["name"] += function.get("name") or ""
-                        call["args"] += function.get("arguments") or ""
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:  # a cut connection surfaces as a transport error
+                        raise StreamCut(describe_error(exc)) from None
+                    finally:
+                        idle.done()
+                    if chunk.get("error"):  # the server gave up mid-stream
+                        raise StreamCut(f"the model reported an error: {_error_text(chunk)}")
+                    if chunk.get("usage"):
+                        got = chunk["usage"]
+                        usage = Usage(
+                            got.get("prompt_tokens") or 0, got.get("completion_tokens") or 0
+                        )
+                        if self._on_usage is not None:
+                            self._on_usage(usage)
+                        yield usage
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield delta["content"]
+                        for fragment in delta.get("tool_calls") or ():
+                            _add_fragment(calls, fragment)
+        except TimeoutError:
+            raise StreamCut(f"no data from the model for {self.settings.chunk_timeout}s") from None
         finally:
             await stream.close()
         for index in sorted(calls):
@@ -208,38 +206,64 @@ def _wire(turn: Turn) -> dict[str, Any]:
     return message
 
 
+def _add_fragment(calls: dict[int, dict[str, str]], fragment: dict[str, Any]) -> None:
+    """Join a streamed tool call's fragment to its call, keyed by `index`."""
+    call = calls.setdefault(fragment.get("index", 0), {"id": "", "name": "", "args": ""})
+    call["id"] = fragment.get("id") or call["id"]
+    function = fragment.get("function") or {}
+    call["name"] += function.get("name") or ""
+    call["args"] += function.get("arguments") or ""
+
+
 def _safe_name(name: str) -> str:
     """The API accepts names matching ^[a-zA-Z0-9_-]{1,64}$."""
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in name)
     return cleaned[:64] or "user"
 
 
-async def _sse_payloads(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+async def _sse_payloads(raw: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
     """The JSON payload of each server-sent event, until `[DONE]`.
 
     The SDK opens the stream (auth, retries before the first byte, error statuses) and the
-    payloads are read here as plain dicts: the SDK's own decoder builds a typed model per
-    chunk, ~0.15 ms of CPU each against ~0.04 ms here (`python -m bench`, 200-token answers),
-    and a busy bot handles thousands of chunks a second.
+    payloads are read here as plain dicts from the raw bytes: the SDK's own decoder builds a
+    typed model per chunk (~0.15 ms of CPU each against ~0.04 ms here), and httpx's text and
+    line decoders add four generator hops per chunk (`python -m bench`). JSON is decoded
+    from bytes (UTF-8), so a character split between two network reads is whole by then.
     """
-    data: list[str] = []
-    async for line in lines:
-        if line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
-            continue
-        if line or not data:
-            continue  # `event:`, `id:`, comments; or a blank line with nothing pending
-        text, data = "\n".join(data), []
-        if text == "[DONE]":
-            return
-        if (payload := _json_object(text)) is not None:
-            yield payload
-    text = "\n".join(data)  # a last event without its blank line
-    if text and text != "[DONE]" and (payload := _json_object(text)) is not None:
+    data: list[bytes] = []
+    pending = b""
+    async for received in raw:
+        lines, pending = _split_lines(pending + received)
+        for line in lines:
+            if line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" "))
+                continue
+            if line or not data:
+                continue  # `event:`, `id:`, comments; or a blank line with nothing pending
+            text, data = b"\n".join(data), []
+            if text == b"[DONE]":
+                return
+            if (payload := _json_object(text)) is not None:
+                yield payload
+    if pending.startswith(b"data:"):  # a last line without its line break
+        data.append(pending[5:].rstrip(b"\r").lstrip(b" "))
+    text = b"\n".join(data)  # a last event without its blank line
+    if text and text != b"[DONE]" and (payload := _json_object(text)) is not None:
         yield payload
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def _split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The whole lines in `buffer` (SSE ends lines with LF, CRLF or CR) and the rest."""
+    if b"\r" not in buffer:
+        lines = buffer.split(b"\n")
+        return lines, lines.pop()
+    held = buffer.endswith(b"\r")  # maybe the first half of a CRLF: keep it for the next read
+    body = (buffer[:-1] if held else buffer).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    lines = body.split(b"\n")
+    return lines, lines.pop() + (b"\r" if held else b"")
+
+
+def _json_object(text: bytes) -> dict[str, Any] | None:
     payload = json.loads(text)
     return payload if isinstance(payload, dict) else None
 

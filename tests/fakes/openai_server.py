@@ -59,6 +59,7 @@ class Reply:
     send_usage: bool = True  # False: like servers that ignore stream_options.include_usage
     ignore_tool_choice: bool = False  # a misbehaving server: tool calls even when told none
     fragment_chars: int = 7  # streamed tool-call arguments come in pieces this long
+    keepalive: float = 0.0  # for stall: an SSE comment this often (as some proxies send)
 
 
 def echo_answer(body: dict[str, Any]) -> str:
@@ -239,7 +240,13 @@ class FakeOpenAI:
             if request.transport is not None:
                 request.transport.close()
             return response
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            while reply.keepalive:  # bytes keep coming, but no event
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._release.wait(), reply.keepalive)
+                if self._release.is_set():
+                    return response
+                await response.write(b": keep-alive\n\n")
             await self._release.wait()  # stall until the test ends
         return response
 

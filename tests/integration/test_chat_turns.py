@@ -97,6 +97,21 @@ async def test_stalled_stream_apologises_within_the_timeout(core: Core, fake_ope
     assert responder.texts == [APOLOGY]
 
 
+async def test_a_stream_kept_alive_by_comments_alone_still_times_out(
+    core: Core, fake_openai: FakeOpenAI
+):
+    """SSE comments keep the connection's reads alive, so the transport's read timeout never
+    fires; the bot's own timeout counts events, not bytes."""
+    fake_openai.push(Reply("stall", text="partial answer", after_chunks=1, keepalive=0.2))
+    responder = RecordingResponder()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await core.handler(user_message("hello?"), responder)
+    assert loop.time() - started < core.settings.llm.chunk_timeout + 1.5
+    assert responder.shown.startswith("partial")
+    assert "cut short" in responder.shown
+
+
 async def test_stream_cut_midway_keeps_partial_answer_with_a_note(
     core: Core, fake_openai: FakeOpenAI
 ):
