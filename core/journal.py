@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Collection
-from dataclasses import asdict
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -29,7 +29,17 @@ log = logging.getLogger(__name__)
 
 
 def message_to_json(message: Message) -> str:
-    return json.dumps(asdict(message), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(_plain(message), ensure_ascii=False, separators=(",", ":"))
+
+
+def _plain(value: Any) -> Any:
+    """`dataclasses.asdict` without its deep copy of every leaf value (the message is frozen
+    and only serialised): a third of the journal's cost per message (`python -m bench`)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {field.name: _plain(getattr(value, field.name)) for field in fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def message_from_json(raw: str | bytes) -> Message | None:

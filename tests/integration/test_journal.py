@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import asdict
 
 from redis.asyncio import Redis
 
@@ -24,6 +26,7 @@ def _message(i: int = 1) -> Message:
 
 def test_message_json_round_trip():
     assert message_from_json(message_to_json(_message())) == _message()
+    assert json.loads(message_to_json(_message())) == json.loads(json.dumps(asdict(_message())))
     assert message_from_json("{not json") is None
 
 
