@@ -4,7 +4,9 @@ Scenarios (issue 8): (a) one conversation, 30 turns; (b) 1,000 concurrent conver
 with a slow model (2 s to first token, 30 tokens/s, 200-token answers); (c) the most
 messages per second with an instant model and 50-token answers, per platform and mixed;
 (d) a steady 100 messages/s (`--rate`) across the platforms, for the bot-added latency target.
-Each bot figure is printed beside the naive baseline's and their ratio.
+Each bot figure is printed beside the naive baseline's and their ratio. `--floor` also runs
+(c) on the SDK floor (bench/floor.py: the same SDKs and adapters with nothing of the core)
+and prints the bot beside it.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ def _row(label: str, ours: float, base: float | None, unit: str, better: str = "
     return f"| {label} | {ours:.2f} | {base_text} | {ratio} | {unit} |"
 
 
-def table(result: Result, base: Result | None) -> str:
-    header = "| figure | bot | naive | bot is better by | unit |\n|---|---|---|---|---|"
+def table(result: Result, base: Result | None, base_label: str = "naive") -> str:
+    header = f"| figure | bot | {base_label} | bot is better by | unit |\n|---|---|---|---|---|"
     summary = f"{result.answered}/{result.messages} answered in {result.seconds:.2f} s"
     lines = [f"\n### {result.name}", "", summary, "", header]
     lines.append(_row("messages per second", result.rate, base.rate if base else None, "msg/s",
@@ -94,7 +96,8 @@ def table(result: Result, base: Result | None) -> str:
     lines.append(_row("Redis round trips per turn (delivery dedupe)",
                       result.redis_dedupe / answers, None, "trips"))  # fmt: skip
     base_cpu = base.cpu_seconds / max(base.answered, 1) * 1000 if base else None
-    lines.append(_row("CPU per message (bot process; naive: with its fakes)",
+    lines.append(_row(f"CPU per message (bot process; {base_label}: "
+                      f"{'with its fakes' if base_label == 'naive' else 'its process'})",
                       result.cpu_seconds / answers * 1000, base_cpu, "ms"))  # fmt: skip
     if result.driver_cpu_seconds:
         lines.append(_row("CPU per message (fakes + driver, not the bot)",
@@ -151,6 +154,13 @@ async def main(args: argparse.Namespace) -> str:
             if platforms == ("telegram",):
                 base = await run_naive("naive", conversations=per // 2, turns=2, reply=fast)
             out.append(table(ours, base))
+            if args.floor:
+                floor = await run_bot_scenario(f"(c) SDK floor, instant model: {label}",
+                                               platforms=platforms,
+                                               conversations=per * len(platforms) // 2, turns=2,
+                                               reply=fast, concurrency=200, floor=True,
+                                               **common)  # fmt: skip
+                out.append(table(ours, floor, "SDK floor"))
     if "d" in args.scenarios:
         n = 60 if smoke else int(args.rate * 10)
         ours = await run_bot_scenario(f"(d) steady {args.rate:g} messages/s, instant model, mixed",
@@ -185,6 +195,8 @@ def cli() -> int:
     parser.add_argument("--wire", action="store_true",
                         help="also time arrival -> model request from a loopback capture "
                              "(tcpdump, root): the bot's part without the harness's")  # fmt: skip
+    parser.add_argument("--floor", action="store_true",
+                        help="scenario (c): also run the SDK floor and compare")  # fmt: skip
     parser.add_argument("--typing-delay", type=float, default=TYPING_DELAY,
                         help="streaming.typing_delay (default: the bot's own)")  # fmt: skip
     parser.add_argument(

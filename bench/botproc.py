@@ -8,6 +8,8 @@ connection that counts round trips. Protocol with the benchmark:
 - stdout `READY <port>` once the bot serves;
 - SIGUSR2: traffic starts now (counters and CPU reset, the profiler starts);
 - SIGTERM: stop, write the figures as JSON to STATS (and the profile beside it), exit.
+
+`--floor` runs the SDK floor (bench/floor.py) instead of the core.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.floor import install_floor
 from bench.roundtrips import RoundTrips
 from bots.app import BotApp, freeze_startup_objects
 from bots.logs import setup_logging
@@ -33,13 +36,15 @@ def _cpu() -> float:
 
 
 async def serve(
-    settings: Settings, secrets: Secrets, redis_url: str, profile: bool
+    settings: Settings, secrets: Secrets, redis_url: str, profile: bool, floor: bool = False
 ) -> tuple[dict[str, float], Any]:
     """Run until SIGTERM; return the figures and the profiler (if any)."""
     trips = RoundTrips(redis_url)
     redis = trips.client()
     app = BotApp(settings, secrets, redis=redis)
     await app.start()
+    if floor:
+        install_floor(app)
     freeze_startup_objects()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -83,11 +88,12 @@ def main() -> int:
     parser.add_argument("stats", type=Path, help="where the figures are written on SIGTERM")
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile here")
+    parser.add_argument("--floor", action="store_true", help="the SDK floor, not the core")
     args = parser.parse_args()
     settings = Settings.model_validate_json(args.settings.read_text())
     secrets = Secrets()
     setup_logging(settings.log_level, secrets.values(), fmt=settings.log_format)
-    served = serve(settings, secrets, args.redis_url, bool(args.profile))
+    served = serve(settings, secrets, args.redis_url, bool(args.profile), args.floor)
     figures, profiler = asyncio.run(served)
     args.stats.write_text(json.dumps(figures))
     if profiler is not None:

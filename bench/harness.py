@@ -114,7 +114,12 @@ def _rusage() -> tuple[float, float]:
 
 @asynccontextmanager
 async def bot_process(
-    settings: Settings, secrets: Secrets, redis_url: str, tmp: Path, profile: Path | None = None
+    settings: Settings,
+    secrets: Secrets,
+    redis_url: str,
+    tmp: Path,
+    profile: Path | None = None,
+    floor: bool = False,
 ) -> AsyncIterator[BotProcess]:
     """`python -m bench.botproc` with these settings; its figures are filled in on exit."""
     tag = f"{time.monotonic_ns()}"
@@ -125,6 +130,8 @@ async def bot_process(
                "--redis-url", redis_url]  # fmt: skip
     if profile is not None:
         command += ["--profile", str(profile)]
+    if floor:
+        command.append("--floor")
     with (tmp / f"bot-{tag}.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=log
@@ -172,11 +179,13 @@ async def run_bot_scenario(
     tmp: Path,
     profile: Path | None = None,
     wire: bool = False,
+    floor: bool = False,
 ) -> Result:
     """Drive `conversations` x `turns` messages through the bot; measure everything.
 
     With `rate`, conversations start at that many per second (a steady load) instead of all
-    at once (the most the bot can take)."""
+    at once (the most the bot can take). With `floor`, the bot process runs the SDK floor
+    (bench/floor.py) instead of the core."""
     result = Result(name, budget=budget)
     counter = TokenCounter("estimate")
     settings = make_settings(
@@ -191,7 +200,7 @@ async def run_bot_scenario(
         with ThreadedOpenAI(reply) as fake:
             async with running_fakes(fake) as fakes, AsyncExitStack() as stack:
                 process = await stack.enter_async_context(
-                    bot_process(settings, fakes.secrets, redis_url, tmp, profile)
+                    bot_process(settings, fakes.secrets, redis_url, tmp, profile, floor)
                 )
                 bot = await stack.enter_async_context(driving(
                     Bot(None, settings, fake, fakes.slack, fakes.telegram, fakes.discord,
