@@ -46,19 +46,23 @@ class StreamingReply:
         self._last_final = False
         self._dirty = asyncio.Event()
         self._closing = asyncio.Event()
-        self._answering = asyncio.Event()  # the first text (or the end) is on its way
         self._render_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._typing_timer: asyncio.TimerHandle | None = None
+        self._answered_at: float | None = None  # when the first text went on its way
         self.messages_sent = 0
         self.edits_sent = 0
 
     async def __aenter__(self) -> StreamingReply:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._tasks = [
-            asyncio.create_task(self._typing_loop(), name="typing"),
-            asyncio.create_task(self._flush_loop(), name="flush"),
-        ]
+        self._tasks = [asyncio.create_task(self._flush_loop(), name="flush")]
+        if self._typing_delay > 0:
+            # A timer, not a task: most answers start within the delay and need no typing
+            # signal before their text, so most turns never start the typing task at all.
+            self._typing_timer = loop.call_later(self._typing_delay, self._typing_due)
+        else:
+            self._start_typing(0.0)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -97,8 +101,9 @@ class StreamingReply:
         # No cancellation: a typing signal in flight (Slack posts a placeholder) must land
         # before the final text, or the adapter could not replace it.
         self._closing.set()
-        self._answering.set()
         self._dirty.set()
+        if self._typing_timer is not None:
+            self._typing_timer.cancel()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             try:
@@ -108,17 +113,25 @@ class StreamingReply:
                 if current is not None and current.cancelling():
                     raise  # the turn itself is being cancelled, not only this child
 
-    async def _typing_loop(self) -> None:
+    def _typing_due(self) -> None:
+        """The typing delay has passed: signal now if no text is on its way yet. A renewing
+        signal (Telegram, Discord) still shows while a long answer that started within the
+        delay streams, from one interval after its first text."""
+        if self._closing.is_set():
+            return
+        if self._answered_at is None:
+            self._start_typing(0.0)
+        elif self._responder.typing_interval > 0:
+            due = self._answered_at + self._responder.typing_interval - self._loop.time()
+            self._start_typing(max(due, 0.0))
+
+    def _start_typing(self, first_wait: float) -> None:
+        self._tasks.append(asyncio.create_task(self._typing_loop(first_wait), name="typing"))
+
+    async def _typing_loop(self, first_wait: float) -> None:
         interval = self._responder.typing_interval
-        if self._typing_delay > 0:
-            # An answer that starts within the delay needs no typing signal before its text:
-            # a platform call saved (two on Slack: a placeholder and its replacement). A
-            # renewing signal (Telegram, Discord) still shows while a long answer streams.
-            await _wait(self._answering, self._typing_delay)
-            if self._answering.is_set():
-                if interval <= 0:
-                    return
-                await _wait(self._closing, interval)
+        if first_wait > 0:
+            await _wait(self._closing, first_wait)
         while not self._closing.is_set():
             try:
                 await self._responder.typing()
@@ -156,7 +169,8 @@ class StreamingReply:
         if not text.strip():
             return
         if self._ref is None:
-            self._answering.set()  # before the call: no first typing signal after the text
+            if self._answered_at is None:  # before the call: no typing signal after it
+                self._answered_at = self._loop.time()
             self._ref = await self._send(text, final=final)
         else:
             if text == self._last_shown and (self._last_final or not final):
