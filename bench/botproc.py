@@ -35,6 +35,20 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Not `ru_maxrss`: Linux carries it over from the parent
+    across fork and exec, so a bot started by a 220 MB benchmark read 220 MB whatever it
+    used itself. The address space's high-water mark (VmHWM) starts afresh at exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
 async def serve(
     settings: Settings, secrets: Secrets, redis_url: str, profile: bool, floor: bool = False
 ) -> tuple[dict[str, float], Any]:
@@ -71,7 +85,7 @@ async def serve(
         profiler.stop()  # rendered after the loop: rendering takes seconds
     turn, dedupe, lock_only = trips.count()
     await redis.aclose()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     figures = {
         "cpu_seconds": cpu,
         "peak_rss_mb": peak,
