@@ -64,7 +64,8 @@ def _row(label: str, ours: float, base: float | None, unit: str, better: str = "
 def table(result: Result, base: Result | None, base_label: str = "naive") -> str:
     header = f"| figure | bot | {base_label} | bot is better by | unit |\n|---|---|---|---|---|"
     summary = f"{result.answered}/{result.messages} answered in {result.seconds:.2f} s"
-    lines = [f"\n### {result.name}", "", summary, "", header]
+    title = result.name if base_label == "naive" else f"{result.name}, beside the {base_label}"
+    lines = [f"\n### {title}", "", summary, "", header]
     lines.append(_row("messages per second", result.rate, base.rate if base else None, "msg/s",
                       "higher"))  # fmt: skip
     for label, ours, theirs in (
