@@ -115,7 +115,12 @@ class OpenAIChat:
             )  # fmt: skip
         except Exception as exc:  # APIError after the SDK's retries, or a transport error
             raise LLMError(describe_error(exc)) from None
-        chunks = _sse_payloads(stream.response.aiter_raw()).__aiter__()
+        response = stream.response
+        # The raw bytes are the events only without a Content-Encoding (the client accepts
+        # gzip, and a proxy may compress the stream); aiter_bytes undoes one.
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        raw = response.aiter_bytes() if encoded else response.aiter_raw()
+        chunks = _sse_payloads(raw).__aiter__()
         calls: dict[int, dict[str, str]] = {}
         try:
             with IdleTimeout(self.settings.chunk_timeout) as idle:
