@@ -62,7 +62,7 @@ class StreamingReply:
             # signal before their text, so most turns never start the typing task at all.
             self._typing_timer = loop.call_later(self._typing_delay, self._typing_due)
         else:
-            self._start_typing(0.0)
+            self._start_typing()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -119,19 +119,23 @@ class StreamingReply:
         delay streams, from one interval after its first text."""
         if self._closing.is_set():
             return
-        if self._answered_at is None:
-            self._start_typing(0.0)
-        elif self._responder.typing_interval > 0:
-            due = self._answered_at + self._responder.typing_interval - self._loop.time()
-            self._start_typing(max(due, 0.0))
+        if self._answered_at is None or self._responder.typing_interval > 0:
+            self._start_typing()
 
-    def _start_typing(self, first_wait: float) -> None:
-        self._tasks.append(asyncio.create_task(self._typing_loop(first_wait), name="typing"))
+    def _start_typing(self) -> None:
+        self._tasks.append(asyncio.create_task(self._typing_loop(), name="typing"))
 
-    async def _typing_loop(self, first_wait: float) -> None:
+    async def _typing_loop(self) -> None:
         interval = self._responder.typing_interval
-        if first_wait > 0:
-            await _wait(self._closing, first_wait)
+        if self._answered_at is not None:
+            # Decided here, not when the task was made: the first text may have gone on its
+            # way since (in the same loop iteration as the timer), and no signal follows it
+            # but a renewing one, one interval after it.
+            if interval <= 0:
+                return
+            wait = self._answered_at + interval - self._loop.time()
+            if wait > 0:
+                await _wait(self._closing, wait)
         while not self._closing.is_set():
             try:
                 await self._responder.typing()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -194,3 +195,20 @@ async def test_cancelling_the_turn_is_not_swallowed_while_it_stops_its_tasks():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_text_fed_in_the_iteration_the_typing_delay_falls_due_gets_no_typing_after_it():
+    """The reader's step is already queued when the delay falls due (a busy loop): it feeds,
+    the timer finds no text on its way yet, and the flusher's send runs before the typing
+    task's first step. Slack would post its "thinking…" placeholder beside the answer."""
+    responder = RecordingResponder()  # typing_interval 0: one signal, never renewed
+    loop = asyncio.get_running_loop()
+    async with StreamingReply(responder, typing_delay=0.05) as answer:
+        time.sleep(0.1)  # noqa: ASYNC251 - the loop is busy past the delay
+        loop.call_soon(answer.feed, "first")  # runs before the timer in the next iteration
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await answer.finish()
+    kinds = [c.kind for c in responder.calls]
+    assert kinds[0] == "send", kinds
+    assert "typing" not in kinds, kinds
