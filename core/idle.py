@@ -23,11 +23,13 @@ class IdleTimeout:
         self._handle: asyncio.TimerHandle | None = None
         self._since: float | None = None  # when the current wait began; None between waits
         self.expired = False
+        self._cancelling = 0  # the task's cancel requests on entry (not ours to take back)
 
     def __enter__(self) -> IdleTimeout:
         self._task = asyncio.current_task()
         if self._task is None:
             raise RuntimeError("IdleTimeout must be used inside a task")
+        self._cancelling = self._task.cancelling()
         self._handle = self._loop.call_later(self.seconds, self._check)
         return self
 
@@ -57,8 +59,10 @@ class IdleTimeout:
     ) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        if not self.expired or exc_type is not asyncio.CancelledError:
+        if not self.expired:
             return
         assert self._task is not None
-        if self._task.uncancel() == 0:  # our cancel alone: a timeout, not a shutdown
+        # Our cancel is taken back whatever leaves the block, as `asyncio.timeout` does; a
+        # CancelledError is a timeout only if no cancel from outside came meanwhile.
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc

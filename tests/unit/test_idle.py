@@ -65,3 +65,27 @@ async def test_a_cancel_from_outside_is_not_turned_into_a_timeout():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def _wait_whose_cancel_becomes_a_transport_error() -> None:
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        raise ConnectionError("closed while cleaning up") from None
+
+
+async def test_an_expired_timer_is_taken_back_whatever_leaves_the_block():
+    with pytest.raises(ConnectionError), IdleTimeout(0.02) as idle:
+        idle.waiting()
+        await _wait_whose_cancel_becomes_a_transport_error()
+    assert idle.expired
+    assert asyncio.current_task().cancelling() == 0
+
+
+async def test_the_next_stream_in_the_same_task_still_times_out():
+    with pytest.raises(ConnectionError), IdleTimeout(0.02) as idle:
+        idle.waiting()
+        await _wait_whose_cancel_becomes_a_transport_error()
+    with pytest.raises(TimeoutError), IdleTimeout(0.02) as idle:
+        idle.waiting()
+        await asyncio.get_running_loop().create_future()
