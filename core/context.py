@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -28,20 +29,27 @@ log = logging.getLogger(__name__)
 SETTINGS_FIELDS = ("summary", "persona", "model")
 CHANNEL_FIELDS = ("persona", "model")
 
-# KEYS: history, meta, usage. ARGV: summary, ttl, prompt tokens, completion tokens, n, turn 1..n.
+# Writes that add (a history append, usage counters) carry a token and leave it in a
+# `written` field: redis-py sends a command again when its reply is late, though the first one
+# may have run, and the second must then change nothing (tests/reliability/
+# test_redis_slow_reply.py).
+
+# KEYS: history, meta, usage. ARGV: summary, ttl, prompt tokens, completion tokens, write token,
+# n, turn 1..n.
 APPLY_SUMMARY = """
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 local total = tonumber(ARGV[3]) + tonumber(ARGV[4])
-if total > 0 then
+if total > 0 and redis.call('HGET', KEYS[3], 'written') ~= ARGV[5] then
   redis.call('HINCRBY', KEYS[3], 'prompt', ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'completion', ARGV[4])
   redis.call('HINCRBY', KEYS[3], 'total', total)
+  redis.call('HSET', KEYS[3], 'written', ARGV[5])
   redis.call('EXPIRE', KEYS[3], ARGV[2])
 end
 local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
 if #head ~= n then return 0 end
 for i = 1, n do
-  if head[i] ~= ARGV[5 + i] then return 0 end
+  if head[i] ~= ARGV[6 + i] then return 0 end
 end
 redis.call('LTRIM', KEYS[1], n, -1)
 redis.call('HSET', KEYS[2], 'summary', ARGV[1])
@@ -61,13 +69,28 @@ class StoreLimits:
     dedupe_ttl: int = 86400
 
 
-# KEYS: history, meta. ARGV: turns to keep, idle TTL, then the turns to append.
+# KEYS: the delivery's seen key. ARGV: this claim's token, TTL in seconds. 1: first seen.
+# The token makes a retried claim (redis-py sends a command again when its reply is late,
+# though the first one may have run) still see the delivery as its own, not as a duplicate.
+CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+if held == ARGV[1] then return 1 end
+return 0
+"""
+
+# KEYS: history, meta. ARGV: turns to keep, idle TTL, write token, then the turns to append.
 # One command instead of four (RPUSH, LTRIM, two EXPIRE) in the turn's MULTI.
 APPEND = """
-for first = 3, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
+if redis.call('HGET', KEYS[2], 'written') == ARGV[3] then return 0 end
+for first = 4, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
   redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
 end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('HSET', KEYS[2], 'written', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
@@ -228,7 +251,9 @@ class RedisStore:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 appended = (encode_turn(turn) for turn in turns)
-                pipe.eval(APPEND, 2, history, meta, keep, self.limits.ttl_seconds, *appended)
+                token = secrets.token_hex(8)
+                args = (keep, self.limits.ttl_seconds, token, *appended)
+                pipe.eval(APPEND, 2, history, meta, *args)
                 for queue in extra:
                     queue(pipe)
                 releasing = self.locks.queue_release(pipe, lock)
@@ -287,6 +312,7 @@ class RedisStore:
             self.limits.ttl_seconds,
             usage.prompt_tokens,
             usage.completion_tokens,
+            secrets.token_hex(8),
         ]
         args += [len(folded), *(encode_turn(turn) for turn in folded)]
         keys = [self.keys.history(key), self.keys.meta(key), self.keys.usage(key)]
@@ -317,16 +343,15 @@ class RedisStore:
 
         Fails open: when Redis is away a delivery is handled rather than dropped.
         """
+        seen, token = self.keys.seen(namespace, delivery_id), secrets.token_hex(8)
         try:
             self._count()
-            stored = await self.redis.set(
-                self.keys.seen(namespace, delivery_id), "1", nx=True, ex=self.limits.dedupe_ttl
-            )
+            first = await self.redis.eval(CLAIM, 1, seen, token, self.limits.dedupe_ttl)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "checking a delivery id")
             return True
         self.health.ok()
-        return bool(stored)
+        return bool(first)
 
     async def ping(self) -> bool:
         try:

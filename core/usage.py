@@ -8,6 +8,7 @@ Days and months start at midnight in `limits.timezone`.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,9 +22,13 @@ DAY_TTL = 3 * 86400
 MONTH_TTL = 70 * 86400
 
 # KEYS: the user's day, the user's month, the conversation.
-# ARGV: prompt, completion, total tokens; then each key's TTL.
+# ARGV: prompt, completion, total tokens; then each key's TTL; then the write token, left in
+# the conversation's hash so a command sent again after a late reply adds nothing twice.
 # One command instead of twelve (three HINCRBY and an EXPIRE per key) in the turn's MULTI.
 RECORD = """
+local token = ARGV[4 + #KEYS]
+if redis.call('HGET', KEYS[#KEYS], 'written') == token then return 0 end
+redis.call('HSET', KEYS[#KEYS], 'written', token)
 for i = 1, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'prompt', ARGV[1])
   redis.call('HINCRBY', KEYS[i], 'completion', ARGV[2])
@@ -96,7 +101,7 @@ class UsageBook:
             self.keys.usage(conversation),
         )
         args = (usage.prompt_tokens, usage.completion_tokens, usage.total,
-                DAY_TTL, MONTH_TTL, self.conversation_ttl)  # fmt: skip
+                DAY_TTL, MONTH_TTL, self.conversation_ttl, secrets.token_hex(8))  # fmt: skip
         return [lambda pipe: pipe.eval(RECORD, len(keys), *keys, *args)]
 
     async def report(self, store: Store, message: Message) -> tuple[Totals, Totals]:

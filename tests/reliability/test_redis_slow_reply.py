@@ -1,0 +1,87 @@
+"""A Redis reply that comes too late: the client gives up, reconnects and sends the command
+again, while the first one was already carried out. Nothing may be lost or done twice."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from redis.asyncio import Redis
+
+from bots.redis_conn import make_client
+from core.context import RedisStore, StoreLimits
+from core.keys import KeyBuilder
+from core.model import ContextKey, Message, Turn, User
+from core.protocols import Usage
+from core.usage import Totals, UsageBook
+from tests.redis_server import RedisProcess
+
+SOCKET_TIMEOUT = 0.2
+BUSY = 0.3  # longer than the socket timeout, shorter than the retry's whole wait
+
+# Keeps the server busy for ARGV[1] microseconds: commands sent meanwhile wait in their
+# sockets, and run (their replies too late for a client that gave up) once it ends.
+BUSY_SCRIPT = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+def _make_busy(server: RedisProcess, seconds: float) -> socket.socket:
+    """Start the busy script on a raw connection and return once the server is busy."""
+    busy = socket.create_connection(("127.0.0.1", server.port))
+    script = BUSY_SCRIPT.encode()
+    args = [b"EVAL", script, b"0", str(int(seconds * 1_000_000)).encode()]
+    busy.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:  # busy once a PING goes unanswered
+        with socket.create_connection(("127.0.0.1", server.port)) as probe:
+            probe.settimeout(0.02)
+            probe.sendall(b"PING\r\n")
+            try:
+                probe.recv(16)
+            except TimeoutError:
+                return busy
+    raise AssertionError("the server never got busy")
+
+
+async def test_a_delivery_whose_first_reply_was_late_is_still_first_seen(
+    redis_process: RedisProcess,
+):
+    client = make_client(redis_process.url, SOCKET_TIMEOUT)
+    store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
+    try:
+        await client.ping()  # the connection the first attempt uses is open
+        busy = _make_busy(redis_process, BUSY)
+        # The SET waits out the busy script, the client times out and sends it again on a new
+        # connection; the server then runs both. The delivery is new: it must be handled.
+        assert await store.first_seen("slack", "Ev1")
+        busy.close()
+        assert not await store.first_seen("slack", "Ev1")  # a real duplicate still is one
+        checker = Redis.from_url(redis_process.url)
+        assert await checker.exists(store.keys.seen("slack", "Ev1"))
+        await checker.aclose()
+    finally:
+        await client.aclose()
+
+
+async def test_a_save_whose_first_reply_was_late_is_recorded_once(redis_process: RedisProcess):
+    client = make_client(redis_process.url, SOCKET_TIMEOUT)
+    store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
+    key = ContextKey("slack", "C1", "U1")
+    book = UsageBook(store.keys, "UTC", 3600)
+    message = Message("slack", key, User("U1"), "hello", "m1")
+    try:
+        await store.save(key, Turn("user", "before"), Turn("assistant", "ok"))
+        busy = _make_busy(redis_process, BUSY)
+        recorded = book.queue_record(message, key, Usage(10, 5), book.now())
+        await store.save(key, Turn("user", "hello"), Turn("assistant", "hi there"), extra=recorded)
+        busy.close()
+        history = (await store.load(key)).history
+        assert [turn.content for turn in history] == ["before", "ok", "hello", "hi there"]
+        totals = Totals.parse(await client.hgetall(store.keys.usage(key)))
+        assert (totals.prompt, totals.completion) == (10, 5)  # counted once
+    finally:
+        await client.aclose()
