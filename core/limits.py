@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +28,12 @@ log = logging.getLogger(__name__)
 
 NOT_ALLOWED = "Sorry, I'm not available to you here. Ask an admin if you think you should be."
 
-# KEYS[1]: the bucket (a hash: tokens, ts). ARGV: capacity, refill per millisecond, cost.
-# Returns {1, 0} when the message may go on, else {0, milliseconds until it would}.
+# KEYS[1]: the bucket (a hash: tokens, ts, taken). ARGV: capacity, refill per millisecond,
+# cost, the take's token. Returns {1, 0} when the message may go on, else {0, milliseconds
+# until it would}. A take sent again after a late reply (redis-py does) finds its token and
+# takes nothing twice.
 TOKEN_BUCKET = """
+if redis.call('HGET', KEYS[1], 'taken') == ARGV[4] then return {1, 0} end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local capacity = tonumber(ARGV[1])
@@ -52,6 +56,7 @@ else
   wait = math.ceil((cost - tokens) / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+if allowed == 1 then redis.call('HSET', KEYS[1], 'taken', ARGV[4]) end
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
 return {allowed, wait}
 """
@@ -97,7 +102,8 @@ class RateLimiter:
         """Takes one message from the user's bucket (one EVAL in the caller's pipeline)."""
         key = self.keys.bucket(message.platform, message.user.id)
         per_ms = self.per_minute / 60_000
-        return lambda pipe: pipe.eval(TOKEN_BUCKET, 1, key, self.capacity, repr(per_ms), 1)
+        token = secrets.token_hex(8)
+        return lambda pipe: pipe.eval(TOKEN_BUCKET, 1, key, self.capacity, repr(per_ms), 1, token)
 
     def refusal(self, raw: Any) -> str | None:
         """The reply when the bucket was empty, else None (also when Redis did not answer)."""

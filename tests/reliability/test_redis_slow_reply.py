@@ -11,8 +11,10 @@ from redis.asyncio import Redis
 from bots.redis_conn import make_client
 from core.context import RedisStore, StoreLimits
 from core.keys import KeyBuilder
+from core.limits import RateLimiter
 from core.model import ContextKey, Message, Turn, User
 from core.protocols import Usage
+from core.sections import LimitsSettings
 from core.usage import Totals, UsageBook
 from tests.redis_server import RedisProcess
 
@@ -83,5 +85,24 @@ async def test_a_save_whose_first_reply_was_late_is_recorded_once(redis_process:
         assert [turn.content for turn in history] == ["before", "ok", "hello", "hi there"]
         totals = Totals.parse(await client.hgetall(store.keys.usage(key)))
         assert (totals.prompt, totals.completion) == (10, 5)  # counted once
+    finally:
+        await client.aclose()
+
+
+async def test_a_rate_limit_take_whose_reply_was_late_takes_one_token(
+    redis_process: RedisProcess,
+):
+    client = make_client(redis_process.url, SOCKET_TIMEOUT)
+    store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
+    limiter = RateLimiter(store.keys, LimitsSettings(messages_per_minute=1, burst=1))
+    message = Message("slack", ContextKey("slack", "C1", "U1"), User("U1"), "hi", "m1")
+    try:
+        await client.ping()
+        busy = _make_busy(redis_process, BUSY)
+        (taken,) = await store.read([limiter.queue_take(message)])
+        busy.close()
+        assert limiter.refusal(taken) is None  # the one message of the burst goes on
+        (again,) = await store.read([limiter.queue_take(message)])
+        assert limiter.refusal(again) is not None  # and the bucket is empty now
     finally:
         await client.aclose()
