@@ -60,6 +60,15 @@ def message_from_json(raw: str | bytes) -> Message | None:
         return None
 
 
+# KEYS: the journal, this entry's claim. ARGV: the entry, the claimant. 1: claimed by us.
+CLAIM = """
+if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', 3600)
+return 1
+"""
+
+
 class Journal:
     """Entries `platform:message_id` -> {owner, since, message} in one Redis hash."""
 
@@ -117,6 +126,14 @@ class Journal:
             except (RedisError, OSError) as exc:
                 log.debug("journal heartbeat failed: %s", type(exc).__name__)
 
+    async def claim(self, entry: str | bytes) -> bool:
+        """Take one entry: True for exactly one claimant, also when the claim's reply came
+        late and redis-py sent it again (the entry is gone by then: the claim key says whose
+        it was). Raises RedisError/OSError."""
+        name = entry.decode() if isinstance(entry, bytes) else entry
+        claimed_by = f"{self.key}:claimed:{name}"
+        return bool(await self.redis.eval(CLAIM, 2, self.key, claimed_by, name, self.owner))
+
     async def claim_orphans(self, platforms: Collection[str]) -> list[Message]:
         """Take the entries of `platforms` whose owner is gone; each goes to one claimant."""
         try:
@@ -139,7 +156,7 @@ class Journal:
                 owners[owner] = bool(await self.redis.exists(self._owner_prefix + owner))
             if owners[owner]:
                 continue  # a live process is answering it
-            if await self.redis.hdel(self.key, raw_entry) != 1:
+            if not await self.claim(raw_entry):
                 continue  # another replica claimed it first
             message = message_from_json(value["message"])
             if message is not None:

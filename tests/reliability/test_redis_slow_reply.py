@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from bots.redis_conn import make_client
 from core.context import RedisStore, StoreLimits
+from core.journal import Journal
 from core.keys import KeyBuilder
 from core.limits import RateLimiter
 from core.model import ContextKey, Message, Turn, User
@@ -104,5 +105,23 @@ async def test_a_rate_limit_take_whose_reply_was_late_takes_one_token(
         assert limiter.refusal(taken) is None  # the one message of the burst goes on
         (again,) = await store.read([limiter.queue_take(message)])
         assert limiter.refusal(again) is not None  # and the bucket is empty now
+    finally:
+        await client.aclose()
+
+
+async def test_a_journal_claim_whose_reply_was_late_is_still_ours(redis_process: RedisProcess):
+    """Taking over a crashed process's message: the claim (an HDEL) ran, its reply came too
+    late and the retry found nothing to delete. The message must still be answered here."""
+    client = make_client(redis_process.url, SOCKET_TIMEOUT)
+    dead = Journal(client, "slow")
+    message = Message("slack", ContextKey("slack", "C1", "U1"), User("U1"), "hi", "m1")
+    try:
+        await client.hset(dead.key, dead.entry_id(message), "{}")
+        survivor = Journal(client, "slow")
+        busy = _make_busy(redis_process, BUSY)
+        assert await survivor.claim(dead.entry_id(message))
+        busy.close()
+        assert not await Journal(client, "slow").claim(dead.entry_id(message))  # only once
+        assert await client.hlen(dead.key) == 0
     finally:
         await client.aclose()
