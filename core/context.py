@@ -35,8 +35,10 @@ CHANNEL_FIELDS = ("persona", "model")
 # test_redis_slow_reply.py).
 
 # KEYS: history, meta, usage. ARGV: summary, ttl, prompt tokens, completion tokens, write token,
-# n, turn 1..n.
+# n, turn 1..n. The token is also left in meta's `summarized` once the turns are folded: a retry
+# then neither reports the summary as skipped nor folds turns that repeat the folded ones.
 APPLY_SUMMARY = """
+if redis.call('HGET', KEYS[2], 'summarized') == ARGV[5] then return 1 end
 local n = tonumber(ARGV[6])
 local total = tonumber(ARGV[3]) + tonumber(ARGV[4])
 if total > 0 and redis.call('HGET', KEYS[3], 'written') ~= ARGV[5] then
@@ -52,7 +54,7 @@ for i = 1, n do
   if head[i] ~= ARGV[6 + i] then return 0 end
 end
 redis.call('LTRIM', KEYS[1], n, -1)
-redis.call('HSET', KEYS[2], 'summary', ARGV[1])
+redis.call('HSET', KEYS[2], 'summary', ARGV[1], 'summarized', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """

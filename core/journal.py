@@ -60,7 +60,7 @@ def message_from_json(raw: str | bytes) -> Message | None:
         return None
 
 
-# KEYS: the journal, this entry's claim. ARGV: the entry, the claimant. 1: claimed by us.
+# KEYS: the journal, this entry's claim. ARGV: the entry, the claim's token. 1: claimed by us.
 CLAIM = """
 if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -132,7 +132,8 @@ class Journal:
         it was). Raises RedisError/OSError."""
         name = entry.decode() if isinstance(entry, bytes) else entry
         claimed_by = f"{self.key}:claimed:{name}"
-        return bool(await self.redis.eval(CLAIM, 2, self.key, claimed_by, name, self.owner))
+        token = secrets.token_hex(8)  # per claim: only this claim's resend may match it
+        return bool(await self.redis.eval(CLAIM, 2, self.key, claimed_by, name, token))
 
     async def claim_orphans(self, platforms: Collection[str]) -> list[Message]:
         """Take the entries of `platforms` whose owner is gone; each goes to one claimant."""

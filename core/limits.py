@@ -31,9 +31,11 @@ NOT_ALLOWED = "Sorry, I'm not available to you here. Ask an admin if you think y
 # KEYS[1]: the bucket (a hash: tokens, ts, taken). ARGV: capacity, refill per millisecond,
 # cost, the take's token. Returns {1, 0} when the message may go on, else {0, milliseconds
 # until it would}. A take sent again after a late reply (redis-py does) finds its token and
-# takes nothing twice.
+# takes nothing twice. `taken` keeps the last 16 tokens, newest first: the user's other takes
+# stalled by the same late reply run between a take and its retry.
 TOKEN_BUCKET = """
-if redis.call('HGET', KEYS[1], 'taken') == ARGV[4] then return {1, 0} end
+local taken = redis.call('HGET', KEYS[1], 'taken') or ''
+if string.find(taken, ARGV[4], 1, true) then return {1, 0} end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local capacity = tonumber(ARGV[1])
@@ -56,7 +58,9 @@ else
   wait = math.ceil((cost - tokens) / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-if allowed == 1 then redis.call('HSET', KEYS[1], 'taken', ARGV[4]) end
+if allowed == 1 then
+  redis.call('HSET', KEYS[1], 'taken', string.sub(ARGV[4] .. ' ' .. taken, 1, 16 * 17))
+end
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
 return {allowed, wait}
 """

@@ -3,9 +3,11 @@ again, while the first one was already carried out. Nothing may be lost or done 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
+import pytest
 from redis.asyncio import Redis
 
 from bots.redis_conn import make_client
@@ -105,6 +107,57 @@ async def test_a_rate_limit_take_whose_reply_was_late_takes_one_token(
         assert limiter.refusal(taken) is None  # the one message of the burst goes on
         (again,) = await store.read([limiter.queue_take(message)])
         assert limiter.refusal(again) is not None  # and the bucket is empty now
+    finally:
+        await client.aclose()
+
+
+async def test_takes_of_one_user_whose_replies_were_late_each_take_one_token(
+    redis_process: RedisProcess,
+):
+    """Two messages of one user (two conversations) whose takes both came back late: each
+    retry must find its own take, not only the last one written."""
+    client = make_client(redis_process.url, SOCKET_TIMEOUT)
+    store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
+    limiter = RateLimiter(store.keys, LimitsSettings(messages_per_minute=1, burst=3))
+    messages = [
+        Message("slack", ContextKey("slack", channel, "U1"), User("U1"), "hi", f"m{channel}")
+        for channel in ("C1", "C2")
+    ]
+    try:
+        await asyncio.gather(client.ping(), client.ping())  # two connections are open
+        busy = _make_busy(redis_process, BUSY)
+        taken = await asyncio.gather(*(store.read([limiter.queue_take(m)]) for m in messages))
+        busy.close()
+        assert [limiter.refusal(result) for (result,) in taken] == [None, None]
+        (third,) = await store.read([limiter.queue_take(messages[0])])
+        assert limiter.refusal(third) is None  # the burst of 3 had one message left
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("repeated", [False, True])
+async def test_a_summary_whose_reply_was_late_folds_its_turns_once(
+    redis_process: RedisProcess, repeated: bool
+):
+    """The retried compare-and-trim must neither report the written summary as skipped nor,
+    when the next turns repeat the folded ones, trim them too."""
+    client = make_client(redis_process.url, SOCKET_TIMEOUT)
+    store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
+    key = ContextKey("slack", "C1", "U1")
+    folded = [Turn("user", "hi"), Turn("assistant", "hello")]
+    kept = [*(folded if repeated else [Turn("user", "a"), Turn("assistant", "b")])]
+    kept += [Turn("user", "last"), Turn("assistant", "ok")]
+    try:
+        await store.save(key, *folded, *kept)
+        busy = _make_busy(redis_process, BUSY)
+        applied = await store.apply_summary(key, "greetings", folded, Usage(10, 5))
+        busy.close()
+        conversation = await store.load(key)
+        assert conversation.summary == "greetings"
+        assert conversation.history == kept  # folded once
+        assert applied  # and reported as written
+        totals = Totals.parse(await client.hgetall(store.keys.usage(key)))
+        assert (totals.prompt, totals.completion) == (10, 5)  # counted once
     finally:
         await client.aclose()
 
