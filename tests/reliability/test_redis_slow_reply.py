@@ -34,6 +34,16 @@ return 1
 """
 
 
+async def _calls(server: RedisProcess, command: str) -> int:
+    """How often the server has run `command` (INFO commandstats)."""
+    client = Redis.from_url(server.url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
 def _make_busy(server: RedisProcess, seconds: float) -> socket.socket:
     """Start the busy script on a raw connection and return once the server is busy."""
     busy = socket.create_connection(("127.0.0.1", server.port))
@@ -59,11 +69,13 @@ async def test_a_delivery_whose_first_reply_was_late_is_still_first_seen(
     store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
     try:
         await client.ping()  # the connection the first attempt uses is open
+        sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
         # The SET waits out the busy script, the client times out and sends it again on a new
         # connection; the server then runs both. The delivery is new: it must be handled.
         assert await store.first_seen("slack", "Ev1")
         busy.close()
+        assert await _calls(redis_process, "eval") >= sent + 3  # the busy script, sent, resent
         assert not await store.first_seen("slack", "Ev1")  # a real duplicate still is one
         checker = Redis.from_url(redis_process.url)
         assert await checker.exists(store.keys.seen("slack", "Ev1"))
@@ -80,10 +92,12 @@ async def test_a_save_whose_first_reply_was_late_is_recorded_once(redis_process:
     message = Message("slack", key, User("U1"), "hello", "m1")
     try:
         await store.save(key, Turn("user", "before"), Turn("assistant", "ok"))
+        sent = await _calls(redis_process, "exec")
         busy = _make_busy(redis_process, BUSY)
         recorded = book.queue_record(message, key, Usage(10, 5), book.now())
         await store.save(key, Turn("user", "hello"), Turn("assistant", "hi there"), extra=recorded)
         busy.close()
+        assert await _calls(redis_process, "exec") >= sent + 2  # sent, resent
         history = (await store.load(key)).history
         assert [turn.content for turn in history] == ["before", "ok", "hello", "hi there"]
         totals = Totals.parse(await client.hgetall(store.keys.usage(key)))
@@ -101,9 +115,11 @@ async def test_a_rate_limit_take_whose_reply_was_late_takes_one_token(
     message = Message("slack", ContextKey("slack", "C1", "U1"), User("U1"), "hi", "m1")
     try:
         await client.ping()
+        sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
         (taken,) = await store.read([limiter.queue_take(message)])
         busy.close()
+        assert await _calls(redis_process, "eval") >= sent + 3  # the busy script, sent, resent
         assert limiter.refusal(taken) is None  # the one message of the burst goes on
         (again,) = await store.read([limiter.queue_take(message)])
         assert limiter.refusal(again) is not None  # and the bucket is empty now
@@ -125,9 +141,11 @@ async def test_takes_of_one_user_whose_replies_were_late_each_take_one_token(
     ]
     try:
         await asyncio.gather(client.ping(), client.ping())  # two connections are open
+        sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
         taken = await asyncio.gather(*(store.read([limiter.queue_take(m)]) for m in messages))
         busy.close()
+        assert await _calls(redis_process, "eval") >= sent + 5  # the busy script, sent, resent
         assert [limiter.refusal(result) for (result,) in taken] == [None, None]
         (third,) = await store.read([limiter.queue_take(messages[0])])
         assert limiter.refusal(third) is None  # the burst of 3 had one message left
@@ -149,9 +167,11 @@ async def test_a_summary_whose_reply_was_late_folds_its_turns_once(
     kept += [Turn("user", "last"), Turn("assistant", "ok")]
     try:
         await store.save(key, *folded, *kept)
+        sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
         applied = await store.apply_summary(key, "greetings", folded, Usage(10, 5))
         busy.close()
+        assert await _calls(redis_process, "eval") >= sent + 3  # the busy script, sent, resent
         conversation = await store.load(key)
         assert conversation.summary == "greetings"
         assert conversation.history == kept  # folded once
@@ -171,9 +191,11 @@ async def test_a_journal_claim_whose_reply_was_late_is_still_ours(redis_process:
     try:
         await client.hset(dead.key, dead.entry_id(message), "{}")
         survivor = Journal(client, "slow")
+        sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
         assert await survivor.claim(dead.entry_id(message))
         busy.close()
+        assert await _calls(redis_process, "eval") >= sent + 3  # the busy script, sent, resent
         assert not await Journal(client, "slow").claim(dead.entry_id(message))  # only once
         assert await client.hlen(dead.key) == 0
     finally:
