@@ -30,7 +30,8 @@ from tests.fakes.openai_server import Reply
 ALL = ("slack", "telegram", "discord")
 
 
-def _redis_url() -> str:
+def redis_url() -> str:
+    """`REDIS_URL`, else the machine's Redis on 6379, else an embedded one."""
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
     try:
@@ -113,7 +114,7 @@ def table(result: Result, base: Result | None, base_label: str = "naive") -> str
 
 
 async def main(args: argparse.Namespace) -> str:
-    url = _redis_url()
+    url = redis_url()
     tmp = Path(tempfile.mkdtemp(prefix="chatbot-bench-"))
     smoke = args.smoke
     out = [f"# Benchmark run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",

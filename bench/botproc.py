@@ -30,7 +30,8 @@ from bots.logs import setup_logging
 from core.config import Secrets, Settings
 
 
-def _cpu() -> float:
+def cpu_seconds() -> float:
+    """User and system CPU of this process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -62,13 +63,13 @@ async def serve(
     freeze_startup_objects()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    marks: dict[str, Any] = {"cpu0": _cpu()}
+    marks: dict[str, Any] = {"cpu0": cpu_seconds()}
     profiler: Any = None
 
     def start_traffic() -> None:
         nonlocal profiler
         trips.reset()
-        marks["cpu0"] = _cpu()
+        marks["cpu0"] = cpu_seconds()
         if profile:
             from pyinstrument import Profiler
 
@@ -80,7 +81,7 @@ async def serve(
     print(f"READY {app.port}", flush=True)
     await stop.wait()
     await app.stop()  # finishes the turns still saving their last answer: they count too
-    cpu = _cpu() - marks["cpu0"]
+    cpu = cpu_seconds() - marks["cpu0"]
     if profiler is not None:
         profiler.stop()  # rendered after the loop: rendering takes seconds
     turn, dedupe, lock_only = trips.count()

@@ -8,22 +8,17 @@ The figure bounds what the core's three round trips per message can cost at the 
 from __future__ import annotations
 
 import asyncio
-import resource
 import sys
 import time
 
 from redis.asyncio import Redis
 
-from bench.__main__ import _redis_url
+from bench.__main__ import redis_url
+from bench.botproc import cpu_seconds
 from bots.redis_conn import make_client
 
 TASKS = 50
 TRIPS = 20_000
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def _measure(client: Redis, label: str) -> str:
@@ -37,9 +32,9 @@ async def _measure(client: Redis, label: str) -> str:
 
     try:
         await asyncio.gather(*(worker(i) for i in range(TASKS)))  # warm: connections open
-        cpu0, started = _cpu(), time.monotonic()
+        cpu0, started = cpu_seconds(), time.monotonic()
         await asyncio.gather(*(worker(i) for i in range(TASKS)))
-        cpu, seconds = _cpu() - cpu0, time.monotonic() - started
+        cpu, seconds = cpu_seconds() - cpu0, time.monotonic() - started
         await client.delete(*(f"bench:redis_trip:{i}" for i in range(TASKS)))
     finally:
         await client.aclose()
@@ -47,7 +42,7 @@ async def _measure(client: Redis, label: str) -> str:
 
 
 async def main() -> None:
-    url = _redis_url()
+    url = redis_url()
     print(await _measure(make_client(url), "the bot's client (make_client)"))
     print(await _measure(Redis.from_url(url), "redis-py defaults"))
 

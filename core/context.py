@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 SETTINGS_FIELDS = ("summary", "persona", "model")
 CHANNEL_FIELDS = ("persona", "model")
 
-# Writes that add (a history append, usage counters) carry a token and leave it in a
-# `written` field: redis-py sends a command again when its reply is late, though the first one
+# Writes that a resend must not repeat (the delivery claim, a history append, a summary's fold,
+# usage counters; also the rate-limit take and the journal's claim elsewhere) carry a token and
+# leave it behind: redis-py sends a command again when its reply is late, though the first one
 # may have run, and the second must then change nothing (tests/reliability/
 # test_redis_slow_reply.py).
 
@@ -72,9 +73,8 @@ class StoreLimits:
 
 
 # KEYS: the delivery's seen key. ARGV: this claim's token, TTL in seconds. 1: first seen.
-# The token makes a retried claim (redis-py sends a command again when its reply is late,
-# though the first one may have run) still see the delivery as its own, not as a duplicate.
-CLAIM = """
+# A resent claim finds its own token and still sees the delivery as new, not as a duplicate.
+FIRST_SEEN = """
 local held = redis.call('GET', KEYS[1])
 if not held then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -341,14 +341,15 @@ class RedisStore:
         self.health.ok()
 
     async def first_seen(self, namespace: str, delivery_id: str) -> bool:
-        """True the first time a delivery id is seen (SET NX with a TTL), across processes.
+        """True the first time a delivery id is seen (claimed with a token and a TTL), across
+        processes.
 
         Fails open: when Redis is away a delivery is handled rather than dropped.
         """
         seen, token = self.keys.seen(namespace, delivery_id), secrets.token_hex(8)
         try:
             self._count()
-            first = await self.redis.eval(CLAIM, 1, seen, token, self.limits.dedupe_ttl)
+            first = await self.redis.eval(FIRST_SEEN, 1, seen, token, self.limits.dedupe_ttl)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "checking a delivery id")
             return True
