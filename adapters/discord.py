@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -244,14 +245,19 @@ class DiscordAdapter:
         )
         if not (is_dm or mentioned or in_own_thread):
             return
-        if not await self.deduper.first_seen("discord", str(msg.id)):
-            return  # another replica on the same token took it
         channel: Any = msg.channel
         reply_to: discord.Message | None = msg
+        delivery = str(msg.id)
         if mentioned and self.platform.open_threads and isinstance(channel, discord.TextChannel):
+            # A new thread is a new conversation, so nothing is ahead of it in a line; the
+            # dedupe comes first here so that two replicas never open two threads.
+            if not await self.deduper.first_seen("discord", delivery):
+                return  # another replica on the same token took it
             channel = await msg.create_thread(name=_thread_name(msg.clean_content))
-            reply_to = None
+            reply_to, delivery = None, ""
         message = to_message(msg, channel, client.user.id, self._admins)
+        if delivery:  # the core dedupes it, after taking its place in line (before any await)
+            message = replace(message, delivery_id=delivery, order=f"{msg.id:020d}")
         responder = ChannelResponder(channel, reply_to=reply_to, edit_interval=self._interval())
         await self.handler(message, responder)
 

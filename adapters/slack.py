@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -37,7 +38,7 @@ from adapters.slack_events import (
 from adapters.slack_format import to_mrkdwn
 from core.config import Settings, SlackSettings
 from core.model import ContextKey, Message, MessageRef, User
-from core.protocols import Deduper, Handler
+from core.protocols import Handler
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ EVENTS_PATH = "/slack/events"
 LIMIT = 3900  # Slack shows 4,000 characters a message well; mrkdwn adds a few
 NO_NATIVE_STREAM = {"unknown_method", "not_allowed_token_type", "method_deprecated",
                     "feature_not_enabled", "not_supported"}  # fmt: skip
-HasHistory = Callable[[ContextKey], Awaitable[bool]]
 
 
 def _neutralise(markdown: str) -> str:
@@ -187,22 +187,18 @@ class SlackAdapter:
     def __init__(
         self,
         handler: Handler,
-        deduper: Deduper,
         settings: Settings,
         *,
         bot_token: str,
         signing_secret: str | None = None,
         app_token: str | None = None,
         api_url: str | None = None,
-        has_history: HasHistory | None = None,
     ) -> None:
         self.handler = handler
-        self.deduper = deduper
         self.settings = settings
         self.platform: SlackSettings = settings.platforms.slack
         self.signing_secret = signing_secret
         self.app_token = app_token
-        self.has_history = has_history
         self.client = AsyncWebClient(
             token=bot_token,
             base_url=api_url or AsyncWebClient.BASE_URL,
@@ -328,33 +324,31 @@ class SlackAdapter:
         response = await self.bolt.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
 
-    async def _first_time(self, body: dict[str, Any]) -> bool:
-        event_id = body.get("event_id")
-        if not event_id:
-            return True
-        if await self.deduper.first_seen("slack", str(event_id)):
-            return True
-        log.info("slack: event %s delivered again; answered once", event_id)
-        return False
-
-    async def _answer(self, message: Message, responder: Any) -> None:
+    async def _answer(
+        self, message: Message, responder: Any, body: dict[str, Any] | None = None
+    ) -> None:
+        """Hand the message to the core at once: its place in the conversation's line is
+        taken before anything awaits (the core dedupes `event_id` itself)."""
+        event_id = str(body.get("event_id") or "") if body else ""
+        if event_id:  # a message's ts orders its conversation (zero-padded to sort as text)
+            message = replace(message, delivery_id=event_id, order=message.message_id.zfill(20))
         await self.handler(message, responder)
 
     async def _on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         assert self.bot is not None
-        if is_ignored(event, self.bot, self.platform.allow_bots) or not await self._first_time(
-            body
-        ):
+        if is_ignored(event, self.bot, self.platform.allow_bots):
             return
         thread = str(event.get("thread_ts") or event["ts"])
         message = to_message(event, self.bot, thread=thread, admins=self._admins)
-        await self._answer(message, self._responder(message.key.channel, thread, message.key.user))
+        responder = self._responder(message.key.channel, thread, message.key.user)
+        await self._answer(message, responder, body)
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         assert self.bot is not None
         if is_ignored(event, self.bot, self.platform.allow_bots):
             return
         text = str(event.get("text", ""))
+        follow_up = False
         if event.get("channel_type") == "im":
             thread = str(
                 event.get("thread_ts") or (event["ts"] if self.platform.dm_threads else "")
@@ -363,16 +357,14 @@ class SlackAdapter:
             return  # the app_mention event answers it
         elif event.get("thread_ts") and self.platform.follow_threads:
             thread = str(event["thread_ts"])
-            message = to_message(event, self.bot, thread=thread, admins=self._admins)
-            if self.has_history is None or not await self.has_history(message.key):
-                return  # not a thread the bot answers in
+            follow_up = True  # answered only in a thread the bot is already part of
         else:
             return  # channel chatter
-        if not await self._first_time(body):
-            return
         message = to_message(event, self.bot, thread=thread, admins=self._admins)
-        await self._answer(message, self._responder(message.key.channel, thread or None,
-                                                    message.key.user))  # fmt: skip
+        if follow_up:
+            message = replace(message, follow_up=True)
+        responder = self._responder(message.key.channel, thread or None, message.key.user)
+        await self._answer(message, responder, body)
 
     async def _on_command(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
         await ack()  # within Slack's 3 s: the answer follows
@@ -406,11 +398,9 @@ class SlackAdapter:
         self, body: dict[str, Any], payload: dict[str, Any], set_status: Any
     ) -> None:
         assert self.bot is not None
-        if is_ignored(payload, self.bot, self.platform.allow_bots) or not await self._first_time(
-            body
-        ):
+        if is_ignored(payload, self.bot, self.platform.allow_bots):
             return
         thread = str(payload.get("thread_ts") or payload["ts"])
         message = to_message(payload, self.bot, thread=thread, admins=self._admins)
         responder = self._responder(message.key.channel, thread, message.key.user, set_status)
-        await self._answer(message, responder)
+        await self._answer(message, responder, body)

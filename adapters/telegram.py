@@ -1,10 +1,11 @@
 """The Telegram adapter (python-telegram-bot v22): long polling or a webhook on our server.
 
-Updates run concurrently (`concurrent_updates(True)`); the core serialises turns of one
-conversation. `AIORateLimiter` keeps within Telegram's flood limits and honours
-`retry_after`. Private answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end
-with one `sendMessage`; group answers are posted and edited. Final text is Telegram HTML,
-resent as plain text if Telegram rejects the markup.
+Updates run concurrently, with no bound of PTB's own (its `concurrent_updates(True)` caps
+them at 256): the core orders the turns of one conversation and bounds the answers in flight
+for every platform alike (`limits.max_in_flight`). `AIORateLimiter` keeps within Telegram's
+flood limits and honours `retry_after`. Private answers stream as a draft
+(`sendMessageDraft`, Bot API 9.3) and end with one `sendMessage`; group answers are posted
+and edited. Final text is Telegram HTML, resent as plain text if Telegram rejects the markup.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import itertools
 import logging
 import os
 import secrets
+from dataclasses import replace
 from typing import Any
 
 # Opt in to PTB's future timedelta durations now, so its deprecation warning never fires.
@@ -32,13 +34,14 @@ from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_updates import BotIdentity, to_message
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
-from core.protocols import Deduper, Handler
+from core.protocols import Handler
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 TELEGRAM_LIMIT = 4096
+UPDATES_AT_ONCE = 1 << 20  # PTB's bound, far above the core's limits.max_in_flight
 RAW_LIMIT = 3800  # room for the HTML tags the rendering adds
 COMMANDS = [
     BotCommand("ask", "Ask a question"),
@@ -164,7 +167,6 @@ class TelegramAdapter:
     def __init__(
         self,
         handler: Handler,
-        deduper: Deduper,
         settings: Settings,
         *,
         token: str,
@@ -173,7 +175,6 @@ class TelegramAdapter:
         webhook_secret: str | None = None,
     ) -> None:
         self.handler = handler
-        self.deduper = deduper
         self.settings = settings
         self.platform: TelegramSettings = settings.platforms.telegram
         self.token = token
@@ -195,7 +196,8 @@ class TelegramAdapter:
             max_retries=3,
         )
         builder = (
-            ApplicationBuilder().token(self.token).concurrent_updates(True).rate_limiter(limiter)
+            ApplicationBuilder().token(self.token).rate_limiter(limiter)
+            .concurrent_updates(UPDATES_AT_ONCE)
             .request(AiohttpRequest()).get_updates_request(AiohttpRequest(read_timeout=None))
         )  # fmt: skip
         if self.api_url:
@@ -296,9 +298,10 @@ class TelegramAdapter:
         message = to_message(update, self.identity, frozenset(self.platform.admins))
         if message is None:
             return
-        if not await self.deduper.first_seen("telegram", str(update.update_id)):
-            log.info("telegram: update %s delivered again; answered once", update.update_id)
-            return
+        # Straight to the core, before any await: the message's place in its conversation's
+        # line is taken now, in update order (the core dedupes `update_id` itself).
+        update_id = update.update_id
+        message = replace(message, delivery_id=str(update_id), order=f"{update_id:020d}")
         await self.handler(message, self.responder_for(message))
 
     async def _webhook(self, request: web.Request) -> web.Response:

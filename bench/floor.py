@@ -15,22 +15,6 @@ from core.model import Message, Turn
 from core.protocols import Responder
 
 
-class FloorHandler:
-    """The model's streamed answer, read whole, then one send."""
-
-    def __init__(self, llm: OpenAIChat, model: str) -> None:
-        self.llm = llm
-        self.model = model
-
-    async def __call__(self, message: Message, responder: Responder) -> None:
-        parts = [
-            event
-            async for event in self.llm.stream([Turn("user", message.text)], model=self.model)
-            if isinstance(event, str)
-        ]
-        await responder.send("".join(parts), final=True)
-
-
 class MemoryDeduper:
     """Delivery dedupe without Redis: enough for one process and one benchmark run."""
 
@@ -45,11 +29,32 @@ class MemoryDeduper:
         return True
 
 
+class FloorHandler:
+    """The model's streamed answer, read whole, then one send."""
+
+    def __init__(self, llm: OpenAIChat, model: str, deduper: MemoryDeduper) -> None:
+        self.llm = llm
+        self.model = model
+        self.deduper = deduper
+
+    async def __call__(self, message: Message, responder: Responder) -> None:
+        if message.delivery_id and not await self.deduper.first_seen(
+            message.platform, message.delivery_id
+        ):
+            return
+        parts = [
+            event
+            async for event in self.llm.stream([Turn("user", message.text)], model=self.model)
+            if isinstance(event, str)
+        ]
+        await responder.send("".join(parts), final=True)
+
+
 def install_floor(app: BotApp) -> None:
     """Point the started app's adapters at the floor handler and the in-memory dedupe."""
     assert app.core is not None, "start the app first"
-    handler = FloorHandler(app.core.llm, app.settings.llm.model)
     deduper = MemoryDeduper()
+    handler = FloorHandler(app.core.llm, app.settings.llm.model, deduper)
     for adapter in app.adapters:
         adapter.handler = handler  # type: ignore[attr-defined]
         adapter.deduper = deduper  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from core.chat import ChatTurn, Features
 from core.commands import BuiltinCommands
 from core.config import ConfigError, Secrets, Settings
 from core.context import RedisStore, StoreLimits
+from core.intake import Intake
 from core.intents import IntentMatcher, IntentTurn, gather_intents
 from core.journal import Journal
 from core.keys import KeyBuilder
@@ -36,6 +37,7 @@ from core.limits import AccessControl, RateLimiter, TokenBudget
 from core.llm import OpenAIChat, make_client
 from core.memory import Summarizer
 from core.middleware import Guarded, InFlight
+from core.model import ContextKey
 from core.moderation import Moderator
 from core.plugins import Plugins, load_plugins
 from core.protocols import Handler
@@ -179,7 +181,20 @@ async def build_core(
     router = Router(routes, fallback=chat)
     guarded = AccessControl(router, settings)  # allow/deny lists before any route
     sanitized = Sanitized(metrics.handler(guarded), settings.input.max_chars)
-    inflight = InFlight(Guarded(sanitized, log_text=settings.input.log_user_text))
+
+    async def has_history(key: ContextKey) -> bool:
+        return bool((await store.load(key)).history)
+
+    intake = Intake(
+        Guarded(sanitized, log_text=settings.input.log_user_text),
+        conversation=chat.conversation_key,
+        deduper=store,
+        has_history=has_history,
+        max_in_flight=settings.limits.max_in_flight,
+        max_wait=settings.redis.lock_wait,
+    )
+    metrics.watch_intake(intake)
+    inflight = InFlight(intake)
     return Core(
         settings=settings,
         secrets=secrets,

@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from core.intake import Intake
 from core.model import Message, MessageRef
 from core.protocols import LLM, Handler, LLMError, Responder, StreamCut, Usage
 
@@ -63,6 +64,18 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.in_flight = Gauge("chatbot_streams_in_flight", "Answers being written now", registry=r)
+        self.waiting = Gauge(
+            "chatbot_messages_waiting",
+            "Messages not answered yet: for an earlier one of their conversation (turn), or "
+            "for a free slot under limits.max_in_flight (slot)",
+            ["for"],
+            registry=r,
+        )
+
+    def watch_intake(self, intake: Intake) -> None:
+        """Read the intake's waiting counts at each scrape."""
+        self.waiting.labels("turn").set_function(lambda: intake.queued)
+        self.waiting.labels("slot").set_function(lambda: intake.waiting)
 
     def usage(self, usage: Usage) -> None:
         """The `on_usage` callback of the model client."""

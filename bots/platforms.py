@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from adapters.base import Adapter
-from core.model import ContextKey
 
 if TYPE_CHECKING:
     from bots.app import Core
@@ -29,20 +28,14 @@ def build_adapters(core: Core) -> list[Adapter]:
     ):
         from adapters.slack import SlackAdapter
 
-        async def has_history(key: ContextKey) -> bool:
-            conversation = await core.store.load(key.scoped(settings.scope("slack")))
-            return bool(conversation.history)
-
         adapters.append(
             SlackAdapter(
                 core.handler,
-                core.store,
                 settings,
                 bot_token=secrets.slack_bot_token.get_secret_value(),
                 signing_secret=_reveal(secrets.slack_signing_secret),
                 app_token=_reveal(secrets.slack_app_token),
                 api_url=secrets.slack_api_url,
-                has_history=has_history,
             )
         )
     # --- telegram ---
@@ -52,7 +45,6 @@ def build_adapters(core: Core) -> list[Adapter]:
         adapters.append(
             TelegramAdapter(
                 core.handler,
-                core.store,
                 settings,
                 token=secrets.telegram_bot_token.get_secret_value(),
                 api_url=secrets.telegram_api_url,

@@ -84,6 +84,19 @@ if held == ARGV[1] then return 1 end
 return 0
 """
 
+# KEYS: the delivery's seen key, the conversation's pending set. ARGV: this claim's token, the
+# seen TTL in seconds, the place (`order:delivery`), the pending set's TTL in ms.
+# {first seen, the place pending just before this one or false}. Resent: as FIRST_SEEN.
+CLAIM_PLACE = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return {0, false} end
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local ahead = redis.call('ZREVRANGEBYLEX', KEYS[2], '(' .. ARGV[3], '-', 'LIMIT', 0, 1)
+return {1, ahead[1] or false}
+"""
+
 # KEYS: history, meta. ARGV: turns to keep, idle TTL, write token, then the turns to append.
 # One command instead of four (RPUSH, LTRIM, two EXPIRE) in the turn's MULTI.
 APPEND = """
@@ -355,6 +368,41 @@ class RedisStore:
             return True
         self.health.ok()
         return bool(first)
+
+    async def claim(self, line: ContextKey, namespace: str, place: str) -> tuple[bool, str]:
+        """`first_seen`, and the place taken in the conversation's pending set, in one trip.
+
+        Fails open, as `first_seen`: without Redis a delivery is handled, waiting for none."""
+        delivery = place.partition(":")[2]
+        seen = self.keys.seen_in(line, namespace, delivery)
+        pending_ttl = int(self.limits.lock_wait * 1000)
+        try:
+            self._count()
+            first, ahead = await self.redis.eval(
+                CLAIM_PLACE, 2, seen, self.keys.pending(line), secrets.token_hex(8),
+                self.limits.dedupe_ttl, place, pending_ttl,
+            )  # fmt: skip
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "checking a delivery id")
+            return True, ""
+        self.health.ok()
+        return bool(first), _text(ahead) if ahead else ""
+
+    async def pending(self, line: ContextKey, place: str) -> bool:
+        try:
+            self._count()
+            score = await self.redis.zscore(self.keys.pending(line), place)
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "reading a conversation's pending messages")
+            return False
+        return score is not None
+
+    async def leave(self, line: ContextKey, place: str) -> None:
+        try:
+            self._count()
+            await self.redis.zrem(self.keys.pending(line), place)
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "updating a conversation's pending messages")
 
     async def ping(self) -> bool:
         try:

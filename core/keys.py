@@ -68,5 +68,13 @@ class KeyBuilder:
         """A string: a cached answer, by the digest of what it answers."""
         return f"{self.prefix}:cache:{digest}"
 
+    def pending(self, key: ContextKey) -> str:
+        """A sorted set: the conversation's messages claimed and not answered yet, by order."""
+        return self._base(key) + ":pending"
+
+    def seen_in(self, key: ContextKey, namespace: str, delivery_id: str) -> str:
+        """A delivery's seen key in its conversation's slot (claimed with `pending`)."""
+        return f"{self._base(key)}:seen:{_part(namespace)}:{_part(delivery_id)}"
+
     def seen(self, namespace: str, delivery_id: str) -> str:
         return f"{self.prefix}:seen:{_part(namespace)}:{_part(delivery_id)}"

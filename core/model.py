@@ -85,6 +85,14 @@ class Message:
     addressed: bool = True  # a mention, a DM, a reply to the bot or a command to it
     command: Command | None = None
     attachments: tuple[Attachment, ...] = ()
+    # The platform's id of this delivery (Slack event_id, Telegram update_id, Discord message
+    # id): a redelivery (a retry, another replica on the same token) is answered once.
+    # Not journaled: a message answered again after a crash is not a redelivery.
+    delivery_id: str = ""
+    # How the platform orders the conversation's messages, as text that sorts that way
+    # (zero-padded update_id, ts, snowflake): replicas answer one conversation in this order.
+    order: str = ""
+    follow_up: bool = False  # answered only in a conversation the bot is already part of
 
     @property
     def thread(self) -> str:

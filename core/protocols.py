@@ -102,6 +102,27 @@ class Deduper(Protocol):
     async def first_seen(self, namespace: str, delivery_id: str) -> bool: ...
 
 
+@runtime_checkable
+class Deliveries(Deduper, Protocol):
+    """The dedupe, and each conversation's pending messages in the platform's order, so
+    replicas that each got some of a conversation's messages answer them in that order.
+
+    `place` is `order:delivery_id`, where `order` sorts as the platform orders messages
+    (zero-padded Telegram update_id, Slack ts, Discord snowflake)."""
+
+    async def claim(self, line: ContextKey, namespace: str, place: str) -> tuple[bool, str]:
+        """(first seen, the place still pending just before this one, or "")."""
+        ...
+
+    async def pending(self, line: ContextKey, place: str) -> bool:
+        """Whether `place` is still waiting or being answered (in any process)."""
+        ...
+
+    async def leave(self, line: ContextKey, place: str) -> None:
+        """`place` is answered (or dropped): later places need not wait for it."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts the API reported for one call."""

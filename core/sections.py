@@ -118,8 +118,14 @@ class MemorySettings(_Section):
 
 
 class LimitsSettings(_Section):
-    """Per-user rate limit and daily token budget (0 turns each off)."""
+    """Per-user rate limit and daily token budget (0 turns each off); answers in flight."""
 
+    max_in_flight: int = Field(
+        1000,
+        ge=0,
+        description="answers written at once per process, every platform together; more wait "
+        "(in order, seen in /metrics). 0: no bound",
+    )
     messages_per_minute: float = Field(0, ge=0, description="a token bucket shared in Redis")
     burst: int | None = Field(None, gt=0, description="bucket size (default: per minute)")
     daily_tokens: int = Field(0, ge=0, description="per user and day; 0: no budget")

@@ -1,0 +1,198 @@
+"""The front of the core: each message's place in its conversation's line, fixed on arrival.
+
+Adapters call the handler as soon as an event is parsed, before anything awaits. `Intake`
+takes the message's place in its conversation's line right then, synchronously, so the
+turns of one conversation run one at a time in the order the platform delivered them, even
+though the awaits in front of a turn (the delivery dedupe, a thread's history check) finish
+in any order. Those awaits run concurrently; only the turn itself waits for its place.
+
+Across processes (replicas behind a load balancer, each given some of a conversation's
+messages) the platform's own order decides: a message is claimed in the conversation's
+pending set in the store with its dedupe, in the same round trip, and when its turn comes
+here it waits until the message just before it in that order, if another process has it,
+is answered. The conversation lock in the store then keeps the turns one at a time.
+
+It also bounds the answers being written at once (`limits.max_in_flight`, for every platform
+alike, instead of one SDK's default): a message whose turn has come waits for a free slot,
+and `waiting` shows how many do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from core.model import ContextKey, Message
+from core.protocols import Deduper, Deliveries, Handler, Responder
+
+log = logging.getLogger(__name__)
+
+HasHistory = Callable[[ContextKey], Awaitable[bool]]
+POLL = 0.02  # seconds between two looks at another process's earlier message (as locks poll)
+REMEMBERED = 4096  # places claimed here lately: such a place needs no look at the store
+
+
+class Place:
+    """One message's place in its conversation's line."""
+
+    __slots__ = ("_ahead", "_done")
+
+    def __init__(self, ahead: asyncio.Future[None] | None, done: asyncio.Future[None]) -> None:
+        self._ahead = ahead
+        self._done = done
+
+    async def wait(self) -> None:
+        """Until every message ahead in the line has been handled."""
+        if self._ahead is not None and not self._ahead.done():
+            await asyncio.shield(self._ahead)
+
+    def leave(self) -> None:
+        """Let the next message go, but never before the ones ahead (also when this one was
+        dropped or cancelled while it waited)."""
+        ahead, done = self._ahead, self._done
+        if done.done():
+            return
+        if ahead is None or ahead.done():
+            done.set_result(None)
+        else:
+            ahead.add_done_callback(lambda _: done.done() or done.set_result(None))
+
+
+class Lines:
+    """A line per conversation: the tail of each is the last place taken."""
+
+    def __init__(self) -> None:
+        self._tails: dict[ContextKey, asyncio.Future[None]] = {}
+
+    def enter(self, key: ContextKey) -> Place:
+        """Take the next place in `key`'s line. Synchronous: the order of calls is the order."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ahead = self._tails.get(key)
+        self._tails[key] = done
+        done.add_done_callback(lambda _: self._forget(key, done))
+        return Place(ahead, done)
+
+    def _forget(self, key: ContextKey, done: asyncio.Future[None]) -> None:
+        if self._tails.get(key) is done:
+            del self._tails[key]
+
+    def __len__(self) -> int:
+        """Conversations with a message in line or being answered."""
+        return len(self._tails)
+
+
+class Intake:
+    """The outermost `Handler`: place in line, delivery dedupe, thread check, a free slot."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        conversation: Callable[[Message], ContextKey],
+        deduper: Deduper | Deliveries | None = None,
+        has_history: HasHistory | None = None,
+        max_in_flight: int = 0,
+        max_wait: float = 120.0,
+    ) -> None:
+        self.handler = handler
+        self.conversation = conversation
+        self.deduper = deduper
+        self.max_wait = max_wait
+        self._here: OrderedDict[str, None] = OrderedDict()
+        self.has_history = has_history
+        self.lines = Lines()
+        self.max_in_flight = max_in_flight
+        self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight > 0 else None
+        self.waiting = 0  # messages whose turn has come, waiting for a free slot
+        self.queued = 0  # messages waiting for an earlier one of their conversation
+
+    def __call__(self, message: Message, responder: Responder) -> Coroutine[Any, Any, None]:
+        # Not `async def`: the place is taken now, when the adapter calls, not when the
+        # returned coroutine first runs.
+        line = self.conversation(message)
+        return self._handle(line, self.lines.enter(line), message, responder)
+
+    async def _handle(
+        self, line: ContextKey, place: Place, message: Message, responder: Responder
+    ) -> None:
+        claimed = ""
+        try:
+            first, claimed, ahead = await self._claim(line, message)
+            if not first:
+                return
+            self.queued += 1
+            try:
+                await place.wait()
+                if ahead and ahead not in self._here:
+                    await self._after(line, ahead)
+            finally:
+                self.queued -= 1
+            if message.follow_up and not await self._known(line):
+                return
+            await self._answer(message, responder)
+        finally:
+            place.leave()
+            if claimed:
+                await self.deduper.leave(line, claimed)  # type: ignore[union-attr]
+
+    async def _answer(self, message: Message, responder: Responder) -> None:
+        if self._slots is None:
+            await self.handler(message, responder)
+            return
+        if self._slots.locked():
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            await self.handler(message, responder)
+        finally:
+            self._slots.release()
+
+    async def _claim(self, line: ContextKey, message: Message) -> tuple[bool, str, str]:
+        """(first seen, our place in the store's pending set, the place just before it).
+        A redelivery (a retry, another replica on the same token) is answered once."""
+        deduper = self.deduper
+        if not message.delivery_id or deduper is None:
+            return True, "", ""
+        claimed = ahead = ""
+        if message.order and isinstance(deduper, Deliveries):
+            claimed = f"{message.order}:{message.delivery_id}"
+            first, ahead = await deduper.claim(line, message.platform, claimed)
+            if first:  # ordered by this process's own line: later ones here need no look
+                self._remember(claimed)
+        else:
+            first = await deduper.first_seen(message.platform, message.delivery_id)
+        if not first:
+            log.info("%s: delivery %s came again; answered once", message.platform,
+                     message.delivery_id)  # fmt: skip
+            return False, "", ""
+        return True, claimed, ahead
+
+    def _remember(self, claimed: str) -> None:
+        self._here[claimed] = None
+        if len(self._here) > REMEMBERED:
+            self._here.popitem(last=False)
+
+    async def _after(self, line: ContextKey, ahead: str) -> None:
+        """Wait while another process has the message just before this one (it waited for
+        the one before it in turn). Bounded: a crashed process's place is never released."""
+        deduper = self.deduper
+        assert isinstance(deduper, Deliveries)
+        deadline = time.monotonic() + self.max_wait
+        while await deduper.pending(line, ahead) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(POLL)  # held in another process: nothing here to wait on
+
+    async def _known(self, line: ContextKey) -> bool:
+        """A follow-up (a thread reply without a mention) is answered only in a conversation
+        the bot is already part of."""
+        if self.has_history is None:
+            return True
+        return await self.has_history(line)
