@@ -50,6 +50,8 @@ from core.usage import UsageBook
 
 log = logging.getLogger(__name__)
 
+INTERRUPT_GRACE = 3.0  # seconds for cancelled answers to say they were interrupted
+
 
 @dataclass
 class Core:
@@ -256,16 +258,20 @@ class BotApp:
             self.server = HttpServer(app, core, self.adapters)
             await self.server.start(self.settings.server.host, self.settings.server.port)
             self._stack.push_async_callback(self.server.stop)
-            for adapter in self.adapters:
-                await adapter.start()
-                self._stack.push_async_callback(adapter.close)
-                log.info("platform %s started", adapter.name)
-            if core.journal is not None:
+            if core.journal is not None:  # before any platform: its first answers are kept
                 await core.journal.start()
                 self._stack.push_async_callback(core.journal.stop)
+            for adapter in self.adapters:
+                # Closed even when its start fails or is cancelled half way (a SIGTERM).
+                self._stack.push_async_callback(adapter.close)
+                await adapter.start()
+                log.info("platform %s started", adapter.name)
+            if core.journal is not None:
                 self.recovery = asyncio.create_task(self._recover_forever(core))
         except BaseException:
-            await self._stack.aclose()
+            # A platform that failed, or a SIGTERM, while others already answer: the answers
+            # in flight finish (or are journaled) as at any other shutdown.
+            await self.stop()
             raise
         if not self.adapters:
             log.warning(
@@ -297,5 +303,10 @@ class BotApp:
             if running:
                 log.info("waiting up to %.1fs for %d answer(s) in flight", grace, running)
             if not await self.core.inflight.drain(grace):
-                log.warning("%d answer(s) still running at shutdown", self.core.inflight.running)
+                log.warning(
+                    "%d answer(s) still running at shutdown: interrupted, to be answered anew "
+                    "after the restart",
+                    self.core.inflight.running,
+                )
+                await self.core.inflight.cancel(INTERRUPT_GRACE)
         await self._stack.aclose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -129,13 +130,25 @@ async def _run(settings: Settings, secrets: Secrets) -> int:
     from bots import taskdump
     from bots.app import BotApp, freeze_startup_objects
 
-    app = BotApp(settings, secrets)
-    await app.start()
-    freeze_startup_objects()
+    # The signal handlers come first: a platform may answer before the others have started
+    # (Discord's ready takes seconds), and a SIGTERM then must drain, not kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    app = BotApp(settings, secrets)
+    starting = asyncio.create_task(app.start(), name="start")
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stopped while starting; shutting down")
+        starting.cancel()  # the start stops what it began and drains what it answers
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return 0
+    stopping.cancel()
+    starting.result()  # a failed start raises its error here (exit 1 or 2)
+    freeze_startup_objects()
     taskdump.install(loop)
     log.info("chatbot running; SIGTERM or Ctrl-C to stop; SIGUSR1 logs what every task awaits")
     await stop.wait()

@@ -16,6 +16,7 @@ runs afterwards, in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I couldn't get an answer from the language model just now. Please try again."
 CUT_NOTE = "\n\n_(The answer was cut short: the language model stopped responding.)_"
+INTERRUPTED_NOTE = "\n\n_(Interrupted: I am restarting. The full answer follows shortly.)_"
 EMPTY_PROMPT = "How can I help? Send me a question, or /help for what I can do."
 
 
@@ -256,6 +258,14 @@ class ChatTurn:
                     max_steps=self.settings.tools.max_steps,
                     stats=stats,
                 )
+            except asyncio.CancelledError:
+                # Shutdown outlived its grace: the partial answer says so, and the journal
+                # entry stays so that another process answers anew after the restart.
+                if answer.text.strip():
+                    answer.feed(INTERRUPTED_NOTE)
+                    with contextlib.suppress(Exception):
+                        await answer.finish()
+                raise
             except StreamCut as exc:
                 log.warning("model stream cut: %s", exc)
                 if answer.text.strip():

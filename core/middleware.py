@@ -51,20 +51,26 @@ class Guarded:
 
 
 class InFlight:
-    """Counts running turns so shutdown can drain them within a grace period."""
+    """Counts running turns so shutdown can drain them within a grace period, and cancels
+    the ones that outlive it (each then says on the platform that it was interrupted)."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.running = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     async def __call__(self, message: Message, responder: Responder) -> None:
         self.running += 1
         self._idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             await self.handler(message, responder)
         finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
             self.running -= 1
             if self.running == 0:
                 self._idle.set()
@@ -76,3 +82,10 @@ class InFlight:
         except TimeoutError:
             return False
         return True
+
+    async def cancel(self, grace: float) -> None:
+        """Cancel the turns still running and give them `grace` seconds to mark their partial
+        answers as interrupted. Their journal entries stay: another process answers anew."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self.drain(grace)

@@ -77,6 +77,8 @@ class FakeDiscord:
         self.port = 0
         self._sockets: list[web.WebSocketResponse] = []
         self.identified = asyncio.Event()
+        self.ready_gate = asyncio.Event()  # cleared: READY is held back (a slow gateway)
+        self.ready_gate.set()
         self._sequence = itertools.count(1)
 
     @property
@@ -173,6 +175,7 @@ class FakeDiscord:
         return socket
 
     async def _ready(self, socket: web.WebSocketResponse) -> None:
+        await self.ready_gate.wait()
         ready = {"v": 10, "user": bot_user(), "guilds": [{"id": GUILD, "unavailable": True}],
                  "session_id": "session-1", "resume_gateway_url": self.gateway_url,
                  "application": {"id": APP_ID, "flags": 0}, "private_channels": [],
