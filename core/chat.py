@@ -245,8 +245,13 @@ class ChatTurn:
         stats: LoopStats,
     ) -> tuple[str, bool]:
         """Stream the answer; return what the user was shown and whether the model failed."""
-        typing_delay = self.settings.streaming.typing_delay
-        async with StreamingReply(responder, typing_delay=typing_delay) as answer:
+        streaming = self.settings.streaming
+        async with StreamingReply(
+            responder,
+            typing_delay=streaming.typing_delay,
+            max_chars=self.settings.llm.max_answer_chars,
+            max_messages=streaming.max_messages,
+        ) as answer:
             try:
                 await run_model(
                     self.llm,

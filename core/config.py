@@ -81,6 +81,9 @@ class LLMSettings(Section):
         60.0, gt=0, description="seconds allowed between two chunks (and to the first one)"
     )
     max_retries: int = Field(3, ge=0, le=10)
+    max_answer_chars: int = Field(
+        16000, ge=0, description="an answer is cut here, with a note (0: no bound)"
+    )
 
     @model_validator(mode="after")
     def _default_model_allowed(self) -> LLMSettings:
@@ -115,6 +118,9 @@ class StreamingSettings(Section):
     edit_interval: float = Field(1.0, ge=0)
     typing_delay: float = Field(
         0.3, ge=0, description="no typing signal when the answer starts sooner (0: always)"
+    )
+    max_messages: int = Field(
+        10, ge=0, description="platform messages one answer may use; past them it is cut (0: any)"
     )
 
 

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SEND_ATTEMPTS = 3
 RETRY_DELAY = 0.5
+CAP_NOTE = "\n\n_(The answer was too long; I stopped it here.)_"
 
 
 class DeliveryError(Exception):
@@ -31,9 +32,20 @@ class StreamingReply:
     """One answer being written. Use as `async with StreamingReply(responder) as reply:`."""
 
     def __init__(
-        self, responder: Responder, *, retry_delay: float = RETRY_DELAY, typing_delay: float = 0.0
+        self,
+        responder: Responder,
+        *,
+        retry_delay: float = RETRY_DELAY,
+        typing_delay: float = 0.0,
+        max_chars: int = 0,
+        max_messages: int = 0,
     ) -> None:
         self._responder = responder
+        self._max_chars = max_chars  # 0: no bound (a model streaming without end is bounded)
+        self._max_messages = max_messages
+        self._length = 0
+        self._parts: list[str] = []  # the parts completed so far, as shown
+        self.capped = False  # the answer hit a bound: the model's stream should be closed
         self._typing_delay = typing_delay
         self._limit = max(responder.limit, 16)
         self._interval = max(responder.edit_interval, 0.0)
@@ -79,9 +91,14 @@ class StreamingReply:
         return self.messages_sent > 0
 
     def feed(self, delta: str) -> None:
-        """Add model output; the flusher shows it at the next allowed moment."""
-        if not delta:
+        """Add model output; the flusher shows it at the next allowed moment. Past
+        `max_chars` the answer ends with a short note and `capped` is set."""
+        if not delta or self.capped:
             return
+        if self._max_chars and self._length + len(delta) > self._max_chars:
+            delta = delta[: self._max_chars - self._length] + CAP_NOTE
+            self.capped = True
+        self._length += len(delta)
         self._full.append(delta)
         self._current += delta
         self._dirty.set()
@@ -163,11 +180,31 @@ class StreamingReply:
     async def _render(self, *, final: bool) -> None:
         """Bring the platform up to date with `_current`, splitting at the limit."""
         while len(self._current) > self._limit:
+            if self._last_message_allowed():
+                await self._cap_here()
+                return
             part, self._current = take_part(self._current, self._limit)
             await self._show(part, final=True)
+            self._parts.append(part)
             self._ref, self._last_shown = None, ""
         if self._current.strip():
             await self._show(self._current, final=final)
+
+    def _last_message_allowed(self) -> bool:
+        """Whether the part being completed is the last platform message this answer may
+        use (`max_messages`), so that the text past it must be cut."""
+        if not self._max_messages:
+            return False
+        number = self.messages_sent if self._ref is not None else self.messages_sent + 1
+        return number >= self._max_messages
+
+    async def _cap_here(self) -> None:
+        """End the answer in this part, with the note; the history keeps what was shown."""
+        room = max(self._limit - len(CAP_NOTE), 16)
+        part = take_part(self._current, room)[0].rstrip() + CAP_NOTE
+        self._current, self.capped = "", True
+        await self._show(part, final=True)
+        self._full = [*self._parts, part]
 
     async def _show(self, text: str, *, final: bool) -> None:
         if not text.strip():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from core.model import ToolCall, Turn
@@ -62,17 +63,22 @@ async def run_model(
         stream = llm.stream(
             prompt, model=model, tools=specs, tool_choice="none" if specs and last else None
         )
-        async for event in stream:
-            if isinstance(event, Usage):
-                stats.add(event)
-            elif isinstance(event, ToolCall):
-                calls.append(event)
-            elif event:
-                if separate:
-                    out.feed("\n\n")
-                    separate = False
-                said.append(event)
-                out.feed(event)
+        async with aclosing(stream):  # closed at once when the answer is cut at its bound
+            async for event in stream:
+                if isinstance(event, Usage):
+                    stats.add(event)
+                elif isinstance(event, ToolCall):
+                    calls.append(event)
+                elif event:
+                    if separate:
+                        out.feed("\n\n")
+                        separate = False
+                    said.append(event)
+                    out.feed(event)
+                    if out.capped:
+                        log.warning("answer cut at its bound (llm.max_answer_chars, "
+                                    "streaming.max_messages)")  # fmt: skip
+                        return
         if not calls:
             return
         if last or toolbox is None:

@@ -28,7 +28,8 @@ from aiohttp import web
 
 from tests.fakes.common import serve_locally
 
-Kind = Literal["stream", "error", "stall", "cut", "stream_error"]
+Kind = Literal["stream", "error", "stall", "cut", "stream_error", "endless"]
+ENDLESS_BOUND = 2_000_000  # characters: an "endless" answer stops here if nobody hangs up
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Recorded:
     body: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
     first_token: float = 0.0  # when the first content chunk left
+    hung_up_after: int = 0  # "endless": characters sent when the client closed the stream
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -193,6 +195,8 @@ class FakeOpenAI:
         await _event(response, _chunk(ident, model, {"role": "assistant", "content": ""}))
         if reply.ttft:
             await asyncio.sleep(reply.ttft)
+        if reply.kind == "endless":
+            return await self._endless(response, ident, model, record)
         pieces = _pieces(text, reply.words_per_chunk) if text else []
         delay = 1 / reply.tokens_per_second if reply.tokens_per_second else 0.0
         for index, piece in enumerate(pieces):
@@ -225,6 +229,21 @@ class FakeOpenAI:
             await _event(response, {**_chunk(ident, model, {}), "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
+        return response
+
+    async def _endless(
+        self, response: web.StreamResponse, ident: str, model: str, record: Recorded
+    ) -> web.StreamResponse:
+        """A model that never stops: words until the client hangs up (or ENDLESS_BOUND)."""
+        record.first_token = time.monotonic()
+        sent = 0
+        try:
+            while sent < ENDLESS_BOUND:
+                piece = f"word{sent} " * 8
+                await _event(response, _chunk(ident, model, {"content": piece}))
+                sent += len(piece)
+        except ConnectionError:
+            record.hung_up_after = sent
         return response
 
     async def _break(
