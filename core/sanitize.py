@@ -1,8 +1,12 @@
 """Hostile input, made harmless before anything else sees it.
 
-Control characters (except newline and tab) and unpaired surrogates are removed, and a
-message longer than the configured limit is cut with a short notice to the user, so a 100 KB
-paste costs neither the model budget nor a crash.
+Control characters (except newline and tab), the zero-width space, bidirectional overrides
+and isolates (which can make text read differently than it is stored) and unpaired
+surrogates are removed. What real text needs stays: the zero-width joiner (emoji sequences
+such as families and flags), the zero-width non-joiner (Persian, Hindi and other scripts)
+and the left-to-right and right-to-left marks. A message longer than the configured limit is
+cut with a short notice to the user, so a 100 KB paste costs neither the model budget nor a
+crash.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from core.model import Message
 from core.protocols import Handler, Responder
 from core.streaming import reply
 
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+# U+200B zero-width space; U+202A-U+202E embeddings and overrides; U+2066-U+2069 isolates.
+# Kept: U+200C ZWNJ, U+200D ZWJ, U+200E LRM, U+200F RLM.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u202a-\u202e\u2066-\u2069]")
 TRUNCATED = "(Your message was {length:,} characters; I read only the first {limit:,}.)"
 
 
