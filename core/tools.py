@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
 from core.model import Message, ToolCall, Turn
 
 log = logging.getLogger(__name__)
@@ -156,22 +158,14 @@ def function_tool(
     parameters = {"type": "object", "properties": properties, "required": required}
     doc = inspect.getdoc(func) or ""
     text = description or doc.split("\n\n")[0].replace("\n", " ").strip() or tool_name
+    validator = _arguments_model(tool_name, func, hints, properties, context_param)
 
     async def run(arguments: dict[str, Any], context: ToolContext) -> Any:
-        missing = [key for key in required if key not in arguments]
-        unknown = [key for key in arguments if key not in properties]
-        if missing or unknown:
-            raise ToolError(
-                "; ".join(
-                    part
-                    for part in (
-                        f"missing arguments: {', '.join(missing)}" if missing else "",
-                        f"unknown arguments: {', '.join(unknown)}" if unknown else "",
-                    )
-                    if part
-                )
-            )
-        kwargs = dict(arguments)
+        try:  # the types the function declares, checked before it runs (`n: int` gets an int)
+            valid = validator.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolError(_describe_errors(exc)) from None
+        kwargs = {key: getattr(valid, key) for key in properties}
         if context_param:
             kwargs[context_param] = context
         if inspect.iscoroutinefunction(func):
@@ -179,6 +173,34 @@ def function_tool(
         return await asyncio.to_thread(func, **kwargs)
 
     return Tool(tool_name, text, parameters, run, timeout)
+
+
+def _arguments_model(
+    tool_name: str,
+    func: Callable[..., Any],
+    hints: dict[str, Any],
+    properties: Mapping[str, Any],
+    context_param: str,
+) -> type[BaseModel]:
+    """A pydantic model of the function's model-given parameters: missing, unknown and
+    ill-typed arguments are refused with a message the model can act on."""
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(func).parameters.values():
+        if param.name == context_param or param.name not in properties:
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints.get(param.name, str), default)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return create_model(f"{tool_name}_arguments", __config__=config, **fields)
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    """`n: Input should be a valid integer; extra: Extra inputs are not permitted`."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid arguments: " + "; ".join(parts)
 
 
 JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}

@@ -91,15 +91,23 @@ async def test_toolbox_turns_failures_into_results():
             ToolCall("3", "add", '{"a": 2, "b": 3, "c": 4}'),
             ToolCall("4", "add", "[1, 2]"),
             ToolCall("5", "refuse", ""),
+            ToolCall("6", "add", '{"a": 2, "b": "abc"}'),
+            ToolCall("7", "add", '{"a": 2, "b": "40"}'),
         ],
         CONTEXT,
     )
-    assert [t.tool_call_id for t in turns] == ["1", "2", "3", "4", "5"]
+    assert [t.tool_call_id for t in turns] == ["1", "2", "3", "4", "5", "6", "7"]
     results = [json.loads(t.content) for t in turns]
     assert results == [
         5,
-        {"error": "missing arguments: b"},
-        {"error": "unknown arguments: c"},
+        {"error": "invalid arguments: b: Field required"},
+        {"error": "invalid arguments: c: Extra inputs are not permitted"},
         {"error": "the arguments must be a JSON object"},
         {"error": "not today"},
+        # checked against the declared type before the function runs (was a TypeError inside)
+        {
+            "error": "invalid arguments: b: Input should be a valid integer, unable to parse "
+            "string as an integer"
+        },
+        42,  # a number the model wrote as a string still counts
     ]
