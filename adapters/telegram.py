@@ -1,10 +1,11 @@
 """The Telegram adapter (python-telegram-bot v22): long polling or a webhook on our server.
 
 Updates run concurrently (`concurrent_updates(True)`); the core serialises turns of one
-conversation. `AIORateLimiter` keeps within Telegram's flood limits and honours
-`retry_after`. Private answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end
-with one `sendMessage`; group answers are posted and edited. Final text is Telegram HTML,
-resent as plain text if Telegram rejects the markup.
+conversation. `PriorityRateLimiter` keeps within Telegram's flood limits, honours
+`retry_after`, and sends final messages first: drafts, partial edits and typing signals are
+best-effort, skipped when the budget is short. Private answers stream as a draft
+(`sendMessageDraft`, Bot API 9.3) and end with one `sendMessage`; group answers are posted and
+edited. Final text is Telegram HTML, resent as plain text if Telegram rejects the markup.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from aiohttp import web
 from telegram import BotCommand, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, InvalidToken, TelegramError
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.base import AdapterStartError
 from adapters.telegram_format import to_telegram_html
 from adapters.telegram_http import AiohttpRequest
+from adapters.telegram_limits import BEST_EFFORT, SKIPPED, PriorityRateLimiter
 from adapters.telegram_updates import BotIdentity, to_message
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
@@ -77,7 +79,10 @@ class TelegramResponder:
 
     async def typing(self) -> None:
         await self.bot.send_chat_action(
-            self.chat_id, ChatAction.TYPING, message_thread_id=self.thread_id
+            self.chat_id,
+            ChatAction.TYPING,
+            message_thread_id=self.thread_id,
+            rate_limit_args=BEST_EFFORT,
         )
 
     async def send(self, text: str, *, final: bool) -> MessageRef:
@@ -99,12 +104,15 @@ class TelegramResponder:
         if self._shown.get(ref.id) == rendered:
             return  # never an edit that changes nothing
         try:
-            await self.bot.edit_message_text(
+            edited = await self.bot.edit_message_text(
                 rendered,
                 chat_id=self.chat_id,
                 message_id=int(ref.id),
                 parse_mode=ParseMode.HTML if final else None,
+                rate_limit_args=None if final else BEST_EFFORT,
             )
+            if edited is SKIPPED and not final:
+                return  # not shown: the next edit carries the whole text, the final is not deduped
         except BadRequest as exc:
             if "not modified" in exc.message:
                 pass
@@ -124,8 +132,12 @@ class TelegramResponder:
             self._shown.pop(ref.id, None)
 
     async def _draft(self, draft_id: int, text: str) -> None:
-        await self.bot.send_message_draft(
-            self.chat_id, draft_id, text, message_thread_id=self.thread_id
+        await self.bot.send_message_draft(  # a skipped draft is harmless: the next has it all
+            self.chat_id,
+            draft_id,
+            text,
+            message_thread_id=self.thread_id,
+            rate_limit_args=BEST_EFFORT,
         )
 
     async def _post(self, text: str, *, final: bool) -> int:
@@ -189,8 +201,8 @@ class TelegramAdapter:
             app.router.add_post(WEBHOOK_PATH, self._webhook)
 
     def _build(self) -> Application:  # type: ignore[type-arg]
-        limiter = AIORateLimiter(
-            overall_max_rate=self.platform.max_rate,
+        limiter = PriorityRateLimiter(
+            max_rate=self.platform.max_rate,
             group_max_rate=self.platform.group_max_rate,
             max_retries=3,
         )
