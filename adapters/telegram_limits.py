@@ -7,9 +7,10 @@ conversations). Here a call is either *required* (a message, a final edit: it wa
 token, first come first served) or *best-effort* (a draft update, a partial edit, a typing
 signal: the caller marks it with `rate_limit_args=BEST_EFFORT`). A best-effort call is sent
 only from the budget left over: never while a required call waits, never from the last
-`reserve` of the overall budget or the last token of its chat, never during a flood wait.
-Otherwise it is skipped and returns `True` without reaching Telegram: the next update
-carries the whole text anyway.
+`reserve` of the overall budget or the last token of its chat, never during a flood wait,
+and, so that the leftover is shared, not sooner after the chat's last one than the chats
+asking for it take turns (`_fair`). Otherwise it is skipped and returns `True` without
+reaching Telegram: the next update carries the whole text anyway.
 
 Limits, as Telegram documents them
 (https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this):
@@ -23,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict
 
 from aiolimiter import AsyncLimiter
@@ -36,6 +39,14 @@ JSON = bool | dict[str, Any] | list[dict[str, Any]]
 PRIVATE_BURST: Final = 3.0  # a private chat: 3 calls at once, then 1 per second
 RESERVE: Final = 0.2  # the share of the overall budget best-effort calls never take
 MAX_LIMITERS: Final = 512  # chat buckets kept before idle ones are dropped (as PTB does)
+
+
+@dataclass(slots=True)
+class _Chat:
+    """One chat's bucket, and when its last best-effort call went (for `_fair`)."""
+
+    limiter: AsyncLimiter
+    spare_at: float = -math.inf
 
 
 class RateLimitArgs(TypedDict, total=False):
@@ -66,7 +77,8 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
         self._reserve = min(max(1.0, max_rate * reserve), max(max_rate - 1, 0.0))
         self._group = (group_max_rate, group_period)
         self._private = (private_burst, private_burst)  # 1 per second on average
-        self._chats: dict[int | str, AsyncLimiter] = {}
+        self._chats: dict[int | str, _Chat] = {}
+        self._window = (0.0, set[int](), 0)  # (start, ids of chats asking now, count before)
         self._max_retries = max_retries
         self._waiting = 0  # required calls waiting for an overall token
         self._resume_at = 0.0  # loop time before which Telegram asked for no calls
@@ -92,16 +104,16 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
         best_effort = options.get("priority") == "best_effort"
         retries = options.get("max_retries", self._max_retries)
         chat_id = data.get("chat_id")
-        chat = self._chat_limiter(chat_id) if chat_id is not None else None
+        chat = self._chat(chat_id) if chat_id is not None else None
         attempt = 0
         while True:
             if best_effort:
-                if not self._spare(chat):
+                if not (self._spare(chat) and self._fair(chat)):
                     self.skipped += 1
                     return SKIPPED
                 await self._take_spare(chat)
             else:
-                await self._take(chat)
+                await self._take(chat.limiter if chat else None)
             try:
                 return await callback(*args, **kwargs)
             except RetryAfter as exc:
@@ -115,19 +127,36 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
                     raise
                 attempt += 1
 
-    def _spare(self, chat: AsyncLimiter | None) -> bool:
+    def _spare(self, chat: _Chat | None) -> bool:
         """Whether a best-effort call may go now without delaying any required one."""
         return (
             not self._waiting
             and asyncio.get_running_loop().time() >= self._resume_at
             and self._overall.has_capacity(1 + self._reserve)
-            and (chat is None or chat.has_capacity(2))  # the chat's last token: its final
+            and (chat is None or chat.limiter.has_capacity(2))  # the last token: its final
         )
 
-    async def _take_spare(self, chat: AsyncLimiter | None) -> None:
+    def _fair(self, chat: _Chat | None) -> bool:
+        """Whether it is this chat's turn. Without turns, the same few chats (those whose
+        calls come first after the bucket leaks) would take every spare token and the
+        others would show nothing until their final message. The chats asking within a
+        second share the spare rate: each may go once per `chats / spare rate` seconds."""
+        if chat is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        start, asking, before = self._window
+        if now - start >= 1.0:
+            start, asking, before = now, set(), len(asking)
+            self._window = (start, asking, before)
+        asking.add(id(chat))
+        spare_rate = max(self._overall.max_rate - self._reserve, 1.0)
+        return now - chat.spare_at >= max(before, len(asking)) / spare_rate
+
+    async def _take_spare(self, chat: _Chat | None) -> None:
         """Tokens that `_spare` just saw: taken without suspending, so nobody took them first."""
         if chat is not None:
-            await chat.acquire()
+            chat.spare_at = asyncio.get_running_loop().time()
+            await chat.limiter.acquire()
             await self._overall.acquire()
 
     async def _take(self, chat: AsyncLimiter | None) -> None:
@@ -158,24 +187,24 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
         self._resume_at = max(self._resume_at, resume)
         log.info("telegram: flood limit, every call waits %.1f s", seconds + 0.1)
 
-    def _chat_limiter(self, chat_id: object) -> AsyncLimiter | None:
+    def _chat(self, chat_id: object) -> _Chat | None:
         """The chat's bucket: 20/min for a group or channel (negative id or @name), bursts
         then 1/s for a private chat."""
         with contextlib.suppress(ValueError, TypeError):
             chat_id = int(chat_id)  # type: ignore[call-overload]
         if not isinstance(chat_id, int | str):
             return None
-        limiter = self._chats.get(chat_id)
-        if limiter is None:
+        chat = self._chats.get(chat_id)
+        if chat is None:
             if len(self._chats) >= MAX_LIMITERS:
                 self._forget_idle()
             group = isinstance(chat_id, str) or chat_id < 0
-            limiter = AsyncLimiter(*(self._group if group else self._private))
-            self._chats[chat_id] = limiter
-        return limiter
+            chat = _Chat(AsyncLimiter(*(self._group if group else self._private)))
+            self._chats[chat_id] = chat
+        return chat
 
     def _forget_idle(self) -> None:
         """Drop buckets that are full again: a new one would start the same."""
-        for key, limiter in list(self._chats.items()):
-            if limiter.has_capacity(limiter.max_rate):
+        for key, chat in list(self._chats.items()):
+            if chat.limiter.has_capacity(chat.limiter.max_rate):
                 del self._chats[key]
