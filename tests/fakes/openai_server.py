@@ -85,6 +85,7 @@ class Recorded:
     body: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
     first_token: float = 0.0  # when the first content chunk left
+    done: float = 0.0  # when the whole answer had left
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -225,6 +226,7 @@ class FakeOpenAI:
             await _event(response, {**_chunk(ident, model, {}), "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
+        record.done = time.monotonic()
         return response
 
     async def _break(
