@@ -30,7 +30,7 @@ from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHand
 from adapters.base import AdapterStartError
 from adapters.telegram_format import to_telegram_html
 from adapters.telegram_http import AiohttpRequest
-from adapters.telegram_limits import BEST_EFFORT, SKIPPED, PriorityRateLimiter
+from adapters.telegram_limits import BEST_EFFORT, LOW, SKIPPED, PriorityRateLimiter
 from adapters.telegram_updates import BotIdentity, to_message
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
@@ -82,7 +82,7 @@ class TelegramResponder:
             self.chat_id,
             ChatAction.TYPING,
             message_thread_id=self.thread_id,
-            rate_limit_args=BEST_EFFORT,
+            rate_limit_args=LOW,
         )
 
     async def send(self, text: str, *, final: bool) -> MessageRef:

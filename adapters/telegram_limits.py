@@ -4,13 +4,13 @@ PTB's `AIORateLimiter` counts every call alike: with many answers streaming at o
 updates and typing signals fill the 30 calls/s budget and each final message waits behind
 them (issue 14: 11 s from the first token to the first visible text at the median, 500
 conversations). Here a call is either *required* (a message, a final edit: it waits for its
-token, first come first served) or *best-effort* (a draft update, a partial edit, a typing
-signal: the caller marks it with `rate_limit_args=BEST_EFFORT`). A best-effort call is sent
-only from the budget left over: never while a required call waits, never from the last
-`reserve` of the overall budget or the last token of its chat, never during a flood wait,
-and, so that the leftover is shared, not sooner after the chat's last one than the chats
-asking for it take turns (`_fair`). Otherwise it is skipped and returns `True` without
-reaching Telegram: the next update carries the whole text anyway.
+token, first come first served) or *best-effort* (a draft update, a partial edit: the caller
+marks it with `rate_limit_args=BEST_EFFORT`; a typing signal, `LOW`, shows no text and goes
+only while half the overall bucket is unused). A best-effort call is sent only from the
+budget left over: never while a required call waits, never from the last `reserve` of the
+overall budget or the last token of its chat, never during a flood wait, and, so that the
+leftover is shared, not before the chat's turn (`_fair`). Otherwise it is skipped and
+returns `True` without reaching Telegram: the next update carries the whole text anyway.
 
 Limits, as Telegram documents them
 (https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this):
@@ -52,11 +52,12 @@ class _Chat:
 class RateLimitArgs(TypedDict, total=False):
     """What a caller may pass as `rate_limit_args=` to an `ExtBot` method."""
 
-    priority: Literal["required", "best_effort"]
+    priority: Literal["required", "best_effort", "low"]
     max_retries: int
 
 
 BEST_EFFORT: Final[RateLimitArgs] = {"priority": "best_effort"}
+LOW: Final[RateLimitArgs] = {"priority": "low"}  # typing: never at the expense of any text
 SKIPPED: Final = True  # what a skipped call returns: PTB's own result of a bool method
 
 
@@ -101,17 +102,22 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
     ) -> JSON:
         """Send now, later, or (best-effort only) not at all; see the module docstring."""
         options = rate_limit_args or {}
-        best_effort = options.get("priority") == "best_effort"
+        priority = options.get("priority", "required")
+        best_effort = priority != "required"
         retries = options.get("max_retries", self._max_retries)
         chat_id = data.get("chat_id")
         chat = self._chat(chat_id) if chat_id is not None else None
         attempt = 0
         while True:
             if best_effort:
-                if not (self._spare(chat) and self._fair(chat)):
+                if priority == "low":
+                    go = self._spare(chat, headroom=self._overall.max_rate / 2)
+                else:  # _fair first: every chat asking counts, spare or not
+                    go = self._fair(chat) and self._spare(chat, headroom=self._reserve)
+                if not go:
                     self.skipped += 1
                     return SKIPPED
-                await self._take_spare(chat)
+                await self._take_spare(chat, shows_text=priority == "best_effort")
             else:
                 await self._take(chat.limiter if chat else None)
             try:
@@ -127,12 +133,12 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
                     raise
                 attempt += 1
 
-    def _spare(self, chat: _Chat | None) -> bool:
+    def _spare(self, chat: _Chat | None, *, headroom: float) -> bool:
         """Whether a best-effort call may go now without delaying any required one."""
         return (
             not self._waiting
             and asyncio.get_running_loop().time() >= self._resume_at
-            and self._overall.has_capacity(1 + self._reserve)
+            and self._overall.has_capacity(1 + headroom)
             and (chat is None or chat.limiter.has_capacity(2))  # the last token: its final
         )
 
@@ -152,10 +158,11 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
         spare_rate = max(self._overall.max_rate - self._reserve, 1.0)
         return now - chat.spare_at >= max(before, len(asking)) / spare_rate
 
-    async def _take_spare(self, chat: _Chat | None) -> None:
+    async def _take_spare(self, chat: _Chat | None, *, shows_text: bool) -> None:
         """Tokens that `_spare` just saw: taken without suspending, so nobody took them first."""
         if chat is not None:
-            chat.spare_at = asyncio.get_running_loop().time()
+            if shows_text:  # a typing signal does not use the chat's turn at showing text
+                chat.spare_at = asyncio.get_running_loop().time()
             await chat.limiter.acquire()
             await self._overall.acquire()
 
