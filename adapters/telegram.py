@@ -2,10 +2,12 @@
 
 Updates run concurrently, with no bound of PTB's own (its `concurrent_updates(True)` caps
 them at 256): the core orders the turns of one conversation and bounds the answers in flight
-for every platform alike (`limits.max_in_flight`). `AIORateLimiter` keeps within Telegram's
-flood limits and honours `retry_after`. Private answers stream as a draft
-(`sendMessageDraft`, Bot API 9.3) and end with one `sendMessage`; group answers are posted
-and edited. Final text is Telegram HTML, resent as plain text if Telegram rejects the markup.
+for every platform alike (`limits.max_in_flight`). `PriorityRateLimiter` keeps within
+Telegram's flood limits, honours `retry_after`, and sends final messages first: drafts,
+partial edits and typing signals are best-effort, skipped when the budget is short. Private
+answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end with one `sendMessage`;
+group answers are posted and edited. Final text is Telegram HTML, resent as plain text if
+Telegram rejects the markup.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from aiohttp import web
 from telegram import BotCommand, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, InvalidToken, TelegramError
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.base import AdapterStartError
 from adapters.telegram_format import to_telegram_html
 from adapters.telegram_http import AiohttpRequest
+from adapters.telegram_limits import BEST_EFFORT, LOW, SKIPPED, PriorityRateLimiter
 from adapters.telegram_updates import BotIdentity, to_message
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
@@ -80,7 +83,10 @@ class TelegramResponder:
 
     async def typing(self) -> None:
         await self.bot.send_chat_action(
-            self.chat_id, ChatAction.TYPING, message_thread_id=self.thread_id
+            self.chat_id,
+            ChatAction.TYPING,
+            message_thread_id=self.thread_id,
+            rate_limit_args=LOW,
         )
 
     async def send(self, text: str, *, final: bool) -> MessageRef:
@@ -102,12 +108,15 @@ class TelegramResponder:
         if self._shown.get(ref.id) == rendered:
             return  # never an edit that changes nothing
         try:
-            await self.bot.edit_message_text(
+            edited = await self.bot.edit_message_text(
                 rendered,
                 chat_id=self.chat_id,
                 message_id=int(ref.id),
                 parse_mode=ParseMode.HTML if final else None,
+                rate_limit_args=None if final else BEST_EFFORT,
             )
+            if edited is SKIPPED and not final:
+                return  # not shown: the next edit carries the whole text, the final is not deduped
         except BadRequest as exc:
             if "not modified" in exc.message:
                 pass
@@ -127,8 +136,12 @@ class TelegramResponder:
             self._shown.pop(ref.id, None)
 
     async def _draft(self, draft_id: int, text: str) -> None:
-        await self.bot.send_message_draft(
-            self.chat_id, draft_id, text, message_thread_id=self.thread_id
+        await self.bot.send_message_draft(  # a skipped draft is harmless: the next has it all
+            self.chat_id,
+            draft_id,
+            text,
+            message_thread_id=self.thread_id,
+            rate_limit_args=BEST_EFFORT,
         )
 
     async def _post(self, text: str, *, final: bool) -> int:
@@ -190,8 +203,8 @@ class TelegramAdapter:
             app.router.add_post(WEBHOOK_PATH, self._webhook)
 
     def _build(self) -> Application:  # type: ignore[type-arg]
-        limiter = AIORateLimiter(
-            overall_max_rate=self.platform.max_rate,
+        limiter = PriorityRateLimiter(
+            max_rate=self.platform.max_rate,
             group_max_rate=self.platform.group_max_rate,
             max_retries=3,
         )

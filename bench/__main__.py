@@ -6,7 +6,9 @@ messages per second with an instant model and 50-token answers, per platform and
 (d) a steady 100 messages/s (`--rate`) across the platforms, for the bot-added latency target.
 Each bot figure is printed beside the naive baseline's and their ratio. `--floor` also runs
 (c) on the SDK floor (bench/floor.py: the same SDKs and adapters with nothing of the core)
-and prints the bot beside it.
+and prints the bot beside it. `--telegram-shipped` runs (b) and (c) on Telegram alone with
+config.yaml's Telegram settings (drafts, rate limiter) instead of the driver's (drafts off,
+limits lifted): what users run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from bench.harness import Result, percentiles, run_bot_scenario
 from bench.naive import run_naive
-from core.config import StreamingSettings
+from core.config import StreamingSettings, load_settings
 from tests.fakes.openai_server import Reply
 
 ALL = ("slack", "telegram", "discord")
@@ -124,7 +126,10 @@ async def main(args: argparse.Namespace) -> str:
     turns_a = 5 if smoke else 30
     fast = Reply(text=answer_of(50), words_per_chunk=5)
     common = {"redis_url": url, "tmp": tmp, "typing_delay": args.typing_delay,
-              "wire": args.wire}  # fmt: skip
+              "wire": args.wire, "telegram": shipped_telegram() if args.telegram_shipped
+              else None}  # fmt: skip
+    platforms_b = ("telegram",) if args.telegram_shipped else ALL
+    shipped = ", shipped Telegram limits" if args.telegram_shipped else ""
     if "a" in args.scenarios:
         ours = await run_bot_scenario("(a) one conversation, context growth",
                                       platforms=("telegram",), conversations=1, turns=turns_a,
@@ -136,17 +141,19 @@ async def main(args: argparse.Namespace) -> str:
         n = 30 if smoke else args.conversations
         slow = Reply(text=answer_of(200), ttft=0.3 if smoke else 2.0, tokens_per_second=30
                      if not smoke else 300, words_per_chunk=1)  # fmt: skip
-        ours = await run_bot_scenario("(b) concurrent conversations, slow model",
-                                      platforms=ALL, conversations=n, turns=1, reply=slow,
+        ours = await run_bot_scenario(f"(b) concurrent conversations, slow model{shipped}",
+                                      platforms=platforms_b, conversations=n, turns=1, reply=slow,
                                       profile=_profile(args, "b"), **common)  # fmt: skip
         out.append(table(ours, None))
     if "c" in args.scenarios:
         per = 20 if smoke else args.per_platform
         for platforms in [(p,) for p in ALL] + [ALL]:
             label = "+".join(platforms)
+            if args.telegram_shipped and platforms != ("telegram",):
+                continue
             if args.only and args.only != (label if len(platforms) == 1 else "mixed"):
                 continue
-            ours = await run_bot_scenario(f"(c) max throughput, instant model: {label}",
+            ours = await run_bot_scenario(f"(c) max throughput, instant model: {label}{shipped}",
                                           platforms=platforms,
                                           conversations=per * len(platforms) // 2, turns=2,
                                           reply=fast, concurrency=200,
@@ -180,6 +187,12 @@ def _profile(args: argparse.Namespace, scenario: str) -> Path | None:
     return args.profile.resolve() / f"profile-{scenario}.txt"
 
 
+def shipped_telegram() -> dict[str, object]:
+    """config.yaml's Telegram settings, as users run them (the environment left out)."""
+    path = Path(__file__).resolve().parent.parent / "config.yaml"
+    return load_settings(path, environ={}).platforms.telegram.model_dump(mode="json")
+
+
 TYPING_DELAY = StreamingSettings.model_fields["typing_delay"].default
 
 
@@ -199,6 +212,9 @@ def cli() -> int:
                              "(tcpdump, root): the bot's part without the harness's")  # fmt: skip
     parser.add_argument("--floor", action="store_true",
                         help="scenario (c): also run the SDK floor and compare")  # fmt: skip
+    parser.add_argument("--telegram-shipped", action="store_true",
+                        help="(b) and (c) on Telegram alone with config.yaml's Telegram "
+                             "settings (drafts, rate limiter) instead of the driver's")  # fmt: skip
     parser.add_argument("--typing-delay", type=float, default=TYPING_DELAY,
                         help="streaming.typing_delay (default: the bot's own)")  # fmt: skip
     parser.add_argument(

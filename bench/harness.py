@@ -180,17 +180,22 @@ async def run_bot_scenario(
     profile: Path | None = None,
     wire: bool = False,
     floor: bool = False,
+    telegram: dict[str, Any] | None = None,
 ) -> Result:
     """Drive `conversations` x `turns` messages through the bot; measure everything.
 
     With `rate`, conversations start at that many per second (a steady load) instead of all
     at once (the most the bot can take). With `floor`, the bot process runs the SDK floor
-    (bench/floor.py) instead of the core."""
+    (bench/floor.py) instead of the core. `telegram` replaces the driver's Telegram options
+    (drafts off, rate limits lifted), e.g. with the shipped ones (`--telegram-shipped`)."""
     result = Result(name, budget=budget)
     counter = TokenCounter("estimate")
+    overrides = drive_settings_overrides()
+    if telegram is not None:
+        overrides["telegram"] = telegram
     settings = make_settings(
         f"{key_prefix}-{int(time.time() * 1000)}", tmp,
-        platforms=drive_settings_overrides(), streaming={"edit_interval": edit_interval,
+        platforms=overrides, streaming={"edit_interval": edit_interval,
                                                   "typing_delay": typing_delay},
         context={"token_budget": budget, "max_turns": 60, "tokenizer": "estimate"},
         llm={"chunk_timeout": 30, "max_retries": 2}, log_level="WARNING",

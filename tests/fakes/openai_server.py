@@ -87,6 +87,7 @@ class Recorded:
     at: float = field(default_factory=time.monotonic)
     first_token: float = 0.0  # when the first content chunk left
     hung_up_after: int = 0  # "endless": characters sent when the client closed the stream
+    done: float = 0.0  # when the whole answer had left
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -229,6 +230,7 @@ class FakeOpenAI:
             await _event(response, {**_chunk(ident, model, {}), "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
+        record.done = time.monotonic()
         return response
 
     async def _endless(
