@@ -2,9 +2,9 @@
 
 Written once for every platform. It shows that the bot is working (typing) when the first
 text is slower than `typing_delay`, posts the first text as soon as there is any, edits at
-most once per `edit_interval`, moves on to a new message when the platform's limit would be
-passed, and ends every part with an exact final edit. A flusher task does the platform calls
-so reading the model never waits on them.
+most once per `edit_interval`, moves on to a new message when the platform's limit (as the
+responder measures the rendered part) would be passed, and ends every part with an exact
+final edit. A flusher task does the platform calls so reading the model never waits on them.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class StreamingReply:
         self._responder = responder
         self._typing_delay = typing_delay
         self._limit = max(responder.limit, 16)
+        self._measure = responder.measure
         self._interval = max(responder.edit_interval, 0.0)
         self._retry_delay = retry_delay
         self._full: list[str] = []  # every delta, for the history
@@ -162,8 +163,11 @@ class StreamingReply:
 
     async def _render(self, *, final: bool) -> None:
         """Bring the platform up to date with `_current`, splitting at the limit."""
-        while len(self._current) > self._limit:
-            part, self._current = take_part(self._current, self._limit)
+        while True:
+            part, rest = take_part(self._current, self._limit, self._measure)
+            if not rest:
+                break
+            self._current = rest
             await self._show(part, final=True)
             self._ref, self._last_shown = None, ""
         if self._current.strip():
@@ -229,7 +233,7 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 
 async def reply(responder: Responder, text: str) -> None:
     """Send a complete (non-streamed) answer, split at the platform's limit."""
-    for part in split_text(text, max(responder.limit, 16)) or [text or "…"]:
+    for part in split_text(text, max(responder.limit, 16), responder.measure) or [text or "…"]:
         await responder.send(part, final=True)
 
 
