@@ -35,7 +35,8 @@ _parser = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
     ["table", "strikethrough"]
 )
 _PARAGRAPH_TAGS = re.compile(r"</?p>|<br />|\s+")
-_REJOINED = re.compile(r"</(ul|ol|blockquote)>(<\1(?: start=\"\d+\")?>)")
+_REJOINED = re.compile(r"</(ul|ol|blockquote)>\s*<\1(?: start=\"\d+\")?>")
+_LIST_TAG = re.compile(r"<(ol)(?: start=\"(\d+)\")?>|<ul>|</ol>|</ul>|<li>")
 _JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}
 
 
@@ -122,14 +123,39 @@ def _candidates(text: str, end: int) -> list[int]:
     return [c for c in [*near, hard, *far] if 0 < c <= end and not (c in seen or seen.add(c))]
 
 
+def _numbered(html: str) -> str:
+    """`html` with each ordered item's number shown (`<li7>`), as every platform shows it:
+    a list reopened at a cut restarts at the number written in its source."""
+    out: list[str] = []
+    numbers: list[int] = []  # per open list: the next number, 0 for a bullet list
+    last = 0
+    for match in _LIST_TAG.finditer(html):
+        tag = match.group(0)
+        out.append(html[last : match.start()])
+        last = match.end()
+        if match.group(1):
+            numbers.append(int(match.group(2) or 1))
+        elif tag == "<ul>":
+            numbers.append(0)
+        elif tag != "<li>":
+            if numbers:
+                numbers.pop()
+        elif numbers and numbers[-1]:
+            tag = f"<li{numbers[-1]}>"
+            numbers[-1] += 1
+        out.append(tag)
+    out.append(html[last:])
+    return "".join(out)
+
+
 def _normal(html: str) -> str:
     """Markup compared for faithfulness: paragraphs, breaks and whitespace do not count, and
-    a list or quote closed and reopened at a cut counts as one."""
-    html = _PARAGRAPH_TAGS.sub("", html)
+    a list or quote closed and reopened at a cut counts as one (if it numbers on)."""
+    html = _numbered(html)
     while True:
         joined = _REJOINED.sub("", html)
         if joined == html:
-            return html
+            return _PARAGRAPH_TAGS.sub("", html)
         html = joined
 
 
