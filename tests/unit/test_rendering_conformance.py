@@ -99,6 +99,7 @@ def slack_shown(mrkdwn: str) -> str:
     if "&" in re.sub(r"&(amp|lt|gt);", "", shown):
         problems.append("bare &")
     assert not problems, (problems, mrkdwn[:300])
+    shown = shown.replace("```", "")  # code block markup, not shown
     return shown.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
@@ -239,7 +240,7 @@ LONG_DOCUMENT = st.tuples(st.lists(BLOCK, min_size=5, max_size=30), st.integers(
 
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.name)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(markdown=DOCUMENT)
 def test_generated_answers_conform(platform: Platform, markdown: str) -> None:
     conforms(platform, markdown)
@@ -247,10 +248,75 @@ def test_generated_answers_conform(platform: Platform, markdown: str) -> None:
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.name)
 @settings(
-    max_examples=8,
+    max_examples=5,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(markdown=LONG_DOCUMENT)
 def test_long_generated_answers_conform(platform: Platform, markdown: str) -> None:
     conforms(platform, markdown)
+
+
+# --- fixed cases ------------------------------------------------------------------------
+
+CODE_ANSWER = (
+    "Here it is:\n\n```python\n"
+    + "\n".join(f"if a[{i}] < b and c > d: print('<&>', {i})" for i in range(240))
+    + "\n```\n\nDone."
+)
+
+
+def test_a_10000_character_code_answer_is_code_in_every_part_on_every_platform() -> None:
+    assert len(CODE_ANSWER) >= 10_000
+    telegram = split_text(CODE_ANSWER, TelegramResponder.limit, telegram_measure)
+    assert len(telegram) >= 3
+    for part in telegram[1:-1]:
+        html = to_telegram_html(part)
+        assert html.startswith('<pre><code class="language-python">') and html.endswith(
+            "</code></pre>"
+        )
+        assert not telegram_check(html).errors
+    slack = split_text(CODE_ANSWER, SLACK_LIMIT, slack_measure)
+    for part in slack[1:-1]:
+        assert to_mrkdwn(part).startswith("```\n") and to_mrkdwn(part).endswith("\n```")
+    discord = split_text(CODE_ANSWER, DISCORD_LIMIT, len)
+    for part in discord[1:-1]:
+        assert part.startswith("```python\n") and part.rstrip().endswith("```")
+    for platform in PLATFORMS:
+        conforms(platform, CODE_ANSWER)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "> " + "quoted words " * 40 + "\n\nafter",  # a cut inside a quote keeps it a quote
+        "intro " * 30 + "# not a heading " + "more " * 30,
+        "intro " * 30 + "- not a list 1. nor this > nor a quote " + "more " * 30,
+        "**" + "bold words " * 40 + "**",  # a cut never falls inside the bold span
+        "1. a\n\n1. b\n\n1. c\n\n1. d " + "x " * 40 + "\n\n5. e " + "y " * 40,  # numbering goes on
+    ],
+)
+def test_a_part_starting_with_markup_renders_as_in_one_message(platform: Platform, text: str):
+    small = Platform(platform.name, 120, 120, platform.measure, lambda part: ("", []))
+    parts = split_text(text, small.limit, small.measure)
+    assert len(parts) >= 2
+    shown = "".join(whole_visible(platform, part) for part in parts)
+    assert squash(shown) == squash(whole_visible(platform, text))
+
+
+def test_only_web_and_mail_links_are_links() -> None:
+    text = "[ping](tg://user?id=1) [app](slack://open) [web](https://a.b) [m](mailto:a@b.c)"
+    assert "tg://" not in to_telegram_html(text) and "slack://" not in to_mrkdwn(text)
+    assert '<a href="https://a.b">web</a>' in to_telegram_html(text)
+    assert "<mailto:a@b.c|m>" in to_mrkdwn(text)
+    assert to_telegram_html("[x](TG://user?id=1)") == "x"
+
+
+def test_literal_marks_stay_literal_in_slack() -> None:
+    for text in (r"\*not bold\*", r"2\*3\*4", r"\_x\_", r"\~y\~", r"\`z\`"):
+        mrkdwn = to_mrkdwn(text)
+        # every formatting character is fenced by zero-width spaces, so none pairs up
+        assert not re.search(r"(?<!\u200b)[*_~`]|[*_~`](?!\u200b)", mrkdwn), mrkdwn
+    assert to_mrkdwn("**bold** and *it*") == "*bold* and _it_"
+    assert slack_measure("a & <b>") == len("a & <b>")
