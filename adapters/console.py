@@ -25,6 +25,10 @@ class ConsoleResponder:
     limit = 1_000_000
     typing_interval = 0.0
 
+    def measure(self, text: str) -> int:
+        """A terminal shows the Markdown as it is."""
+        return len(text)
+
     def __init__(self, out: TextIO, edit_interval: float = 0.0) -> None:
         self.out = out
         self.edit_interval = edit_interval

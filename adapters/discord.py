@@ -42,6 +42,10 @@ class ChannelResponder:
     limit = LIMIT
     typing_interval = 8.0  # Discord shows typing for 10 s
 
+    def measure(self, text: str) -> int:
+        """Discord counts the characters of the content (Markdown it renders itself)."""
+        return len(text)
+
     def __init__(
         self, channel: Any, *, reply_to: discord.Message | None, edit_interval: float
     ) -> None:
@@ -80,6 +84,10 @@ class InteractionResponder:
 
     limit = LIMIT
     typing_interval = 0.0  # the deferred response already shows "thinking…"
+
+    def measure(self, text: str) -> int:
+        """Discord counts the characters of the content (Markdown it renders itself)."""
+        return len(text)
 
     def __init__(
         self, interaction: discord.Interaction, *, edit_interval: float, expiry: float

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-SAFE_SCHEMES = ("http://", "https://", "mailto:", "tg://")
+SAFE_SCHEMES = ("http://", "https://", "mailto:")
+"""The only link targets rendered as links anywhere: `tg://user?id=…` would mention (ping)
+someone in Telegram, `slack://` opens things; any other target is shown as its text."""
 
 _parser = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
     ["table", "strikethrough"]
@@ -134,11 +136,11 @@ class _Renderer:
                 start, href = links.pop()
                 text = "".join(parts[start:])
                 del parts[start:]
-                parts.append(s.link(text, href) if href.startswith(SAFE_SCHEMES) else text)
+                parts.append(s.link(text, href) if _safe(href) else text)
             elif kind == "image":
                 src = str(child.attrGet("src") or "")
                 alt = s.escape(child.content or "image")
-                parts.append(s.link(alt, src) if src.startswith(SAFE_SCHEMES) else alt)
+                parts.append(s.link(alt, src) if _safe(src) else alt)
             else:  # html_inline and anything new: shown as text
                 parts.append(s.escape(child.content))
         return "".join(parts)
@@ -160,6 +162,10 @@ class _Renderer:
         ]
         lines.insert(1, "-+-".join("-" * width for width in widths))
         return self.style.pre("\n".join(lines), "") + "\n\n"
+
+
+def _safe(href: str) -> bool:
+    return href.lower().startswith(SAFE_SCHEMES)
 
 
 def _plain(children: Sequence[Token]) -> str:

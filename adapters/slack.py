@@ -35,6 +35,7 @@ from adapters.slack_events import (
     mentions_bot,
     to_message,
 )
+from adapters.slack_format import measure as slack_measure
 from adapters.slack_format import to_mrkdwn
 from core.config import Settings, SlackSettings
 from core.model import ContextKey, Message, MessageRef, User
@@ -43,7 +44,7 @@ from core.protocols import Handler
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
-LIMIT = 3900  # Slack shows 4,000 characters a message well; mrkdwn adds a few
+LIMIT = 4000  # characters as shown: Slack truncates text past 4,000 (slack_format.measure)
 NO_NATIVE_STREAM = {"unknown_method", "not_allowed_token_type", "method_deprecated",
                     "feature_not_enabled", "not_supported"}  # fmt: skip
 
@@ -58,6 +59,10 @@ class SlackResponder:
 
     limit = LIMIT
     typing_interval = 0.0  # one working signal: a placeholder or the assistant status
+
+    def measure(self, text: str) -> int:
+        """Characters Slack shows for the part, as its limit counts them."""
+        return slack_measure(text)
 
     def __init__(
         self,
@@ -159,6 +164,10 @@ class EphemeralResponder:
     limit = LIMIT
     edit_interval = 3600.0
     typing_interval = 0.0
+
+    def measure(self, text: str) -> int:
+        """Characters Slack shows for the part, as its limit counts them."""
+        return slack_measure(text)
 
     def __init__(self, respond: Callable[..., Awaitable[Any]]) -> None:
         self.respond = respond

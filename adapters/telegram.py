@@ -6,17 +6,19 @@ for every platform alike (`limits.max_in_flight`). `PriorityRateLimiter` keeps w
 Telegram's flood limits, honours `retry_after`, and sends final messages first: drafts,
 partial edits and typing signals are best-effort, skipped when the budget is short. Private
 answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end with one `sendMessage`;
-group answers are posted and edited. Final text is Telegram HTML, resent as plain text if
-Telegram rejects the markup.
+group answers are posted and edited. Every form is Telegram HTML (parts are cut to fit after
+rendering), resent as plain text if Telegram rejects the markup.
 """
 
 from __future__ import annotations
 
 import hmac
+import html
 import itertools
 import logging
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +33,8 @@ from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.base import AdapterStartError
-from adapters.telegram_format import to_telegram_html
+from adapters.telegram_format import measure as telegram_measure
+from adapters.telegram_format import to_telegram_html, visible_text
 from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_limits import BEST_EFFORT, LOW, SKIPPED, PriorityRateLimiter
 from adapters.telegram_updates import BotIdentity, to_message
@@ -43,9 +46,9 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-TELEGRAM_LIMIT = 4096
+TELEGRAM_LIMIT = 4096  # UTF-16 units of the text after entity parsing
+MARKER = " ▌"  # ends the in-progress form of a part
 UPDATES_AT_ONCE = 1 << 20  # PTB's bound, far above the core's limits.max_in_flight
-RAW_LIMIT = 3800  # room for the HTML tags the rendering adds
 COMMANDS = [
     BotCommand("ask", "Ask a question"),
     BotCommand("reset", "Forget this conversation"),
@@ -58,9 +61,13 @@ _draft_ids = itertools.count(secrets.randbelow(1_000_000) + 1)
 
 
 class TelegramResponder:
-    """Answers in one chat (and topic): drafts in private chats, edits in groups."""
+    """Answers in one chat (and topic): drafts in private chats, edits in groups.
 
-    limit = RAW_LIMIT
+    Every form is our HTML: the in-progress one ends with a marker. Plain text is only the
+    fallback when Telegram rejects the markup ("can't parse entities"), logged once.
+    """
+
+    limit = TELEGRAM_LIMIT - len(MARKER)  # the in-progress form adds the marker
     typing_interval = 4.0  # Telegram shows "typing…" for 5 s
 
     def __init__(
@@ -80,6 +87,11 @@ class TelegramResponder:
         self.edit_interval = edit_interval
         self.drafts = drafts
         self._shown: dict[str, str] = {}
+        self._plain_logged = False
+
+    def measure(self, text: str) -> int:
+        """UTF-16 units of the text Telegram shows, as its limit counts them."""
+        return telegram_measure(text)
 
     async def typing(self) -> None:
         await self.bot.send_chat_action(
@@ -104,31 +116,27 @@ class TelegramResponder:
             else:
                 await self._draft(int(ref.id.split(":", 1)[1]), text)
             return
-        rendered = to_telegram_html(text) if final else text + " ▌"
+        rendered = _form(text, final)
         if self._shown.get(ref.id) == rendered:
             return  # never an edit that changes nothing
-        try:
+
+        async def edit(body: str, parse_mode: str | None) -> bool:
             edited = await self.bot.edit_message_text(
-                rendered,
-                chat_id=self.chat_id,
-                message_id=int(ref.id),
-                parse_mode=ParseMode.HTML if final else None,
+                body, chat_id=self.chat_id, message_id=int(ref.id), parse_mode=parse_mode,
                 rate_limit_args=None if final else BEST_EFFORT,
-            )
-            if edited is SKIPPED and not final:
-                return  # not shown: the next edit carries the whole text, the final is not deduped
+            )  # fmt: skip
+            return edited is not SKIPPED
+
+        try:
+            shown = await self._html_or_plain(edit, rendered)
         except BadRequest as exc:
-            if "not modified" in exc.message:
-                pass
-            elif final and "parse entities" in exc.message:
-                rendered = text
-                if self._shown.get(ref.id) != rendered:
-                    await self.bot.edit_message_text(
-                        text, chat_id=self.chat_id, message_id=int(ref.id)
-                    )
-            else:
+            if "not modified" not in exc.message:
                 raise
-        self._shown[ref.id] = rendered
+            shown = rendered
+        if shown is None:
+            return  # skipped, not shown: the next edit carries the whole text (and the final
+            # is not taken for a repeat of it)
+        self._shown[ref.id] = shown
 
     async def delete(self, ref: MessageRef) -> None:
         if not ref.id.startswith("draft:"):  # a draft vanishes by itself
@@ -136,40 +144,57 @@ class TelegramResponder:
             self._shown.pop(ref.id, None)
 
     async def _draft(self, draft_id: int, text: str) -> None:
-        await self.bot.send_message_draft(  # a skipped draft is harmless: the next has it all
-            self.chat_id,
-            draft_id,
-            text,
-            message_thread_id=self.thread_id,
-            rate_limit_args=BEST_EFFORT,
-        )
+        async def draft(body: str, parse_mode: str | None) -> bool:
+            # A skipped draft (the rate budget is short) is harmless: the next has it all.
+            await self.bot.send_message_draft(
+                self.chat_id, draft_id, body, message_thread_id=self.thread_id,
+                parse_mode=parse_mode, rate_limit_args=BEST_EFFORT,
+            )  # fmt: skip
+            return True
+
+        await self._html_or_plain(draft, _form(text, final=False))
 
     async def _post(self, text: str, *, final: bool) -> int:
         reply = None
         if self.reply_to is not None:
             reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True)
-        rendered = to_telegram_html(text) if final else text + " ▌"
-        use_html = final
-        if final and len(rendered) > TELEGRAM_LIMIT:
-            rendered, use_html = text, False  # the markup would not fit: plain text does
-        try:
+        sent_ids: list[int] = []
+
+        async def post(body: str, parse_mode: str | None) -> bool:
             sent = await self.bot.send_message(
-                self.chat_id,
-                rendered,
-                parse_mode=ParseMode.HTML if use_html else None,
-                message_thread_id=self.thread_id,
+                self.chat_id, body, parse_mode=parse_mode, message_thread_id=self.thread_id,
                 reply_parameters=reply,
-            )
+            )  # fmt: skip
+            sent_ids.append(int(sent.message_id))
+            return True
+
+        shown = await self._html_or_plain(post, _form(text, final))
+        self._shown[str(sent_ids[-1])] = shown or ""
+        self.reply_to = None  # only the first part replies to the question
+        return sent_ids[-1]
+
+    async def _html_or_plain(
+        self, call: Callable[[str, str | None], Awaitable[bool]], rendered: str
+    ) -> str | None:
+        """Make `call` with our HTML; if Telegram rejects the markup, with the same text as
+        plain text (the same length, so it fits too). Returns what was sent, or None when
+        the rate limiter skipped a best-effort call (`call` returned False)."""
+        try:
+            return rendered if await call(rendered, ParseMode.HTML) else None
         except BadRequest as exc:
             if "parse entities" not in exc.message:
                 raise
-            rendered = text  # Telegram rejected the markup: the words still go out
-            sent = await self.bot.send_message(
-                self.chat_id, text, message_thread_id=self.thread_id, reply_parameters=reply
-            )
-        self._shown[str(sent.message_id)] = rendered
-        self.reply_to = None  # only the first part replies to the question
-        return int(sent.message_id)
+            if not self._plain_logged:  # one line per answer
+                self._plain_logged = True
+                log.warning("telegram: markup rejected (%s); sending plain text", exc.message)
+        plain = visible_text(rendered)
+        return plain if await call(plain, None) else None
+
+
+def _form(text: str, final: bool) -> str:
+    """Our HTML for a part; the in-progress form ends with the marker."""
+    rendered = to_telegram_html(text) or html.escape(text.strip() or "…", quote=False)
+    return rendered if final else rendered + html.escape(MARKER, quote=False)
 
 
 class TelegramAdapter:

@@ -1,13 +1,19 @@
 """Markdown to Telegram HTML (parse_mode=HTML): the only escaping Telegram needs is &, <, >.
 
+Telegram's 4096 limit counts the text after entity parsing, in UTF-16 code units, so
+`measure` strips the tags, resolves the entities and counts UTF-16 units.
 https://core.telegram.org/bots/api#html-style
+https://core.telegram.org/bots/api#sendmessage (text: 1-4096 characters after entities parsing)
 """
 
 from __future__ import annotations
 
 import html
+import re
 
 from adapters.markdown import Style, render
+
+_TAG = re.compile(r"<[^>]*>")
 
 
 def _escape(text: str) -> str:
@@ -35,3 +41,20 @@ TELEGRAM_HTML = Style(
 def to_telegram_html(markdown: str) -> str:
     """Telegram HTML for `markdown`; never raises."""
     return render(markdown, TELEGRAM_HTML)
+
+
+def visible_text(telegram_html: str) -> str:
+    """The text Telegram shows for our HTML: what counts against the limit, and what is sent
+    as plain text when Telegram rejects the markup. (Our renderer escapes every `<` and `>`
+    in text and attributes, so a tag is exactly `<…>`.)"""
+    return html.unescape(_TAG.sub("", telegram_html))
+
+
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units, as Telegram counts (an emoji outside the BMP is 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def measure(markdown: str) -> int:
+    """What Telegram counts against its limit for `markdown` sent as our HTML."""
+    return utf16_len(visible_text(to_telegram_html(markdown)))

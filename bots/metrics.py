@@ -115,6 +115,7 @@ class MeteredResponder:
         self.limit = inner.limit
         self.edit_interval = inner.edit_interval
         self.typing_interval = inner.typing_interval
+        self.measure = inner.measure
 
     def __getattr__(self, name: str) -> Any:  # adapter extras pass through untouched
         return getattr(self._inner, name)

@@ -24,9 +24,15 @@ class Responder(Protocol):
     may add a marker or skip markup); `final=True` is the exact, complete text of that part.
     """
 
-    limit: int  # characters per message on this platform
+    limit: int  # what the platform allows per message, as `measure` counts
     edit_interval: float  # seconds between two edits of one message
     typing_interval: float  # seconds between two typing signals (0: signal once)
+
+    def measure(self, text: str) -> int:
+        """What the platform counts against `limit` for this Markdown once rendered (Telegram:
+        UTF-16 units after entity parsing; Slack: characters as shown; Discord: characters),
+        so the core cuts parts that fit as sent, not as written."""
+        ...
 
     async def send(self, text: str, *, final: bool) -> MessageRef: ...
 

@@ -1,16 +1,43 @@
 """Cut Markdown into parts that fit a platform's message limit, once for every platform.
 
-Cuts prefer a paragraph break, then a line break, then a space. A cut inside a fenced code
-block is avoided when the block starts late enough in the part; otherwise the fence is
-closed at the end of the part and reopened (with its language) at the start of the next.
+The limit is what the platform counts once a part is rendered (Telegram: UTF-16 units of
+the text after entity parsing; Slack: characters as shown; Discord: characters of the
+Markdown), so the adapter gives a `measure` and the cut is searched for on the source:
+a few renders of a prefix per part, each guess scaled by how the last one measured.
+
+Cuts prefer a paragraph break, then a line break, then a space, and only where the two
+halves render as the whole did (`faithful`): not inside `**bold text**` or a link, not where
+the next part would start with `#`, `>`, `-` or `1.` that were plain text in the whole.
+A cut inside a fenced code block is avoided when the block starts late enough in the part;
+otherwise the fence is closed at the end of the part and reopened (with its language) at
+the start of the next.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from bisect import bisect_right
+from collections.abc import Callable
+
+from markdown_it import MarkdownIt
+
+Measure = Callable[[str], int]
+"""What a platform counts against its limit for one part of Markdown, once rendered."""
 
 FENCE = re.compile(r"^[ \t]*(```+|~~~+)[ \t]*([^\s`]*)", re.MULTILINE)
 CLOSE_RESERVE = 4  # room for "\n```" when a fence must be closed at a cut
+MAX_PROBES = 16  # measures of a prefix per part, at most (each renders it once)
+MAX_CHECKS = 24  # candidate cuts checked for faithfulness per part, at most
+CHECK_AHEAD = 2000  # characters after a cut parsed to find the block around it
+
+_parser = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
+    ["table", "strikethrough"]
+)
+_PARAGRAPH_TAGS = re.compile(r"</?p>|<br />|\s+")
+_REJOINED = re.compile(r"</(ul|ol|blockquote)>\s*<\1(?: start=\"\d+\")?>")
+_LIST_TAG = re.compile(r"<(ol)(?: start=\"(\d+)\")?>|<ul>|</ol>|</ul>|<li>")
+_JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}
 
 
 def open_fence(text: str) -> tuple[str, str, int] | None:
@@ -25,50 +52,180 @@ def open_fence(text: str) -> tuple[str, str, int] | None:
     return current
 
 
-def _best_cut(text: str, limit: int) -> int:
-    """The offset to cut `text` at, at most `limit`, preferring natural breaks."""
-    window = text[:limit]
-    floor = limit // 2
+def _assemble(text: str, cut: int) -> tuple[str, str]:
+    """The part and the rest for a cut at `cut`; a fence open at the cut is closed in the
+    part (at its own indentation) and reopened, with its language, in the rest."""
+    head, rest = text[:cut], text[cut:]
+    fence = open_fence(head)
+    if fence is None:
+        return head, rest
+    marker, language, start = fence
+    indent = text[start : start + len(text[start:]) - len(text[start:].lstrip(" \t"))]
+    closing = indent + marker if head.endswith("\n") else "\n" + indent + marker
+    return head + closing, f"{indent}{marker}{language}\n{rest}"
+
+
+def _longest_fit(text: str, limit: int, measure: Measure) -> int:
+    """The longest prefix (within a small tolerance) whose part measures within `limit`;
+    `len(text)` when all of it does. The measure grows about linearly with the source, so
+    each guess is scaled by the last ratio; bisection takes over when that does not help."""
+    size_of_text = len(text)
+    tolerance = max(8, limit // 64)
+    lo, hi = 0, size_of_text + 1
+    guess = min(size_of_text, limit)
+    for _ in range(MAX_PROBES):
+        size = measure(_assemble(text, guess)[0])
+        if size <= limit:
+            lo = guess
+            if guess == size_of_text:
+                return size_of_text
+        else:
+            hi = guess
+        if hi - lo <= tolerance:
+            break
+        estimate = guess * limit // max(size, 1)
+        if not lo + tolerance // 2 < estimate < hi - tolerance // 2:
+            estimate = (lo + hi) // 2
+        guess = min(estimate, size_of_text)
+    return lo
+
+
+def _grapheme_safe(text: str, cut: int) -> int:
+    """`cut`, moved back so it does not split a combining mark or emoji sequence off."""
+    floor = max(1, cut - 16)
+    while cut > floor and (
+        unicodedata.combining(text[cut])
+        or text[cut] in _JOINERS
+        or text[cut - 1] == "\u200d"
+        or "\U0001f3fb" <= text[cut] <= "\U0001f3ff"
+    ):
+        cut -= 1
+    return cut
+
+
+def _candidates(text: str, end: int) -> list[int]:
+    """Cut offsets at most `end`, best first: natural breaks in the second half of the
+    window, then a hard cut at `end`, then natural breaks further back."""
+    floor = end // 2
+    near: list[int] = []
+    far: list[int] = []
     for separator in ("\n\n", "\n", " "):
-        at = window.rfind(separator, floor)
-        if at > 0:
-            return at + len(separator)
-    return limit
+        at = end
+        while True:
+            at = text.rfind(separator, 0, at)
+            if at <= 0:
+                break
+            (near if at >= floor else far).append(at + len(separator))
+            if len(near) + len(far) > 4 * MAX_CHECKS:
+                break
+    hard = _grapheme_safe(text, end) if end < len(text) else end
+    seen: set[int] = set()
+    return [c for c in [*near, hard, *far] if 0 < c <= end and not (c in seen or seen.add(c))]
 
 
-def take_part(text: str, limit: int) -> tuple[str, str]:
-    """Split `text` (longer than `limit`) into a part that fits and the rest.
+def _numbered(html: str) -> str:
+    """`html` with each ordered item's number shown (`<li7>`), as every platform shows it:
+    a list reopened at a cut restarts at the number written in its source."""
+    out: list[str] = []
+    numbers: list[int] = []  # per open list: the next number, 0 for a bullet list
+    last = 0
+    for match in _LIST_TAG.finditer(html):
+        tag = match.group(0)
+        out.append(html[last : match.start()])
+        last = match.end()
+        if match.group(1):
+            numbers.append(int(match.group(2) or 1))
+        elif tag == "<ul>":
+            numbers.append(0)
+        elif tag != "<li>":
+            if numbers:
+                numbers.pop()
+        elif numbers and numbers[-1]:
+            tag = f"<li{numbers[-1]}>"
+            numbers[-1] += 1
+        out.append(tag)
+    out.append(html[last:])
+    return "".join(out)
+
+
+def _normal(html: str) -> str:
+    """Markup compared for faithfulness: paragraphs, breaks and whitespace do not count, and
+    a list or quote closed and reopened at a cut counts as one (if it numbers on)."""
+    html = _numbered(html)
+    while True:
+        joined = _REJOINED.sub("", html)
+        if joined == html:
+            return _PARAGRAPH_TAGS.sub("", html)
+        html = joined
+
+
+class _Blocks:
+    """The top-level Markdown blocks around the cuts being considered, parsed once."""
+
+    def __init__(self, text: str, end: int) -> None:
+        stop = text.find("\n", min(len(text), end + CHECK_AHEAD))
+        self.text = text[: stop + 1] if stop >= 0 else text
+        self.starts = [0, *(m.end() for m in re.finditer("\n", self.text))]
+        tokens = _parser.parse(self.text)
+        self.spans = [
+            (t.map[0], t.map[1]) for t in tokens if t.level == 0 and t.map and t.nesting >= 0
+        ]
+
+    def faithful(self, cut: int) -> bool:
+        """Whether the two sides of `cut` render as the block around it did."""
+        if open_fence(self.text[:cut]) is not None:
+            return True  # a code block is closed and reopened on purpose
+        line = bisect_right(self.starts, cut) - 1
+        for first, last in self.spans:
+            at_line_start = self.starts[line] == cut
+            if first < line < last or (first == line and not at_line_start):
+                start = self.starts[first]
+                end = self.starts[last] if last < len(self.starts) else len(self.text)
+                block, k = self.text[start:end], cut - start
+                whole = _normal(_parser.render(block))
+                split = _normal(_parser.render(block[:k]) + _parser.render(block[k:]))
+                return whole == split
+        return True
+
+
+def take_part(text: str, limit: int, measure: Measure = len) -> tuple[str, str]:
+    """Split `text` into a part whose rendering measures within `limit` and the rest.
 
     The part is never empty; when a code block had to be split, the part ends by closing it
-    and the rest begins by reopening it.
+    and the rest begins by reopening it. A text that fits whole comes back as (text, "").
     """
-    if len(text) <= limit:
-        return text, ""
     limit = max(limit, 2 * CLOSE_RESERVE + 2)
-    cut = _best_cut(text, limit)
-    fence = open_fence(text[:cut])
-    if fence is None:
-        return text[:cut], text[cut:]
-    marker, language, start = fence
-    if start > limit // 4:
-        # The block starts late enough: end the part before it instead of splitting it.
-        return text[:start], text[start:]
-    cut = _best_cut(text, limit - CLOSE_RESERVE)
-    head = text[:cut]
-    closing = marker if head.endswith("\n") else "\n" + marker
-    reopen = f"{marker}{language}\n"
-    rest = text[cut:]
-    return head + closing, reopen + rest
+    end = _longest_fit(text, limit, measure)
+    if end >= len(text):
+        return text, ""
+    for _ in range(4):
+        cut = _choose(text, max(end, 1))
+        part, rest = _assemble(text, cut)
+        if measure(part) <= limit or cut <= 1:
+            return part, rest
+        end = cut - 1  # the measure was not monotonic here: look further back
+    return _assemble(text, _grapheme_safe(text, max(1, end // 2)))
 
 
-def split_text(text: str, limit: int) -> list[str]:
-    """All the parts of `text`, each within `limit`, none empty or whitespace only."""
+def _choose(text: str, end: int) -> int:
+    """The best faithful cut at most `end` (the best cut of all when none is faithful)."""
+    fence = open_fence(text[:end])
+    if fence is not None and fence[2] > end // 4:
+        return fence[2]  # the block starts late enough: end the part before it
+    candidates = _candidates(text, end)
+    blocks = _Blocks(text, end)
+    for cut in candidates[:MAX_CHECKS]:
+        if blocks.faithful(cut):
+            return cut
+    return candidates[0] if candidates else end
+
+
+def split_text(text: str, limit: int, measure: Measure = len) -> list[str]:
+    """All the parts of `text`, each measuring within `limit`, none empty or whitespace only."""
     parts: list[str] = []
     rest = text
-    while len(rest) > limit:
-        part, rest = take_part(rest, limit)
+    while rest:
+        part, rest = take_part(rest, limit, measure)
         if part.strip():
             parts.append(part)
-    if rest.strip():
-        parts.append(rest)
     return parts

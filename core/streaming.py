@@ -2,9 +2,9 @@
 
 Written once for every platform. It shows that the bot is working (typing) when the first
 text is slower than `typing_delay`, posts the first text as soon as there is any, edits at
-most once per `edit_interval`, moves on to a new message when the platform's limit would be
-passed, and ends every part with an exact final edit. A flusher task does the platform calls
-so reading the model never waits on them.
+most once per `edit_interval`, moves on to a new message when the platform's limit (as the
+responder measures the rendered part) would be passed, and ends every part with an exact
+final edit. A flusher task does the platform calls so reading the model never waits on them.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class StreamingReply:
         self.capped = False  # the answer hit a bound: the model's stream should be closed
         self._typing_delay = typing_delay
         self._limit = max(responder.limit, 16)
+        self._measure = responder.measure
         self._interval = max(responder.edit_interval, 0.0)
         self._retry_delay = retry_delay
         self._full: list[str] = []  # every delta, for the history
@@ -179,11 +180,14 @@ class StreamingReply:
 
     async def _render(self, *, final: bool) -> None:
         """Bring the platform up to date with `_current`, splitting at the limit."""
-        while len(self._current) > self._limit:
+        while True:
+            part, rest = take_part(self._current, self._limit, self._measure)
+            if not rest:
+                break
             if self._last_message_allowed():
                 await self._cap_here()
                 return
-            part, self._current = take_part(self._current, self._limit)
+            self._current = rest
             await self._show(part, final=True)
             self._parts.append(part)
             self._ref, self._last_shown = None, ""
@@ -200,8 +204,8 @@ class StreamingReply:
 
     async def _cap_here(self) -> None:
         """End the answer in this part, with the note; the history keeps what was shown."""
-        room = max(self._limit - len(CAP_NOTE), 16)
-        part = take_part(self._current, room)[0].rstrip() + CAP_NOTE
+        room = max(self._limit - self._measure(CAP_NOTE), 16)
+        part = take_part(self._current, room, self._measure)[0].rstrip() + CAP_NOTE
         self._current, self.capped = "", True
         await self._show(part, final=True)
         self._full = [*self._parts, part]
@@ -266,7 +270,7 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 
 async def reply(responder: Responder, text: str) -> None:
     """Send a complete (non-streamed) answer, split at the platform's limit."""
-    for part in split_text(text, max(responder.limit, 16)) or [text or "…"]:
+    for part in split_text(text, max(responder.limit, 16), responder.measure) or [text or "…"]:
         await responder.send(part, final=True)
 
 

@@ -62,6 +62,9 @@ class RecordingResponder:
     messages: dict[str, str] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
+    def measure(self, text: str) -> int:
+        return len(text)
+
     async def send(self, text: str, *, final: bool) -> MessageRef:
         if self.fail_sends:
             self.fail_sends -= 1

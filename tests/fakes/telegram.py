@@ -42,6 +42,10 @@ class _HtmlCheck(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.stack: list[str] = []
         self.error = ""
+        self.text: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in HTML_TAGS:
@@ -51,6 +55,16 @@ class _HtmlCheck(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if not self.stack or self.stack.pop() != tag:
             self.error = f'Unexpected end tag "{tag}"'
+
+
+def shown_length(text: str, html: bool) -> int:
+    """What Telegram's 4096 limit counts: UTF-16 units of the text after entity parsing."""
+    if html:
+        checker = _HtmlCheck()
+        checker.feed(text)
+        checker.close()
+        text = "".join(checker.text)
+    return len(text.strip().encode("utf-16-le")) // 2
 
 
 def html_error(text: str) -> str:
@@ -210,12 +224,13 @@ class FakeTelegram:
     def _text_problem(self, text: str, params: dict[str, Any]) -> str:
         if not text.strip():
             return "Bad Request: message text is empty"
-        if len(text) > 4096:
-            return "Bad Request: message is too long"
-        if str(params.get("parse_mode", "")).upper() == "HTML":
+        html = str(params.get("parse_mode", "")).upper() == "HTML"
+        if html:
             error = html_error(text)
             if error:
                 return f"Bad Request: can't parse entities: {error}"
+        if shown_length(text, html) > 4096:
+            return "Bad Request: message is too long"
         return ""
 
 

@@ -213,6 +213,20 @@ async def test_long_answer_is_split_under_4096(bot: TelegramBot, fake_openai: Fa
     assert all(0 < len(t) <= 4096 for t in bot.finals(GROUP))
 
 
+async def test_a_long_code_answer_arrives_as_html_in_every_part(
+    bot: TelegramBot, fake_openai: FakeOpenAI
+):
+    code = "\n".join(f"if a[{i}] < b and c > d: print('<&>', {i})" for i in range(240))
+    fake_openai.push(Reply(text=f"Here:\n\n```python\n{code}\n```", words_per_chunk=200))
+    await bot.deliver(text_message("/ask code", chat_id=GROUP, kind="supergroup"))
+    await wait_for(lambda: any("239)" in t for t in bot.finals(GROUP)), timeout=10)
+    finals = bot.finals(GROUP)
+    assert len(finals) >= 3
+    assert all('<pre><code class="language-python">' in t for t in finals)
+    posts = bot.tg.calls_of("sendMessage", "editMessageText")
+    assert posts and all(c.params.get("parse_mode") == "HTML" for c in posts)
+
+
 async def test_flood_wait_is_honoured_and_the_answer_arrives(
     bot: TelegramBot, fake_openai: FakeOpenAI
 ):
