@@ -30,6 +30,7 @@ from adapters.base import AdapterStartError
 from adapters.telegram_format import to_telegram_html
 from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_updates import BotIdentity, to_message
+from adapters.webhook_guard import Refused, ThrottledLog, guarded, json_object
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
 from core.protocols import Deduper, Handler
@@ -183,10 +184,11 @@ class TelegramAdapter:
         self.application: Application | None = None  # type: ignore[type-arg]
         self.identity: BotIdentity | None = None
         self._ready = False
+        self._refusals = ThrottledLog(log)
 
     def mount(self, app: web.Application) -> None:
         if self.webhook_url:
-            app.router.add_post(WEBHOOK_PATH, self._webhook)
+            app.router.add_post(WEBHOOK_PATH, guarded("telegram", self._webhook, self._refusals))
 
     def _build(self) -> Application:  # type: ignore[type-arg]
         limiter = AIORateLimiter(
@@ -306,15 +308,15 @@ class TelegramAdapter:
         if not self.webhook_secret or not hmac.compare_digest(
             given.encode(), self.webhook_secret.encode()
         ):
-            return web.Response(status=403, text="forbidden")
+            raise Refused(403, "wrong secret token")
         if self.application is None:
             return web.Response(status=503, text="starting")
+        data = json_object(await request.read())
+        if type(data.get("update_id")) is not int:
+            raise Refused(400, "no numeric update_id")
         try:
-            data = await request.json()
             update = Update.de_json(data, self.application.bot)
-        except (ValueError, TypeError, KeyError):
-            return web.Response(status=400, text="not a Telegram update")
-        if update is None:
-            return web.Response(status=400, text="not a Telegram update")
+        except Exception:  # PTB reads any shape it does not expect with a TypeError or worse
+            raise Refused(400, "not a Telegram update") from None
         await self.application.update_queue.put(update)
         return web.Response(text="ok")
