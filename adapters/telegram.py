@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 # Opt in to PTB's future timedelta durations now, so its deprecation warning never fires.
@@ -27,8 +28,10 @@ from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.base import AdapterStartError
+from adapters.supervisor import Supervisor
 from adapters.telegram_format import to_telegram_html
 from adapters.telegram_http import AiohttpRequest
+from adapters.telegram_polling import CheckedUpdatesRequest, Poller
 from adapters.telegram_updates import BotIdentity, to_message
 from adapters.webhook_guard import Refused, ThrottledLog, guarded, json_object
 from core.config import Settings, TelegramSettings
@@ -172,6 +175,7 @@ class TelegramAdapter:
         api_url: str | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        on_intake_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.handler = handler
         self.deduper = deduper
@@ -185,6 +189,9 @@ class TelegramAdapter:
         self.identity: BotIdentity | None = None
         self._ready = False
         self._refusals = ThrottledLog(log)
+        self.on_intake_restart = on_intake_restart
+        self._poller: Poller | None = None
+        self._intake: Supervisor | None = None
 
     def mount(self, app: web.Application) -> None:
         if self.webhook_url:
@@ -197,14 +204,14 @@ class TelegramAdapter:
             max_retries=3,
         )
         builder = (
+            # PTB adds the long-poll timeout to the getUpdates read timeout
             ApplicationBuilder().token(self.token).concurrent_updates(True).rate_limiter(limiter)
-            .request(AiohttpRequest()).get_updates_request(AiohttpRequest(read_timeout=None))
+            .request(AiohttpRequest()).get_updates_request(CheckedUpdatesRequest(read_timeout=5.0))
+            .updater(None)  # `Poller` polls, under our supervisor
         )  # fmt: skip
         if self.api_url:
             base = self.api_url.rstrip("/")
             builder = builder.base_url(base if base.endswith("/bot") else base + "/bot")
-        if self.webhook_url:
-            builder = builder.updater(None)
         application = builder.build()
         application.add_handler(TypeHandler(Update, self._on_update))
         return application
@@ -234,13 +241,16 @@ class TelegramAdapter:
             )
         else:
             await bot.delete_webhook()
-            assert application.updater is not None
-            await application.updater.start_polling(
-                poll_interval=0.0,
+            self._poller = Poller(
+                bot,
+                application.update_queue,
                 timeout=self.platform.poll_timeout,
                 allowed_updates=["message"],
             )
+            self._intake = Supervisor("telegram", self._poller.run, on_restart=self._restarted)
         await application.start()
+        if self._intake is not None:
+            self._intake.start()
         self._ready = True
         log.info("telegram: @%s via %s", bot.username, "webhook" if self.webhook_url else "polling")
 
@@ -257,11 +267,16 @@ class TelegramAdapter:
 
     async def stop(self) -> None:
         self._ready = False
-        application = self.application
-        if application is None:
-            return
-        if application.updater is not None and application.updater.running:
-            await application.updater.stop()
+        intake, self._intake = self._intake, None
+        if intake is not None:
+            await intake.stop()
+        if self._poller is not None:
+            await self._poller.confirm()
+            self._poller = None
+
+    def _restarted(self) -> None:
+        if self.on_intake_restart is not None:
+            self.on_intake_restart(self.name)
 
     async def close(self) -> None:
         application = self.application
@@ -273,7 +288,8 @@ class TelegramAdapter:
         self.application = None
 
     def ready(self) -> bool:
-        return self._ready
+        """Started, and polling right now (not waiting to restart a stopped loop)."""
+        return self._ready and (self._intake is None or self._intake.running)
 
     def responder_for(self, message: Message) -> TelegramResponder:
         assert self.application is not None

@@ -63,6 +63,14 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.in_flight = Gauge("chatbot_streams_in_flight", "Answers being written now", registry=r)
+        self.intake_restarts = Counter(
+            "chatbot_intake_restarts", "Intake loops (polling, gateway) restarted after stopping",
+            ["platform"], registry=r,
+        )  # fmt: skip
+
+    def intake_restart(self, platform: str) -> None:
+        """The adapters' `on_intake_restart` callback (adapters never import `bots/`)."""
+        self.intake_restarts.labels(platform).inc()
 
     def usage(self, usage: Usage) -> None:
         """The `on_usage` callback of the model client."""

@@ -113,6 +113,10 @@ class FakeDiscord:
         """Current text of every message the bot has in a channel, in order."""
         return [self.messages[str(key)]["content"] for key in self.screen.keys(channel_id)]
 
+    async def send_raw(self, text: str) -> None:
+        """Any text frame on the gateway, as a broken proxy might send."""
+        await self._sockets[-1].send_str(text)
+
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         payload = {"op": 0, "t": event, "s": next(self._sequence) + 2, "d": data}
         await self._sockets[-1].send_str(json.dumps(payload))
