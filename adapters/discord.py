@@ -25,6 +25,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.base import AdapterStartError
+from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
@@ -177,7 +178,7 @@ class DiscordAdapter:
         intents.message_content = self.platform.message_content
         client = discord.Client(intents=intents, allowed_mentions=NO_PINGS)
         self.client = client
-        self.tree = app_commands.CommandTree(client)
+        self.tree = CheckedTree(client)  # every interaction answered, an apology at least
         self._register_commands(self.tree)
         client.event(self.on_message)
         try:
