@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +35,7 @@ class CheckedUpdatesRequest(AiohttpRequest):
         self.skipped = ThrottledLog(log)
 
     def parse_json_payload(self, payload: bytes) -> dict[str, Any]:  # type: ignore[override]
-        data: dict[str, Any] = json.loads(payload.decode("utf-8", "replace"))
+        data: dict[str, Any] = super().parse_json_payload(payload)  # TelegramError if not JSON
         result = data.get("result") if isinstance(data, dict) else None
         if isinstance(result, list):
             data["result"] = [entry for entry in map(self._checked, result) if entry is not None]
