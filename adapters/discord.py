@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +26,9 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.base import AdapterStartError
+from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
+from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
 from core.model import Command, Message, MessageRef, User
 from core.protocols import Deduper, Handler
@@ -151,6 +154,7 @@ class DiscordAdapter:
         token: str,
         api_url: str | None = None,
         gateway_url: str | None = None,
+        on_intake_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.handler = handler
         self.deduper = deduper
@@ -161,7 +165,8 @@ class DiscordAdapter:
         self.gateway_url = gateway_url
         self.client: discord.Client | None = None
         self.tree: app_commands.CommandTree[discord.Client] | None = None
-        self._connection: asyncio.Task[None] | None = None
+        self.on_intake_restart = on_intake_restart
+        self._intake: Supervisor | None = None
         self._admins = frozenset(self.platform.admins)
 
     def mount(self, app: web.Application) -> None:
@@ -182,7 +187,7 @@ class DiscordAdapter:
         intents.message_content = self.platform.message_content
         client = discord.Client(intents=intents, allowed_mentions=NO_PINGS)
         self.client = client
-        self.tree = app_commands.CommandTree(client)
+        self.tree = CheckedTree(client)  # every interaction answered, an apology at least
         self._register_commands(self.tree)
         client.event(self.on_message)
         try:
@@ -198,13 +203,16 @@ class DiscordAdapter:
                 f"Discord is unreachable at start ({type(exc).__name__})"
             ) from None
         await self._sync_commands(self.tree)
-        self._connection = asyncio.create_task(client.connect(reconnect=True))
+        self._intake = Supervisor("discord", self._gateway, on_restart=self._restarted)
+        self._intake.start()
         ready = asyncio.create_task(client.wait_until_ready())
-        done, _ = await asyncio.wait({ready, self._connection}, timeout=60,
+        ended = asyncio.create_task(self._intake.ended.wait())
+        done, _ = await asyncio.wait({ready, ended}, timeout=60,
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        ready.cancel()
+        ended.cancel()
         if ready not in done:
-            ready.cancel()
-            await client.close()
+            await self.close()
             raise AdapterStartError("Discord gateway did not become ready")
         log.info("discord: connected as %s", client.user)
 
@@ -220,16 +228,40 @@ class DiscordAdapter:
     async def stop(self) -> None:
         return None  # the gateway stays up so answers in flight can finish
 
+    async def _gateway(self) -> None:
+        """One run of discord.py's connect loop, which resumes by itself after network errors
+        but raises out on a frame it cannot read (not JSON, an event missing its fields),
+        leaving that socket open: it is closed here so the supervisor's next run starts clean."""
+        client = self.client
+        assert client is not None
+        try:
+            await client.connect(reconnect=True)
+        except Exception:
+            if client.ws is not None:
+                with contextlib.suppress(Exception):
+                    await client.ws.close(code=4000)
+            raise
+
+    def _restarted(self) -> None:
+        if self.on_intake_restart is not None:
+            self.on_intake_restart(self.name)
+
     async def close(self) -> None:
+        intake, self._intake = self._intake, None
+        if intake is not None:
+            await intake.stop()
         if self.client is not None:
             await self.client.close()
-        if self._connection is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._connection
         self.client = None
 
     def ready(self) -> bool:
-        return self.client is not None and self.client.is_ready()
+        """Connected, and the gateway loop running (not waiting to restart)."""
+        return (
+            self.client is not None
+            and self.client.is_ready()
+            and self._intake is not None
+            and self._intake.running
+        )
 
     def responder_for(self, message: Message) -> ChannelResponder:
         assert self.client is not None

@@ -1,10 +1,12 @@
 """The Slack adapter (slack-bolt AsyncApp): HTTP events on our server, or Socket Mode.
 
-Bolt verifies signatures (401 on a bad or stale one), answers `url_verification`, acks before
-the work starts, and hands us events; we dedupe `event_id`s through the core (Slack retries
-slow acks up to 3 times) and answer through `SlackResponder`: native streaming
-(`chat.startStream`/`appendStream`/`stopStream`) in threads where the workspace has it,
-else a placeholder message edited with `chat.update` at the throttled interval.
+Signatures are verified before bolt sees a request (`slack_webhook`: bolt would log a
+refused request's whole body), and junk is refused with a 4xx (`webhook_guard`). Bolt answers
+`url_verification`, acks before the work starts, and hands us events; we dedupe `event_id`s
+through the core (Slack retries slow acks up to 3 times) and answer through
+`SlackResponder`: native streaming (`chat.startStream`/`appendStream`/`stopStream`) in
+threads where the workspace has it, else a placeholder message edited with `chat.update` at
+the throttled interval.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterStartError
@@ -37,6 +40,8 @@ from adapters.slack_events import (
 )
 from adapters.slack_format import measure as slack_measure
 from adapters.slack_format import to_mrkdwn
+from adapters.slack_webhook import check_shape, verified_text
+from adapters.webhook_guard import ThrottledLog, guarded
 from core.config import Settings, SlackSettings
 from core.model import ContextKey, Message, MessageRef, User
 from core.protocols import Handler
@@ -221,10 +226,12 @@ class SlackAdapter:
         self.socket: AsyncSocketModeHandler | None = None
         self._ready = False
         self._admins = frozenset(self.platform.admins)
+        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
+        self._refusals = ThrottledLog(log)
 
     def mount(self, app: web.Application) -> None:
         if self.signing_secret:
-            app.router.add_post(EVENTS_PATH, self._http)
+            app.router.add_post(EVENTS_PATH, guarded("slack", self._http, self._refusals))
 
     async def start(self) -> None:
         # slack-sdk opens a new aiohttp session, so a new TCP and TLS connection, for every
@@ -278,7 +285,8 @@ class SlackAdapter:
         bolt = AsyncApp(
             client=self.client,
             signing_secret=self.signing_secret or "",
-            request_verification_enabled=bool(self.signing_secret),
+            # `_http` verifies every request first; bolt's check would log refused bodies
+            request_verification_enabled=False,
         )
         bolt.event("app_mention")(self._on_mention)
         bolt.event("message")(self._on_message)
@@ -328,8 +336,10 @@ class SlackAdapter:
         )
 
     async def _http(self, request: web.Request) -> web.Response:
-        if self.bolt is None:
+        if self.bolt is None or self._verifier is None:
             return web.Response(status=503, text="starting")
+        raw = await request.read()
+        check_shape(verified_text(self._verifier, raw, request.headers), request.content_type)
         response = await self.bolt.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
 

@@ -33,11 +33,14 @@ from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.base import AdapterStartError
+from adapters.supervisor import Supervisor
 from adapters.telegram_format import measure as telegram_measure
 from adapters.telegram_format import to_telegram_html, visible_text
 from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_limits import BEST_EFFORT, LOW, SKIPPED, PriorityRateLimiter
+from adapters.telegram_polling import CheckedUpdatesRequest, Poller
 from adapters.telegram_updates import BotIdentity, to_message
+from adapters.webhook_guard import Refused, ThrottledLog, guarded, json_object
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
 from core.protocols import Handler
@@ -211,6 +214,7 @@ class TelegramAdapter:
         api_url: str | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        on_intake_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.handler = handler
         self.settings = settings
@@ -222,10 +226,14 @@ class TelegramAdapter:
         self.application: Application | None = None  # type: ignore[type-arg]
         self.identity: BotIdentity | None = None
         self._ready = False
+        self._refusals = ThrottledLog(log)
+        self.on_intake_restart = on_intake_restart
+        self._poller: Poller | None = None
+        self._intake: Supervisor | None = None
 
     def mount(self, app: web.Application) -> None:
         if self.webhook_url:
-            app.router.add_post(WEBHOOK_PATH, self._webhook)
+            app.router.add_post(WEBHOOK_PATH, guarded("telegram", self._webhook, self._refusals))
 
     def _build(self) -> Application:  # type: ignore[type-arg]
         limiter = PriorityRateLimiter(
@@ -234,15 +242,15 @@ class TelegramAdapter:
             max_retries=3,
         )
         builder = (
+            # PTB adds the long-poll timeout to the getUpdates read timeout
             ApplicationBuilder().token(self.token).rate_limiter(limiter)
             .concurrent_updates(UPDATES_AT_ONCE)
-            .request(AiohttpRequest()).get_updates_request(AiohttpRequest(read_timeout=None))
+            .request(AiohttpRequest()).get_updates_request(CheckedUpdatesRequest(read_timeout=5.0))
+            .updater(None)  # `Poller` polls, under our supervisor
         )  # fmt: skip
         if self.api_url:
             base = self.api_url.rstrip("/")
             builder = builder.base_url(base if base.endswith("/bot") else base + "/bot")
-        if self.webhook_url:
-            builder = builder.updater(None)
         application = builder.build()
         application.add_handler(TypeHandler(Update, self._on_update))
         return application
@@ -272,13 +280,16 @@ class TelegramAdapter:
             )
         else:
             await bot.delete_webhook()
-            assert application.updater is not None
-            await application.updater.start_polling(
-                poll_interval=0.0,
+            self._poller = Poller(
+                bot,
+                application.update_queue,
                 timeout=self.platform.poll_timeout,
                 allowed_updates=["message"],
             )
+            self._intake = Supervisor("telegram", self._poller.run, on_restart=self._restarted)
         await application.start()
+        if self._intake is not None:
+            self._intake.start()
         self._ready = True
         log.info("telegram: @%s via %s", bot.username, "webhook" if self.webhook_url else "polling")
 
@@ -295,11 +306,16 @@ class TelegramAdapter:
 
     async def stop(self) -> None:
         self._ready = False
-        application = self.application
-        if application is None:
-            return
-        if application.updater is not None and application.updater.running:
-            await application.updater.stop()
+        intake, self._intake = self._intake, None
+        if intake is not None:
+            await intake.stop()
+        if self._poller is not None:
+            await self._poller.confirm()
+            self._poller = None
+
+    def _restarted(self) -> None:
+        if self.on_intake_restart is not None:
+            self.on_intake_restart(self.name)
 
     async def close(self) -> None:
         application = self.application
@@ -311,7 +327,8 @@ class TelegramAdapter:
         self.application = None
 
     def ready(self) -> bool:
-        return self._ready
+        """Started, and polling right now (not waiting to restart a stopped loop)."""
+        return self._ready and (self._intake is None or self._intake.running)
 
     def responder_for(self, message: Message) -> TelegramResponder:
         assert self.application is not None
@@ -347,15 +364,15 @@ class TelegramAdapter:
         if not self.webhook_secret or not hmac.compare_digest(
             given.encode(), self.webhook_secret.encode()
         ):
-            return web.Response(status=403, text="forbidden")
+            raise Refused(403, "wrong secret token")
         if self.application is None:
             return web.Response(status=503, text="starting")
+        data = json_object(await request.read())
+        if type(data.get("update_id")) is not int:
+            raise Refused(400, "no numeric update_id")
         try:
-            data = await request.json()
             update = Update.de_json(data, self.application.bot)
-        except (ValueError, TypeError, KeyError):
-            return web.Response(status=400, text="not a Telegram update")
-        if update is None:
-            return web.Response(status=400, text="not a Telegram update")
+        except Exception:  # PTB reads any shape it does not expect with a TypeError or worse
+            raise Refused(400, "not a Telegram update") from None
         await self.application.update_queue.put(update)
         return web.Response(text="ok")

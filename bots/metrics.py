@@ -71,11 +71,19 @@ class Metrics:
             ["for"],
             registry=r,
         )
+        self.intake_restarts = Counter(
+            "chatbot_intake_restarts", "Intake loops (polling, gateway) restarted after stopping",
+            ["platform"], registry=r,
+        )  # fmt: skip
 
     def watch_intake(self, intake: Intake) -> None:
         """Read the intake's waiting counts at each scrape."""
         self.waiting.labels("turn").set_function(lambda: intake.queued)
         self.waiting.labels("slot").set_function(lambda: intake.waiting)
+
+    def intake_restart(self, platform: str) -> None:
+        """The adapters' `on_intake_restart` callback (adapters never import `bots/`)."""
+        self.intake_restarts.labels(platform).inc()
 
     def usage(self, usage: Usage) -> None:
         """The `on_usage` callback of the model client."""

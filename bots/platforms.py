@@ -50,6 +50,7 @@ def build_adapters(core: Core) -> list[Adapter]:
                 api_url=secrets.telegram_api_url,
                 webhook_url=secrets.telegram_webhook_url,
                 webhook_secret=_reveal(secrets.telegram_webhook_secret),
+                on_intake_restart=core.metrics.intake_restart,
             )
         )
     # --- discord ---
@@ -64,6 +65,7 @@ def build_adapters(core: Core) -> list[Adapter]:
                 token=secrets.discord_bot_token.get_secret_value(),
                 api_url=secrets.discord_api_url,
                 gateway_url=secrets.discord_gateway_url,
+                on_intake_restart=core.metrics.intake_restart,
             )
         )
     return adapters

@@ -115,6 +115,10 @@ class FakeDiscord:
         """Current text of every message the bot has in a channel, in order."""
         return [self.messages[str(key)]["content"] for key in self.screen.keys(channel_id)]
 
+    async def send_raw(self, text: str) -> None:
+        """Any text frame on the gateway, as a broken proxy might send."""
+        await self._sockets[-1].send_str(text)
+
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         payload = {"op": 0, "t": event, "s": next(self._sequence) + 2, "d": data}
         await self._sockets[-1].send_str(json.dumps(payload))
@@ -137,16 +141,20 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", message)
         return message
 
-    async def slash(self, name: str, options: dict[str, str] | None = None) -> dict[str, Any]:
-        """An INTERACTION_CREATE for a slash command in the guild channel."""
+    async def slash(
+        self, name: str, options: dict[str, str] | list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """An INTERACTION_CREATE for a slash command in the guild channel. `options` as a list
+        goes on the wire as given (what a stale command registration delivers)."""
+        if not isinstance(options, list):
+            options = [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()]
         data = {
             "id": snowflake(), "application_id": APP_ID, "type": 2, "token": f"itok-{snowflake()}",
             "version": 1, "guild_id": GUILD, "channel_id": CHANNEL, "channel": text_channel(),
             "member": {"user": human(), "roles": [], "permissions": "2147483647",
                        "joined_at": _now(), "deaf": False, "mute": False, "flags": 0},
             "data": {"id": snowflake(), "name": name, "type": 1, "guild_id": GUILD,
-                     "options": [{"name": k, "type": 3, "value": v}
-                                 for k, v in (options or {}).items()]},
+                     "options": options},
             "app_permissions": "2147483647", "locale": "en-US", "guild_locale": "en-US",
             "entitlements": [], "authorizing_integration_owners": {"0": GUILD}, "context": 0,
             "attachment_size_limit": 10 * 1024 * 1024,
@@ -262,7 +270,8 @@ class FakeDiscord:
             return web.Response(status=204)
         if parts[0] == "interactions" and parts[-1] == "callback":
             message_id = snowflake()
-            self._store(CHANNEL, {"content": ""}, message_id=message_id, token=parts[2])
+            content = (body.get("data") or {}).get("content", "")  # type 4 answers at once
+            self._store(CHANNEL, {"content": content}, message_id=message_id, token=parts[2])
             return _json({"interaction": {"id": parts[1], "type": 2, "response_message_id":
                           message_id, "response_message_loading": True,
                           "response_message_ephemeral": False},

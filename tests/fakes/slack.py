@@ -31,10 +31,14 @@ BOT_USER = "U0BOT"
 BOT_ID = "B0BOT"
 
 
-def sign(body: str, timestamp: int | None = None, secret: str = SIGNING_SECRET) -> dict[str, str]:
-    """The headers Slack sends with a request body."""
+def sign(
+    body: str | bytes, timestamp: int | None = None, secret: str = SIGNING_SECRET
+) -> dict[str, str]:
+    """The headers Slack sends with a request body (bytes too: a signed body need not be
+    UTF-8)."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    raw = body if isinstance(body, bytes) else body.encode()
+    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + raw, hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}
 
 
