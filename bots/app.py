@@ -164,6 +164,7 @@ async def build_core(
         cache=cache,
         memory=memory if settings.memory.summarize else None,
         journal=journal,
+        deliveries=store,
     )
     chat = ChatTurn(store, metered, settings, counter, features)
     intent_turn = IntentTurn(

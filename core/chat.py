@@ -23,6 +23,7 @@ from typing import Any
 
 from core.cache import AnswerCache
 from core.config import Settings
+from core.intake import Claim, current_claim
 from core.journal import Journal
 from core.keys import KeyBuilder
 from core.limits import RateLimiter, TokenBudget
@@ -32,6 +33,7 @@ from core.moderation import Moderator, Verdict
 from core.prompt import build_prompt
 from core.protocols import (
     LLM,
+    Deliveries,
     LLMError,
     Queue,
     Responder,
@@ -80,6 +82,7 @@ class Features:
     cache: AnswerCache | None = None
     memory: Summarizer | None = None
     journal: Journal | None = None
+    deliveries: Deliveries | None = None  # the message's claim leaves in the turn's write
 
 
 @dataclass
@@ -194,9 +197,12 @@ class ChatTurn:
             if cached is not None:
                 await reply(responder, cached)
                 done = [f.journal.end(message)] if f.journal is not None else []
+                claim = self._claim_leaving(done)
                 await self.store.save(
                     key, user_turn, Turn("assistant", cached), extra=done, lock=held
                 )
+                if claim is not None:
+                    claim.released = True
                 return TurnResult(cached, False, 0, cached=True), None
         prompt = build_prompt(
             system=self.settings.personas[persona].system_prompt,
@@ -223,8 +229,11 @@ class ChatTurn:
             writes += f.usage.queue_record(message, key, usage, now)
         if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
             writes.append(f.cache.queue_set(cache_key, answer))
+        claim = self._claim_leaving(writes)
         turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
         await self.store.save(key, *turns, extra=writes, lock=held)
+        if claim is not None:
+            claim.released = True
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
         memory = f.memory
@@ -287,6 +296,15 @@ class ChatTurn:
                 log.warning("model returned an empty answer")
                 return await self._apologise(responder, answer), True
             return await self._finish(answer), False
+
+    def _claim_leaving(self, writes: list[Queue]) -> Claim | None:
+        """The message's place in its conversation's pending set leaves in the turn's write
+        (one round trip fewer than the intake's own release)."""
+        claim = current_claim.get()
+        if claim is None or self.features.deliveries is None:
+            return None
+        writes.append(self.features.deliveries.queue_leave(claim.line, claim.place))
+        return claim
 
     async def _unjournal(self, message: Message) -> None:
         """Drop a journal entry on a path that writes nothing else (refusals, bugs)."""

@@ -404,6 +404,10 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "updating a conversation's pending messages")
 
+    def queue_leave(self, line: ContextKey, place: str) -> Queue:
+        pending = self.keys.pending(line)
+        return lambda pipe: pipe.zrem(pending, place)
+
     async def ping(self) -> bool:
         try:
             await self.redis.ping()

@@ -20,6 +20,7 @@ and `waiting` shows how many do.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import OrderedDict
@@ -34,6 +35,24 @@ log = logging.getLogger(__name__)
 HasHistory = Callable[[ContextKey], Awaitable[bool]]
 POLL = 0.02  # seconds between two looks at another process's earlier message (as locks poll)
 REMEMBERED = 4096  # places claimed here lately: such a place needs no look at the store
+
+
+class Claim:
+    """A message's place in its conversation's pending set in the store, while it is handled.
+
+    A chat turn releases it inside its own write (no round trip of its own) and says so;
+    on every other path (a command, a refusal, a failure) the intake releases it after."""
+
+    __slots__ = ("line", "place", "released")
+
+    def __init__(self, line: ContextKey, place: str) -> None:
+        self.line = line
+        self.place = place
+        self.released = False
+
+
+current_claim: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("claim", default=None)
+"""The claim of the message the current task handles (as `current_turn` is its turn id)."""
 
 
 class Place:
@@ -119,11 +138,15 @@ class Intake:
     async def _handle(
         self, line: ContextKey, place: Place, message: Message, responder: Responder
     ) -> None:
-        claimed = ""
+        claim: Claim | None = None
+        token = current_claim.set(None)
         try:
             first, claimed, ahead = await self._claim(line, message)
             if not first:
                 return
+            if claimed:
+                claim = Claim(line, claimed)
+                current_claim.set(claim)
             self.queued += 1
             try:
                 await place.wait()
@@ -136,8 +159,9 @@ class Intake:
             await self._answer(message, responder)
         finally:
             place.leave()
-            if claimed:
-                await self.deduper.leave(line, claimed)  # type: ignore[union-attr]
+            current_claim.reset(token)
+            if claim is not None and not claim.released:
+                await self.deduper.leave(line, claim.place)  # type: ignore[union-attr]
 
     async def _answer(self, message: Message, responder: Responder) -> None:
         if self._slots is None:

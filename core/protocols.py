@@ -128,6 +128,10 @@ class Deliveries(Deduper, Protocol):
         """`place` is answered (or dropped): later places need not wait for it."""
         ...
 
+    def queue_leave(self, line: ContextKey, place: str) -> Queue:
+        """`leave`, riding in a turn's write instead of a round trip of its own."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

@@ -6,6 +6,7 @@ Measured with a counting connection: every network write of the redis client is 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import ClassVar
 
 from redis.asyncio import Redis
@@ -60,3 +61,30 @@ async def test_a_chat_turn_is_two_round_trips_with_its_lock(
             assert write.index(b"RPUSH") < release < write.index(b"EXEC")
             assert b":lock" in write[release:]
         assert not await client.keys(f"{settings.redis.key_prefix}*:lock")
+
+
+async def test_a_delivered_message_is_three_round_trips_its_claim_included(
+    redis_url: str, settings: Settings, secrets: Secrets, redis: Redis
+):
+    """The delivery claim (dedupe and the place in the conversation's pending set) is one
+    round trip when the message arrives; the place leaves in the turn's own write."""
+    base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
+    connection_class = counting(base)
+    client = Redis.from_url(redis_url, connection_class=connection_class)
+    await client.ping()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        core = await build_core(stack, settings, secrets, redis=client)
+        await core.handler(user_message("warm up"), RecordingResponder())
+        for turn in range(3):
+            connection_class.writes.clear()
+            message = replace(user_message(f"turn {turn}"), delivery_id=f"d{turn}",
+                              order=f"{turn:020d}")  # fmt: skip
+            await core.handler(message, RecordingResponder())
+            data = [w for w in connection_class.writes if not any(h in w[:40] for h in HANDSHAKE)]
+            assert len(data) == 3, data
+            claim, _, write = data
+            assert b":pending" in claim and b":seen:" in claim
+            assert b"ZREM" in write and write.index(b"ZREM") < write.index(b"EXEC")
+        # every place left its pending set (an empty sorted set is no key at all)
+        assert not await client.keys(f"{settings.redis.key_prefix}*:pending")
