@@ -120,6 +120,8 @@ class Intake:
         self.handler = handler
         self.conversation = conversation
         self.deduper = deduper
+        # Checked once: a runtime Protocol check costs tens of microseconds.
+        self._deliveries = deduper if isinstance(deduper, Deliveries) else None
         self.max_wait = max_wait
         self._here: OrderedDict[str, None] = OrderedDict()
         self.has_history = has_history
@@ -160,8 +162,8 @@ class Intake:
         finally:
             place.leave()
             current_claim.reset(token)
-            if claim is not None and not claim.released:
-                await self.deduper.leave(line, claim.place)  # type: ignore[union-attr]
+            if claim is not None and not claim.released and self._deliveries is not None:
+                await self._deliveries.leave(line, claim.place)
 
     async def _answer(self, message: Message, responder: Responder) -> None:
         if self._slots is None:
@@ -187,9 +189,9 @@ class Intake:
         if not message.delivery_id or deduper is None:
             return True, "", ""
         claimed = ahead = ""
-        if message.order and isinstance(deduper, Deliveries):
+        if message.order and self._deliveries is not None:
             claimed = f"{message.order}:{message.delivery_id}"
-            first, ahead = await deduper.claim(line, message.platform, claimed)
+            first, ahead = await self._deliveries.claim(line, message.platform, claimed)
             if first:  # ordered by this process's own line: later ones here need no look
                 self._remember(claimed)
         else:
@@ -208,10 +210,10 @@ class Intake:
     async def _after(self, line: ContextKey, ahead: str) -> None:
         """Wait while another process has the message just before this one (it waited for
         the one before it in turn). Bounded: a crashed process's place is never released."""
-        deduper = self.deduper
-        assert isinstance(deduper, Deliveries)
+        deliveries = self._deliveries
+        assert deliveries is not None  # only ordered claims have a place ahead
         deadline = time.monotonic() + self.max_wait
-        while await deduper.pending(line, ahead) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while await deliveries.pending(line, ahead) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(POLL)  # held in another process: nothing here to wait on
 
     async def _known(self, line: ContextKey) -> bool:
