@@ -194,7 +194,7 @@ async def build_core(
         deduper=store,
         has_history=has_history,
         max_in_flight=settings.limits.max_in_flight,
-        max_wait=settings.redis.lock_wait,
+        max_wait=settings.redis.heartbeat_ttl,
     )
     metrics.watch_intake(intake)
     inflight = InFlight(intake)

@@ -115,7 +115,7 @@ class Intake:
         deduper: Deduper | Deliveries | None = None,
         has_history: HasHistory | None = None,
         max_in_flight: int = 0,
-        max_wait: float = 120.0,
+        max_wait: float = 15.0,
     ) -> None:
         self.handler = handler
         self.conversation = conversation
@@ -209,11 +209,21 @@ class Intake:
 
     async def _after(self, line: ContextKey, ahead: str) -> None:
         """Wait while another process has the message just before this one (it waited for
-        the one before it in turn). Bounded: a crashed process's place is never released."""
+        the one before it in turn), until it is answered. Bounded by `max_wait` (the crash
+        heartbeat): by then a live process holds the conversation's lock for it, which
+        orders the two, and a dead one's place, never released by it, is released here."""
         deliveries = self._deliveries
         assert deliveries is not None  # only ordered claims have a place ahead
         deadline = time.monotonic() + self.max_wait
-        while await deliveries.pending(line, ahead) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while await deliveries.pending(line, ahead):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "an earlier message of this conversation still pending after %.0fs "
+                    "(its process died?); going on",
+                    self.max_wait,
+                )
+                await deliveries.leave(line, ahead)
+                return
             await asyncio.sleep(POLL)  # held in another process: nothing here to wait on
 
     async def _known(self, line: ContextKey) -> bool:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from redis.asyncio import Redis
 
-from bots.app import BotApp
+from bots.app import BotApp, build_core
 from core.config import Secrets
 from tests.conftest import make_settings
 from tests.fakes.discord import DM_CHANNEL, FakeDiscord
@@ -26,7 +28,7 @@ from tests.fakes.discord import TOKEN as DISCORD_TOKEN
 from tests.fakes.openai_server import FakeOpenAI, Recorded
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_body, message, sign
 from tests.fakes.telegram import FakeTelegram, text_message
-from tests.helpers import wait_for
+from tests.helpers import RecordingResponder, user_message, wait_for
 
 CHATS = 30
 SAYS = ("first", "second", "third")
@@ -161,3 +163,30 @@ async def test_discord_answers_each_dm_in_order(
         finally:
             await app.stop()
     assert_in_order(answers, fake_openai.chat_requests())
+
+
+async def test_a_place_left_by_a_dead_process_holds_a_conversation_only_briefly(
+    fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
+):
+    """A process that died after claiming a message never releases its place. The next
+    message of that conversation waits one heartbeat for it, then goes on and releases it;
+    the messages after it do not wait at all."""
+    settings = make_settings(key_prefix, tmp_path, redis={"heartbeat_ttl": 1})
+    secrets = Secrets(openai_api_key="sk-test", openai_base_url=fake_openai.base_url)
+    async with AsyncExitStack() as stack:
+        core = await build_core(stack, settings, secrets, redis=redis)
+        line = core.chat.conversation_key(user_message("x"))
+        first, _ = await core.store.claim(line, "console", f"{1:020d}:dead")  # and then it died
+        assert first
+        loop = asyncio.get_running_loop()
+        timings = []
+        for n in (2, 3):
+            message = replace(user_message(f"after {n}"), delivery_id=f"d{n}", order=f"{n:020d}")
+            started = loop.time()
+            responder = RecordingResponder()
+            await core.handler(message, responder)
+            timings.append(loop.time() - started)
+            assert responder.shown == f"echo: after {n}"
+        assert 0.9 < timings[0] < 5  # one heartbeat for the dead one
+        assert timings[1] < 0.9  # the next needs no wait
+        assert not await core.store.pending(line, f"{1:020d}:dead")  # released
