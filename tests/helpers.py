@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from core.model import ContextKey, Message, MessageRef, User, parse_command
 
 
@@ -23,6 +25,15 @@ def bot_process_env(**extra: str) -> dict[str, str]:
                                 "CHATBOT_"))}  # fmt: skip
     env.update(extra, PYTHONPATH=str(Path(__file__).parents[1]))
     return env
+
+
+async def answers_200(url: str) -> bool:
+    """Whether a GET of `url` answers 200 now (False while nothing listens there)."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 async def wait_for(

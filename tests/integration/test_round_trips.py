@@ -5,14 +5,15 @@ Measured with a counting connection: every network write of the redis client is 
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from typing import ClassVar
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-from bots.app import build_core
+from bots.app import Core, build_core
 from core.config import Secrets, Settings
 from tests.helpers import RecordingResponder, user_message
 
@@ -35,9 +36,11 @@ def counting(base: type[Connection]) -> type[Connection]:
     return CountingConnection
 
 
-async def test_a_chat_turn_is_two_round_trips_with_its_lock(
-    redis_url: str, settings: Settings, secrets: Secrets, redis: Redis
-):
+@asynccontextmanager
+async def counted_core(
+    redis_url: str, settings: Settings, secrets: Secrets
+) -> AsyncIterator[tuple[Core, Redis, type[Connection]]]:
+    """A core on a Redis client whose every network write is recorded, warmed up."""
     base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
     connection_class = counting(base)
     client = Redis.from_url(redis_url, connection_class=connection_class)
@@ -46,6 +49,13 @@ async def test_a_chat_turn_is_two_round_trips_with_its_lock(
         stack.push_async_callback(client.aclose)
         core = await build_core(stack, settings, secrets, redis=client)
         await core.handler(user_message("warm up"), RecordingResponder())
+        yield core, client, connection_class
+
+
+async def test_a_chat_turn_is_two_round_trips_with_its_lock(
+    redis_url: str, settings: Settings, secrets: Secrets, redis: Redis
+):
+    async with counted_core(redis_url, settings, secrets) as (core, client, connection_class):
         for turn in range(3):
             connection_class.writes.clear()
             responder = RecordingResponder()
@@ -68,14 +78,7 @@ async def test_a_delivered_message_is_three_round_trips_its_claim_included(
 ):
     """The delivery claim (dedupe and the place in the conversation's pending set) is one
     round trip when the message arrives; the place leaves in the turn's own write."""
-    base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
-    connection_class = counting(base)
-    client = Redis.from_url(redis_url, connection_class=connection_class)
-    await client.ping()
-    async with AsyncExitStack() as stack:
-        stack.push_async_callback(client.aclose)
-        core = await build_core(stack, settings, secrets, redis=client)
-        await core.handler(user_message("warm up"), RecordingResponder())
+    async with counted_core(redis_url, settings, secrets) as (core, client, connection_class):
         for turn in range(3):
             connection_class.writes.clear()
             message = replace(user_message(f"turn {turn}"), delivery_id=f"d{turn}",

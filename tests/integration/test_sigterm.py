@@ -14,7 +14,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -24,7 +23,7 @@ from tests.fakes.discord import TOKEN as DISCORD_TOKEN
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.telegram import FakeTelegram, text_message
-from tests.helpers import bot_process_env, wait_for
+from tests.helpers import answers_200, bot_process_env, wait_for
 from tests.redis_server import free_port
 
 ANSWER = "a slow answer that is still being written when the signal comes"
@@ -73,7 +72,8 @@ async def test_sigterm_while_starting_drains_and_exits_0(
         if answering:
             await wait_for(lambda: len(fake_openai.chat_requests()) == 1, timeout=30)
         else:
-            await wait_for(lambda: _serves(port), timeout=30, every=0.05)
+            await wait_for(lambda: answers_200(f"http://127.0.0.1:{port}/healthz"), timeout=30,
+                           every=0.05)  # fmt: skip
         assert not discord.identified.is_set()  # still starting
         process.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(process.communicate(), 20)
@@ -87,17 +87,6 @@ async def test_sigterm_while_starting_drains_and_exits_0(
         history = await redis.lrange(KeyBuilder(key_prefix).history(ContextKey("telegram", "42")),
                                      0, -1)  # fmt: skip
         assert len(history) == 2 and ANSWER in history[1].decode()
-
-
-async def _serves(port: int) -> bool:
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/healthz") as response,
-        ):
-            return response.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def test_an_answer_outliving_the_grace_says_it_was_interrupted_then_comes_anew(

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import yaml
 from redis.asyncio import Redis
 
@@ -22,7 +21,7 @@ from core.config import Secrets
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_process_env, journal_owners_gone, wait_for
+from tests.helpers import answers_200, bot_process_env, journal_owners_gone, wait_for
 from tests.redis_server import free_port
 
 PLATFORMS = ("slack", "telegram", "discord")
@@ -44,18 +43,9 @@ async def chatbot_run(
         stdout=log, stderr=log, env=env, cwd=config.parent,
     )  # fmt: skip
 
-    async def ready() -> bool:
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{port}/readyz") as response,
-            ):
-                return response.status == 200
-        except aiohttp.ClientError:
-            return False
-
     try:
-        await wait_for(ready, timeout=30, every=0.1)
+        await wait_for(lambda: answers_200(f"http://127.0.0.1:{port}/readyz"), timeout=30,
+                       every=0.1)  # fmt: skip
         yield process
     finally:
         if process.returncode is None:
