@@ -145,7 +145,7 @@ class SuggestedPrompt(Section):
 
 
 class SlackSettings(PlatformSettings):
-    """Slack: threads are conversations; see README 'Slack'."""
+    """Slack: threads are conversations; see docs/slack.md."""
 
     command: str = "/ask"
     dm_threads: bool = Field(False, description="answer DMs in a thread under the message")

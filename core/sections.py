@@ -1,5 +1,5 @@
-"""Config sections of the conversation-intelligence features (see README "Conversation
-intelligence"): intents, HTTP actions, tools, plugins, long memory, limits, moderation, cache.
+"""Config sections of the conversation-intelligence features (see docs/features.md):
+intents, HTTP actions, tools, plugins, long memory, limits, moderation, cache.
 
 Kept apart from `core/config.py` so each stays small; `Settings` gathers them.
 """
