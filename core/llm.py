@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
@@ -96,7 +96,7 @@ class OpenAIChat:
         model: str,
         tools: Sequence[ToolSpec] = (),
         tool_choice: str | None = None,
-    ) -> AsyncIterator[LLMEvent]:
+    ) -> AsyncGenerator[LLMEvent, None]:
         """Yield text deltas and the usage as they arrive, then the assembled tool calls.
 
         Streamed tool calls come as fragments keyed by `index` (the id and name in the first
