@@ -77,8 +77,13 @@ class Place:
             return
         if ahead is None or ahead.done():
             done.set_result(None)
-        else:
-            ahead.add_done_callback(lambda _: done.done() or done.set_result(None))
+            return
+
+        def after_ahead(_: asyncio.Future[None]) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        ahead.add_done_callback(after_ahead)
 
 
 class Lines:
@@ -161,7 +166,8 @@ class Intake:
             place.leave()
             current_claim.reset(token)
             if claim is not None and not claim.released:
-                await self.deduper.leave(line, claim.place)  # type: ignore[union-attr]
+                assert isinstance(self.deduper, Deliveries)  # only Deliveries claim a place
+                await self.deduper.leave(line, claim.place)
 
     async def _answer(self, message: Message, responder: Responder) -> None:
         if self._slots is None:

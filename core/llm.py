@@ -180,9 +180,9 @@ class OpenAIChat:
             raise LLMError("the model returned no choices")
         message = response.choices[0].message
         calls = tuple(
-            ToolCall(call.id, call.function.name, call.function.arguments or "{}")
+            ToolCall(call.id, function.name, function.arguments or "{}")
             for call in message.tool_calls or ()
-            if getattr(call, "function", None) is not None
+            if (function := getattr(call, "function", None)) is not None  # not a custom tool
         )
         usage = None
         if response.usage is not None:
