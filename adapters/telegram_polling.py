@@ -83,7 +83,8 @@ class Poller:
             except TimedOut:
                 continue
             except RetryAfter as exc:
-                await asyncio.sleep(exc.retry_after.total_seconds())  # type: ignore[union-attr]
+                wait = exc.retry_after  # seconds, unless PTB_TIMEDELTA is on (adapters.telegram)
+                await asyncio.sleep(wait if isinstance(wait, int | float) else wait.total_seconds())
                 continue
             for update in updates:
                 await self.queue.put(update)
