@@ -119,9 +119,9 @@ class InteractionResponder:
             )
             self._sent["@original"] = message
             return MessageRef("@original")
-        message = await self.interaction.followup.send(text, allowed_mentions=NO_PINGS, wait=True)
-        self._sent[str(message.id)] = message
-        return MessageRef(str(message.id))
+        followup = await self.interaction.followup.send(text, allowed_mentions=NO_PINGS, wait=True)
+        self._sent[str(followup.id)] = followup
+        return MessageRef(str(followup.id))
 
     async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
         if ref.id in self._channel._sent:

@@ -13,6 +13,7 @@ the user gets an apology within Discord's 3 s instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import discord
@@ -44,7 +45,7 @@ class CheckedTree(app_commands.CommandTree[discord.Client]):
         except Exception:  # a payload shaped unlike any command: never an unanswered task
             matches = False
         if not matches:
-            name = str((interaction.data or {}).get("name", "?"))[:32]
+            name = _command_name(interaction)
             self.refusals.warning(f"discord: /{name} came with options it does not take")
             await apologise(interaction)
         return matches
@@ -72,12 +73,18 @@ class CheckedTree(app_commands.CommandTree[discord.Client]):
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError, /
     ) -> None:
-        name = str((interaction.data or {}).get("name", "?"))[:32]
+        name = _command_name(interaction)
         if isinstance(error, app_commands.CommandInvokeError):  # our bug: keep the traceback
             log.error("discord: /%s failed", name, exc_info=error.original)
         else:
             self.refusals.warning(f"discord: /{name} could not run ({type(error).__name__})")
         await apologise(interaction)
+
+
+def _command_name(interaction: discord.Interaction) -> str:
+    """The command's name as Discord sent it, cut short for a log line."""
+    data: Mapping[str, object] = interaction.data or {}
+    return str(data.get("name", "?"))[:32]
 
 
 async def apologise(interaction: discord.Interaction) -> None:

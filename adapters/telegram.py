@@ -20,7 +20,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 # Opt in to PTB's future timedelta durations now, so its deprecation warning never fires.
 # https://docs.python-telegram-bot.org/en/stable/telegram.error.html#telegram.error.RetryAfter
@@ -44,6 +44,21 @@ from adapters.webhook_guard import Refused, ThrottledLog, guarded, json_object
 from core.config import Settings, TelegramSettings
 from core.model import Message, MessageRef
 from core.protocols import Handler
+
+if TYPE_CHECKING:
+    from telegram.ext import ExtBot, JobQueue
+
+    from adapters.telegram_limits import RateLimitArgs
+
+    # What `_build` builds: our rate limiter's arguments, PTB's default context types.
+    TelegramApplication: TypeAlias = Application[
+        ExtBot[RateLimitArgs],
+        ContextTypes.DEFAULT_TYPE,
+        dict[Any, Any],
+        dict[Any, Any],
+        dict[Any, Any],
+        JobQueue[ContextTypes.DEFAULT_TYPE],
+    ]
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +238,7 @@ class TelegramAdapter:
         self.api_url = api_url
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret or ""
-        self.application: Application | None = None  # type: ignore[type-arg]
+        self.application: TelegramApplication | None = None
         self.identity: BotIdentity | None = None
         self._ready = False
         self._refusals = ThrottledLog(log)
@@ -235,7 +250,7 @@ class TelegramAdapter:
         if self.webhook_url:
             app.router.add_post(WEBHOOK_PATH, guarded("telegram", self._webhook, self._refusals))
 
-    def _build(self) -> Application:  # type: ignore[type-arg]
+    def _build(self) -> TelegramApplication:
         limiter = PriorityRateLimiter(
             max_rate=self.platform.max_rate,
             group_max_rate=self.platform.group_max_rate,
@@ -294,7 +309,7 @@ class TelegramAdapter:
         log.info("telegram: @%s via %s", bot.username, "webhook" if self.webhook_url else "polling")
 
     @staticmethod
-    async def _initialize(application: Application) -> None:  # type: ignore[type-arg]
+    async def _initialize(application: TelegramApplication) -> None:
         """getMe. On failure the bot's HTTP clients, which initialize() opened first, are
         closed here: shutdown() of an Application that never finished initializing does
         nothing, and their pooled connection would be left to the collector."""

@@ -194,11 +194,11 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
         self._resume_at = max(self._resume_at, resume)
         log.info("telegram: flood limit, every call waits %.1f s", seconds + 0.1)
 
-    def _chat(self, chat_id: object) -> _Chat | None:
+    def _chat(self, chat_id: Any) -> _Chat | None:
         """The chat's bucket: 20/min for a group or channel (negative id or @name), bursts
         then 1/s for a private chat."""
         with contextlib.suppress(ValueError, TypeError):
-            chat_id = int(chat_id)  # type: ignore[call-overload]
+            chat_id = int(chat_id)
         if not isinstance(chat_id, int | str):
             return None
         chat = self._chats.get(chat_id)

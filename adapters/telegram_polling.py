@@ -34,6 +34,7 @@ class CheckedUpdatesRequest(AiohttpRequest):
         super().__init__(**options)
         self.skipped = ThrottledLog(log)
 
+    # PTB declares it a staticmethod, yet calls it on the instance
     def parse_json_payload(self, payload: bytes) -> dict[str, Any]:  # type: ignore[override]
         data: dict[str, Any] = super().parse_json_payload(payload)  # TelegramError if not JSON
         result = data.get("result") if isinstance(data, dict) else None
@@ -41,9 +42,9 @@ class CheckedUpdatesRequest(AiohttpRequest):
             data["result"] = [entry for entry in map(self._checked, result) if entry is not None]
         return data
 
-    def _checked(self, entry: Any) -> dict[str, Any] | None:
+    def _checked(self, entry: object) -> dict[str, Any] | None:
         update_id = entry.get("update_id") if isinstance(entry, dict) else None
-        if type(update_id) is not int:
+        if not isinstance(entry, dict) or type(update_id) is not int:
             self.skipped.warning("telegram: dropped an update without a numeric update_id")
             return None
         try:
@@ -82,7 +83,8 @@ class Poller:
             except TimedOut:
                 continue
             except RetryAfter as exc:
-                await asyncio.sleep(exc.retry_after.total_seconds())  # type: ignore[union-attr]
+                wait = exc.retry_after  # seconds, unless PTB_TIMEDELTA is on (adapters.telegram)
+                await asyncio.sleep(wait if isinstance(wait, int | float) else wait.total_seconds())
                 continue
             for update in updates:
                 await self.queue.put(update)

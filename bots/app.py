@@ -238,7 +238,7 @@ class BotApp:
         self.core: Core | None = None
         self.adapters: list[Adapter] = []
         self.server: HttpServer | None = None
-        self.recovery: asyncio.Task[int] | None = None
+        self.recovery: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:

@@ -8,7 +8,7 @@ and several apps in one process never share counters.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from prometheus_client import (
@@ -165,7 +165,9 @@ class MeteredLLM:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def stream(self, messages: Any, *, model: str, **options: Any) -> AsyncIterator[Any]:
+    async def stream(
+        self, messages: Any, *, model: str, **options: Any
+    ) -> AsyncGenerator[Any, None]:
         started = time.perf_counter()
         first = True
         try:

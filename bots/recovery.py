@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from adapters.base import Adapter, Recovers
+from core.model import Message
+from core.protocols import Responder
 from core.streaming import reply
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ async def recover_orphans(core: Core, adapters: Sequence[Adapter | Recovers]) ->
     return len(tasks)
 
 
-async def _answer(core: Core, message, responder) -> None:  # type: ignore[no-untyped-def]
+async def _answer(core: Core, message: Message, responder: Responder) -> None:
     try:
         await reply(responder, RESTART_NOTE)
     except Exception as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterable, Sequence
 
 from core.config import Settings
 from core.model import ContextKey, Message
@@ -221,5 +221,5 @@ def _first(own: str, channel: str, allowed: Container[str]) -> str:
     return next((name for name in (own, channel) if name and name in allowed), "")
 
 
-def _listing(names: object) -> str:
-    return ", ".join(f"`{name}`" for name in names)  # type: ignore[attr-defined]
+def _listing(names: Iterable[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)

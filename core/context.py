@@ -267,7 +267,7 @@ class RedisStore:
             async with self.redis.pipeline(transaction=True) as pipe:
                 appended = (encode_turn(turn) for turn in turns)
                 token = secrets.token_hex(8)
-                args = (keep, self.limits.ttl_seconds, token, *appended)
+                args: tuple[int | str, ...] = (keep, self.limits.ttl_seconds, token, *appended)
                 pipe.eval(APPEND, 2, history, meta, *args)
                 for queue in extra:
                     queue(pipe)

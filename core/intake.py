@@ -77,8 +77,13 @@ class Place:
             return
         if ahead is None or ahead.done():
             done.set_result(None)
-        else:
-            ahead.add_done_callback(lambda _: done.done() or done.set_result(None))
+            return
+
+        def after_ahead(_: asyncio.Future[None]) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        ahead.add_done_callback(after_ahead)
 
 
 class Lines:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
@@ -96,7 +96,7 @@ class OpenAIChat:
         model: str,
         tools: Sequence[ToolSpec] = (),
         tool_choice: str | None = None,
-    ) -> AsyncIterator[LLMEvent]:
+    ) -> AsyncGenerator[LLMEvent, None]:
         """Yield text deltas and the usage as they arrive, then the assembled tool calls.
 
         Streamed tool calls come as fragments keyed by `index` (the id and name in the first
@@ -180,9 +180,9 @@ class OpenAIChat:
             raise LLMError("the model returned no choices")
         message = response.choices[0].message
         calls = tuple(
-            ToolCall(call.id, call.function.name, call.function.arguments or "{}")
+            ToolCall(call.id, function.name, function.arguments or "{}")
             for call in message.tool_calls or ()
-            if getattr(call, "function", None) is not None
+            if (function := getattr(call, "function", None)) is not None  # not a custom tool
         )
         usage = None
         if response.usage is not None:

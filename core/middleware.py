@@ -70,7 +70,8 @@ class InFlight:
         try:
             await self.handler(message, responder)
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            if task is not None:
+                self._tasks.discard(task)
             self.running -= 1
             if self.running == 0:
                 self._idle.set()

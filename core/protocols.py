@@ -7,7 +7,7 @@ Interfaces are Protocols so test fakes need no inheritance.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -170,7 +170,8 @@ ToolSpec = Mapping[str, Any]
 
 
 class LLM(Protocol):
-    """A chat model. `stream` yields `LLMEvent`s; both raise `LLMError` when it cannot answer."""
+    """A chat model. `stream` yields `LLMEvent`s (an async generator: a turn cut at its bound
+    closes it at once); both raise `LLMError` when it cannot answer."""
 
     def stream(
         self,
@@ -179,7 +180,7 @@ class LLM(Protocol):
         model: str,
         tools: Sequence[ToolSpec] = (),
         tool_choice: str | None = None,
-    ) -> AsyncIterator[LLMEvent]: ...
+    ) -> AsyncGenerator[LLMEvent, None]: ...
 
     async def complete(
         self,

@@ -119,8 +119,7 @@ def _candidates(text: str, end: int) -> list[int]:
             if len(near) + len(far) > 4 * MAX_CHECKS:
                 break
     hard = _grapheme_safe(text, end) if end < len(text) else end
-    seen: set[int] = set()
-    return [c for c in [*near, hard, *far] if 0 < c <= end and not (c in seen or seen.add(c))]
+    return list(dict.fromkeys(c for c in [*near, hard, *far] if 0 < c <= end))  # first of each
 
 
 def _numbered(html: str) -> str:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from telegram import Update
+from telegram.error import RetryAfter
 
 from adapters.telegram_format import to_telegram_html
+from adapters.telegram_polling import Poller
 from adapters.telegram_updates import BotIdentity, to_message
 from tests.fakes.telegram import BOT_ID, BOT_USERNAME, html_error, mention_entity, text_message
 
@@ -57,3 +62,29 @@ def test_any_text_renders_to_valid_telegram_html(text: str):
 @given(st.text(max_size=200), st.sampled_from(["private", "group", "supergroup"]))
 def test_parser_never_raises(text: str, kind: str):
     to_message(_update(text_message(text or "x", chat_id=-5, kind=kind)), BOT)
+
+
+class _FloodedBot:
+    """get_updates: a flood wait first, then a stop."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get_updates(self, **_: object) -> list[Update]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RetryAfter(0)
+        raise ConnectionAbortedError("stop")
+
+
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+@pytest.mark.parametrize("timedelta", ["true", "false"])
+async def test_poller_waits_out_a_flood_wait_in_either_of_ptbs_forms(monkeypatch, timedelta):
+    # PTB_TIMEDELTA=false (a user's environment wins over adapters.telegram's default)
+    # gives `retry_after` in int seconds, which has no total_seconds().
+    monkeypatch.setenv("PTB_TIMEDELTA", timedelta)
+    bot = _FloodedBot()
+    poller = Poller(bot, asyncio.Queue(), timeout=0, allowed_updates=["message"])
+    with pytest.raises(ConnectionAbortedError):
+        await poller.run()
+    assert bot.calls == 2
