@@ -305,6 +305,22 @@ def test_a_part_starting_with_markup_renders_as_in_one_message(platform: Platfor
     assert squash(shown) == squash(whole_visible(platform, text))
 
 
+@pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "text",
+    [
+        # found by the suite (telegram): `~~~x~~~` (a struck `~x~` at a line start) opens a
+        # code block; a second one inside it is code, not a closing fence, so the rest is code
+        "~~~x~~~ opens a code block\n\n~~~x~~~ is code, not its end\n\n" + "**b** " * 1000,
+        # a cut inside a fence's info string: the rest is still info, never shown
+        "~~~x~~~ " + "**b** " * 1000,
+    ],
+    ids=["fence-with-info-does-not-close", "cut-in-fence-info"],
+)
+def test_tilde_fences_with_info_split_as_they_render(platform: Platform, text: str) -> None:
+    conforms(platform, text)
+
+
 def test_only_web_and_mail_links_are_links() -> None:
     text = "[ping](tg://user?id=1) [app](slack://open) [web](https://a.b) [m](mailto:a@b.c)"
     assert "tg://" not in to_telegram_html(text) and "slack://" not in to_mrkdwn(text)
