@@ -129,6 +129,10 @@ class Intake:
         self._deliveries = deduper if isinstance(deduper, Deliveries) else None
         self.max_wait = max_wait
         self._here: OrderedDict[str, None] = OrderedDict()
+        # Places of this process's messages whose claim has not replied yet: the store may
+        # have run an earlier one's claim first, so a later message (ahead of it in this
+        # line) sees it ahead in the store and must not wait there for it.
+        self._claiming: dict[str, int] = {}
         self.has_history = has_history
         self.lines = Lines()
         self.max_in_flight = max_in_flight
@@ -140,6 +144,9 @@ class Intake:
         # Not `async def`: the place is taken now, when the adapter calls, not when the
         # returned coroutine first runs.
         line = self.conversation(message)
+        if message.order and message.delivery_id and self._deliveries is not None:
+            place = f"{message.order}:{message.delivery_id}"
+            self._claiming[place] = self._claiming.get(place, 0) + 1
         return self._handle(line, self.lines.enter(line), message, responder)
 
     async def _handle(
@@ -157,7 +164,7 @@ class Intake:
             self.queued += 1
             try:
                 await place.wait()
-                if ahead and ahead not in self._here:
+                if ahead and ahead not in self._here and ahead not in self._claiming:
                     await self._after(line, ahead)
             finally:
                 self.queued -= 1
@@ -196,7 +203,10 @@ class Intake:
         claimed = ahead = ""
         if message.order and self._deliveries is not None:
             claimed = f"{message.order}:{message.delivery_id}"
-            first, ahead = await self._deliveries.claim(line, message.platform, claimed)
+            try:
+                first, ahead = await self._deliveries.claim(line, message.platform, claimed)
+            finally:
+                self._claimed(claimed)
             if first:  # ordered by this process's own line: later ones here need no look
                 self._remember(claimed)
         else:
@@ -206,6 +216,11 @@ class Intake:
                      message.delivery_id)  # fmt: skip
             return False, "", ""
         return True, claimed, ahead
+
+    def _claimed(self, place: str) -> None:
+        left = self._claiming.pop(place, 1) - 1
+        if left > 0:
+            self._claiming[place] = left
 
     def _remember(self, claimed: str) -> None:
         self._here[claimed] = None
