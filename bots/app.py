@@ -75,6 +75,7 @@ class Core:
     memory: Summarizer | None = None
     usage: UsageBook | None = None
     journal: Journal | None = None
+    intake: Intake | None = None
 
 
 def check_tools(settings: Settings, plugins: Plugins) -> None:
@@ -194,7 +195,8 @@ async def build_core(
         deduper=store,
         has_history=has_history,
         max_in_flight=settings.limits.max_in_flight,
-        max_wait=settings.redis.heartbeat_ttl,
+        max_wait=settings.redis.lock_wait,
+        owner=journal.owner,
     )
     metrics.watch_intake(intake)
     inflight = InFlight(intake)
@@ -216,6 +218,7 @@ async def build_core(
         memory=memory,
         usage=usage,
         journal=journal,
+        intake=intake,
     )
 
 

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from core.keys import KeyBuilder
 from core.locking import ConversationLocks, RedisTurnLock
 from core.model import ContextKey, Conversation, Turn
-from core.protocols import Queue, Usage
+from core.protocols import PlaceState, Queue, Usage
 
 log = logging.getLogger(__name__)
 
@@ -369,12 +369,13 @@ class RedisStore:
         self.health.ok()
         return bool(first)
 
-    async def claim(self, line: ContextKey, namespace: str, place: str) -> tuple[bool, str]:
+    async def claim(
+        self, line: ContextKey, namespace: str, delivery_id: str, place: str
+    ) -> tuple[bool, str]:
         """`first_seen`, and the place taken in the conversation's pending set, in one trip.
 
         Fails open, as `first_seen`: without Redis a delivery is handled, waiting for none."""
-        delivery = place.partition(":")[2]
-        seen = self.keys.seen_in(line, namespace, delivery)
+        seen = self.keys.seen_in(line, namespace, delivery_id)
         pending_ttl = int(self.limits.lock_wait * 1000)
         try:
             self._count()
@@ -388,14 +389,20 @@ class RedisStore:
         self.health.ok()
         return bool(first), _text(ahead) if ahead else ""
 
-    async def pending(self, line: ContextKey, place: str) -> bool:
+    async def pending(self, line: ContextKey, place: str) -> PlaceState:
+        owner = place.rpartition(":")[2]
         try:
-            self._count()
-            score = await self.redis.zscore(self.keys.pending(line), place)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zscore(self.keys.pending(line), place)
+                pipe.exists(self.keys.owner(owner))
+                self._count()
+                score, alive = await pipe.execute()
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "reading a conversation's pending messages")
-            return False
-        return score is not None
+            return "answered"  # fail open: wait for nothing
+        if score is None:
+            return "answered"
+        return "pending" if alive else "orphaned"
 
     async def leave(self, line: ContextKey, place: str) -> None:
         try:

@@ -10,7 +10,9 @@ Across processes (replicas behind a load balancer, each given some of a conversa
 messages) the platform's own order decides: a message is claimed in the conversation's
 pending set in the store with its dedupe, in the same round trip, and when its turn comes
 here it waits until the message just before it in that order, if another process has it,
-is answered. The conversation lock in the store then keeps the turns one at a time.
+is answered (or that process's heartbeat has expired: it died, and its place is released).
+A place names the process that claimed it, so a process never waits in the store for its
+own messages: its line orders them. The conversation lock then keeps the turns one at a time.
 
 It also bounds the answers being written at once (`limits.max_in_flight`, for every platform
 alike, instead of one SDK's default): a message whose turn has come waits for a free slot,
@@ -22,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -33,8 +35,8 @@ from core.protocols import Deduper, Deliveries, Handler, Responder
 log = logging.getLogger(__name__)
 
 HasHistory = Callable[[ContextKey], Awaitable[bool]]
-POLL = 0.02  # seconds between two looks at another process's earlier message (as locks poll)
-REMEMBERED = 4096  # places claimed here lately: such a place needs no look at the store
+POLL = 0.02  # seconds before the first look again at another process's earlier message
+POLL_MAX = 0.5  # the looks back off to this
 
 
 class Claim:
@@ -120,7 +122,8 @@ class Intake:
         deduper: Deduper | Deliveries | None = None,
         has_history: HasHistory | None = None,
         max_in_flight: int = 0,
-        max_wait: float = 15.0,
+        max_wait: float = 120.0,
+        owner: str = "",
     ) -> None:
         self.handler = handler
         self.conversation = conversation
@@ -128,11 +131,9 @@ class Intake:
         # Checked once: a runtime Protocol check costs tens of microseconds.
         self._deliveries = deduper if isinstance(deduper, Deliveries) else None
         self.max_wait = max_wait
-        self._here: OrderedDict[str, None] = OrderedDict()
-        # Places of this process's messages whose claim has not replied yet: the store may
-        # have run an earlier one's claim first, so a later message (ahead of it in this
-        # line) sees it ahead in the store and must not wait there for it.
-        self._claiming: dict[str, int] = {}
+        # Who this process is in the places it claims (the journal's heartbeat id), so a
+        # place of its own is known as one without asking the store.
+        self.owner = owner or secrets.token_hex(8)
         self.has_history = has_history
         self.lines = Lines()
         self.max_in_flight = max_in_flight
@@ -144,9 +145,6 @@ class Intake:
         # Not `async def`: the place is taken now, when the adapter calls, not when the
         # returned coroutine first runs.
         line = self.conversation(message)
-        if message.order and message.delivery_id and self._deliveries is not None:
-            place = f"{message.order}:{message.delivery_id}"
-            self._claiming[place] = self._claiming.get(place, 0) + 1
         return self._handle(line, self.lines.enter(line), message, responder)
 
     async def _handle(
@@ -164,7 +162,7 @@ class Intake:
             self.queued += 1
             try:
                 await place.wait()
-                if ahead and ahead not in self._here and ahead not in self._claiming:
+                if ahead and not self._mine(ahead):
                     await self._after(line, ahead)
             finally:
                 self.queued -= 1
@@ -202,13 +200,10 @@ class Intake:
             return True, "", ""
         claimed = ahead = ""
         if message.order and self._deliveries is not None:
-            claimed = f"{message.order}:{message.delivery_id}"
-            try:
-                first, ahead = await self._deliveries.claim(line, message.platform, claimed)
-            finally:
-                self._claimed(claimed)
-            if first:  # ordered by this process's own line: later ones here need no look
-                self._remember(claimed)
+            claimed = f"{message.order}:{message.delivery_id}:{self.owner}"
+            first, ahead = await self._deliveries.claim(
+                line, message.platform, message.delivery_id, claimed
+            )
         else:
             first = await deduper.first_seen(message.platform, message.delivery_id)
         if not first:
@@ -217,34 +212,28 @@ class Intake:
             return False, "", ""
         return True, claimed, ahead
 
-    def _claimed(self, place: str) -> None:
-        left = self._claiming.pop(place, 1) - 1
-        if left > 0:
-            self._claiming[place] = left
-
-    def _remember(self, claimed: str) -> None:
-        self._here[claimed] = None
-        if len(self._here) > REMEMBERED:
-            self._here.popitem(last=False)
+    def _mine(self, place: str) -> bool:
+        """A place this process claimed: its own line has ordered it already (also one whose
+        claim ran in the store before a later one's but replied after it)."""
+        return place.rpartition(":")[2] == self.owner
 
     async def _after(self, line: ContextKey, ahead: str) -> None:
         """Wait while another process has the message just before this one (it waited for
-        the one before it in turn), until it is answered. Bounded by `max_wait` (the crash
-        heartbeat): by then a live process holds the conversation's lock for it, which
-        orders the two, and a dead one's place, never released by it, is released here."""
+        the one before it in turn) and lives. A dead process's place, which it will never
+        release, is released here; so is one still there after `max_wait`."""
         deliveries = self._deliveries
         assert deliveries is not None  # only ordered claims have a place ahead
         deadline = time.monotonic() + self.max_wait
-        while await deliveries.pending(line, ahead):
-            if time.monotonic() >= deadline:
-                log.warning(
-                    "an earlier message of this conversation still pending after %.0fs "
-                    "(its process died?); going on",
-                    self.max_wait,
-                )
+        pause = POLL
+        while (state := await deliveries.pending(line, ahead)) != "answered":
+            if state == "orphaned" or time.monotonic() >= deadline:
+                why = "died" if state == "orphaned" else "is stuck"
+                log.warning("an earlier message of this conversation is held by a process "
+                            "that %s; going on", why)  # fmt: skip
                 await deliveries.leave(line, ahead)
                 return
-            await asyncio.sleep(POLL)  # held in another process: nothing here to wait on
+            await asyncio.sleep(pause)  # held in another process: nothing here to wait on
+            pause = min(pause * 2, POLL_MAX)
 
     async def _known(self, line: ContextKey) -> bool:
         """A follow-up (a thread reply without a mention) is answered only in a conversation

@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.keys import KeyBuilder
 from core.model import Attachment, Command, ContextKey, Message, User
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Journal:
         self.redis = redis
         self.key = f"{prefix}:journal"
         self.owner = secrets.token_hex(8)
-        self._owner_prefix = f"{prefix}:owner:"
+        self._keys = KeyBuilder(prefix)  # the heartbeat keys (the intake reads them too)
         self.heartbeat_ttl = heartbeat_ttl
         self._beating: asyncio.Task[None] | None = None
 
@@ -111,12 +112,10 @@ class Journal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._beating
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.delete(self._owner_prefix + self.owner)
+            await self.redis.delete(self._keys.owner(self.owner))
 
     async def _beat(self) -> None:
-        await self.redis.set(
-            self._owner_prefix + self.owner, "1", px=int(self.heartbeat_ttl * 1000)
-        )
+        await self.redis.set(self._keys.owner(self.owner), "1", px=int(self.heartbeat_ttl * 1000))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -154,7 +153,7 @@ class Journal:
             if owner == self.owner or _platform(raw_entry) not in platforms:
                 continue
             if owner not in owners:
-                owners[owner] = bool(await self.redis.exists(self._owner_prefix + owner))
+                owners[owner] = bool(await self.redis.exists(self._keys.owner(owner)))
             if owners[owner]:
                 continue  # a live process is answering it
             if not await self.claim(raw_entry):

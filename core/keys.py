@@ -76,5 +76,9 @@ class KeyBuilder:
         """A delivery's seen key in its conversation's slot (claimed with `pending`)."""
         return f"{self._base(key)}:seen:{_part(namespace)}:{_part(delivery_id)}"
 
+    def owner(self, owner: str) -> str:
+        """A process's heartbeat (the journal keeps it alive): gone when the process died."""
+        return f"{self.prefix}:owner:{_part(owner)}"
+
     def seen(self, namespace: str, delivery_id: str) -> str:
         return f"{self.prefix}:seen:{_part(namespace)}:{_part(delivery_id)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from core.model import ContextKey, Conversation, Message, MessageRef, ToolCall, Turn
 
@@ -108,20 +108,28 @@ class Deduper(Protocol):
     async def first_seen(self, namespace: str, delivery_id: str) -> bool: ...
 
 
+PlaceState = Literal["answered", "pending", "orphaned"]
+"""Another process's place: gone from the pending set; still there and its process alive;
+still there and its process dead (its heartbeat expired)."""
+
+
 @runtime_checkable
 class Deliveries(Deduper, Protocol):
     """The dedupe, and each conversation's pending messages in the platform's order, so
     replicas that each got some of a conversation's messages answer them in that order.
 
-    `place` is `order:delivery_id`, where `order` sorts as the platform orders messages
-    (zero-padded Telegram update_id, Slack ts, Discord snowflake)."""
+    A place is `order:delivery_id:owner`: `order` sorts as the platform orders messages
+    (zero-padded Telegram update_id, Slack ts, Discord snowflake), `owner` is the claiming
+    process's heartbeat id."""
 
-    async def claim(self, line: ContextKey, namespace: str, place: str) -> tuple[bool, str]:
+    async def claim(
+        self, line: ContextKey, namespace: str, delivery_id: str, place: str
+    ) -> tuple[bool, str]:
         """(first seen, the place still pending just before this one, or "")."""
         ...
 
-    async def pending(self, line: ContextKey, place: str) -> bool:
-        """Whether `place` is still waiting or being answered (in any process)."""
+    async def pending(self, line: ContextKey, place: str) -> PlaceState:
+        """Whether `place` is still waiting or being answered, and by a live process."""
         ...
 
     async def leave(self, line: ContextKey, place: str) -> None:

@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 
 from bots.app import BotApp, build_core
 from core.config import Secrets
+from core.keys import KeyBuilder
+from core.model import Message
 from tests.conftest import make_settings
 from tests.fakes.discord import DM_CHANNEL, FakeDiscord
 from tests.fakes.discord import TOKEN as DISCORD_TOKEN
@@ -165,28 +167,41 @@ async def test_discord_answers_each_dm_in_order(
     assert_in_order(answers, fake_openai.chat_requests())
 
 
-async def test_a_place_left_by_a_dead_process_holds_a_conversation_only_briefly(
+async def test_another_process_live_place_is_waited_for_and_a_dead_one_is_not(
     fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
 ):
-    """A process that died after claiming a message never releases its place. The next
-    message of that conversation waits one heartbeat for it, then goes on and releases it;
-    the messages after it do not wait at all."""
-    settings = make_settings(key_prefix, tmp_path, redis={"heartbeat_ttl": 1})
+    """A message whose predecessor was claimed by another process waits while that process
+    lives (its heartbeat key exists), however long its answer takes, and goes on once the
+    place is released; a predecessor whose process died (no heartbeat) is released at once."""
+    settings = make_settings(key_prefix, tmp_path)
     secrets = Secrets(openai_api_key="sk-test", openai_base_url=fake_openai.base_url)
+    keys = KeyBuilder(key_prefix)
     async with AsyncExitStack() as stack:
         core = await build_core(stack, settings, secrets, redis=redis)
+        assert core.intake is not None
         line = core.chat.conversation_key(user_message("x"))
-        first, _ = await core.store.claim(line, "console", f"{1:020d}:dead")  # and then it died
-        assert first
-        loop = asyncio.get_running_loop()
-        timings = []
-        for n in (2, 3):
-            message = replace(user_message(f"after {n}"), delivery_id=f"d{n}", order=f"{n:020d}")
-            started = loop.time()
-            responder = RecordingResponder()
-            await core.handler(message, responder)
-            timings.append(loop.time() - started)
-            assert responder.shown == f"echo: after {n}"
-        assert 0.9 < timings[0] < 5  # one heartbeat for the dead one
-        assert timings[1] < 0.9  # the next needs no wait
-        assert not await core.store.pending(line, f"{1:020d}:dead")  # released
+        await redis.set(keys.owner("other"), "1", ex=60)  # the other replica lives
+        alive = f"{1:020d}:d1:other"
+        assert (await core.store.claim(line, "console", "d1", alive))[0]
+        waiting = asyncio.create_task(core.handler(_ordered("after a live one", 2),
+                                                   RecordingResponder()))  # fmt: skip
+        await wait_for(lambda: core.intake.queued == 1)  # its turn came: it waits in Redis
+        assert await core.store.pending(line, alive) == "pending"
+        assert not fake_openai.chat_requests()
+        await core.store.leave(line, alive)  # the other replica answered
+        await asyncio.wait_for(waiting, 10)
+        assert [r.messages[-1]["content"] for r in fake_openai.chat_requests()] == [
+            "after a live one"
+        ]
+
+        dead = f"{3:020d}:d3:gone"  # claimed, and then its process died
+        assert (await core.store.claim(line, "console", "d3", dead))[0]
+        assert await core.store.pending(line, dead) == "orphaned"
+        responder = RecordingResponder()
+        await asyncio.wait_for(core.handler(_ordered("after a dead one", 4), responder), 5)
+        assert responder.shown == "echo: after a dead one"
+        assert await core.store.pending(line, dead) == "answered"  # released by the next one
+
+
+def _ordered(text: str, n: int) -> Message:
+    return replace(user_message(text), delivery_id=f"d{n}", order=f"{n:020d}")

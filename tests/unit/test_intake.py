@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from core.intake import Intake
 from core.model import ContextKey, Message
-from core.protocols import Queue, Responder
+from core.protocols import PlaceState, Queue, Responder
 from tests.helpers import RecordingResponder, user_message
 
 
@@ -31,9 +31,10 @@ class GatedDeliveries:
     async def first_seen(self, namespace: str, delivery_id: str) -> bool:
         raise AssertionError("ordered messages are claimed")
 
-    async def claim(self, line: ContextKey, namespace: str, place: str) -> tuple[bool, str]:
+    async def claim(
+        self, line: ContextKey, namespace: str, delivery: str, place: str
+    ) -> tuple[bool, str]:
         await self.runs[place].wait()
-        delivery = place.partition(":")[2]
         if delivery in self.seen:
             return False, ""
         self.seen.add(delivery)
@@ -43,10 +44,10 @@ class GatedDeliveries:
         await self.replies[place].wait()
         return True, before[-1] if before else ""
 
-    async def pending(self, line: ContextKey, place: str) -> bool:
+    async def pending(self, line: ContextKey, place: str) -> PlaceState:
         self.looked_at[place].set()
         await asyncio.sleep(0)
-        return place in self.pending_places
+        return "pending" if place in self.pending_places else "answered"
 
     async def leave(self, line: ContextKey, place: str) -> None:
         self.pending_places.discard(place)
@@ -71,10 +72,10 @@ async def test_an_earlier_message_of_this_process_claimed_late_is_not_waited_for
         handled.append(message.text)
 
     intake = Intake(
-        handler, conversation=lambda m: m.key, deduper=deliveries, max_wait=5.0
+        handler, conversation=lambda m: m.key, deduper=deliveries, max_wait=5.0, owner="me"
     )
     m1, m2 = ordered("one", 1), ordered("two", 2)
-    p1, p2 = f"{1:020d}:d1", f"{2:020d}:d2"
+    p1, p2 = f"{1:020d}:d1:me", f"{2:020d}:d2:me"
     for place in (p1, p2):
         deliveries.gate(place)
     second = asyncio.create_task(intake(m2, RecordingResponder()))  # m2 first in line
