@@ -19,12 +19,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from telegram import Bot, Update
-from telegram.error import RetryAfter, TelegramError, TimedOut
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from adapters.telegram_http import AiohttpRequest
 from adapters.webhook_guard import ThrottledLog
 
 log = logging.getLogger(__name__)
+
+NETWORK_PAUSE = 0.5  # seconds before getUpdates is tried again after a network error
+NETWORK_PAUSE_MAX = 30.0  # the backoff doubles to this
 
 
 class CheckedUpdatesRequest(AiohttpRequest):
@@ -57,8 +60,10 @@ class CheckedUpdatesRequest(AiohttpRequest):
 
 class Poller:
     """getUpdates in a loop, each update into the Application's queue. A timeout is tried
-    again at once and a flood wait waited out, as PTB's Updater does; any other error ends
-    `run`, and the supervisor starts it again from the offset already confirmed."""
+    again at once, a flood wait waited out, and a network error (a reset, a 5xx) tried again
+    after a backoff, as PTB's Updater does, with one throttled line; any other error (a
+    revoked token, a bug) ends `run`, and the supervisor starts it again from the offset
+    already confirmed."""
 
     def __init__(
         self,
@@ -73,8 +78,10 @@ class Poller:
         self.timeout = timeout
         self.allowed_updates = list(allowed_updates)
         self.offset = 0
+        self.network = ThrottledLog(log)
 
     async def run(self) -> None:
+        pause = NETWORK_PAUSE
         while True:
             try:
                 updates = await self.bot.get_updates(
@@ -82,10 +89,19 @@ class Poller:
                 )
             except TimedOut:
                 continue
+            except NetworkError as exc:
+                if isinstance(exc, BadRequest):
+                    raise  # our request is wrong: retrying it unchanged cannot help
+                self.network.warning(f"telegram: getUpdates failed ({type(exc).__name__}); "
+                                     "trying again")  # fmt: skip
+                await asyncio.sleep(pause)  # a backoff, not a wait for an event
+                pause = min(pause * 2, NETWORK_PAUSE_MAX)
+                continue
             except RetryAfter as exc:
                 wait = exc.retry_after  # seconds, unless PTB_TIMEDELTA is on (adapters.telegram)
                 await asyncio.sleep(wait if isinstance(wait, int | float) else wait.total_seconds())
                 continue
+            pause = NETWORK_PAUSE
             for update in updates:
                 await self.queue.put(update)
             if updates:

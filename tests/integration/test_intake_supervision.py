@@ -90,6 +90,31 @@ async def test_a_polling_loop_that_dies_is_restarted(
             await app.stop()
 
 
+async def test_network_errors_on_polling_are_retried_without_a_restart(
+    fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+):  # fmt: skip
+    """A reset or a 5xx from the Bot API is tried again after a short backoff, as PTB's own
+    Updater did: no restart, no 503 from /readyz, one log line for several failures."""
+    async with FakeTelegram(TOKEN) as tg:
+        settings = telegram_settings(key_prefix, tmp_path)
+        app = await start_telegram(tg, fake_openai, redis, settings, webhook=False)
+        try:
+            for _ in range(3):
+                tg.fail("getUpdates", 502, "Bad Gateway")
+            bot = TelegramBot(app, tg, webhook=False)
+            await bot.deliver(text_message("still there?", chat_id=42))
+            await wait_for(lambda: bot.finals(42) == ["echo: still there?"], timeout=10)
+            assert not tg.failures["getUpdates"]  # all three were met
+            assert await restarts(app, "telegram") == 0
+            assert await readyz_is(app, 200)
+        finally:
+            await app.stop()
+    failed = [r for r in caplog.records if "getUpdates failed" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in failed]
+    no_tracebacks(caplog)
+
+
 @pytest.mark.parametrize("frame", ["MESSAGE_CREATE without its fields", "not JSON"])
 async def test_a_bad_gateway_frame_restarts_the_gateway(
     frame: str, fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path,
