@@ -198,11 +198,11 @@ class ChatTurn:
                 await reply(responder, cached)
                 done = [f.journal.end(message)] if f.journal is not None else []
                 claim = self._claim_leaving(done)
-                await self.store.save(
+                saved = await self.store.save(
                     key, user_turn, Turn("assistant", cached), extra=done, lock=held
                 )
                 if claim is not None:
-                    claim.released = True
+                    claim.released = saved  # else the intake releases it on its own
                 return TurnResult(cached, False, 0, cached=True), None
         prompt = build_prompt(
             system=self.settings.personas[persona].system_prompt,
@@ -231,9 +231,9 @@ class ChatTurn:
             writes.append(f.cache.queue_set(cache_key, answer))
         claim = self._claim_leaving(writes)
         turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
-        await self.store.save(key, *turns, extra=writes, lock=held)
+        saved = await self.store.save(key, *turns, extra=writes, lock=held)
         if claim is not None:
-            claim.released = True
+            claim.released = saved  # else the intake releases it on its own
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
         memory = f.memory

@@ -256,9 +256,10 @@ class RedisStore:
         trim_to: int = 0,
         extra: Sequence[Queue] = (),
         lock: RedisTurnLock | None = None,
-    ) -> None:
+    ) -> bool:
         """Append turns, bound the history, refresh the idle TTL, plus `extra` writes (usage,
-        cache), and release a held `lock`: one MULTI/EXEC round trip."""
+        cache), and release a held `lock`: one MULTI/EXEC round trip. False when Redis failed
+        (logged; the turn goes unrecorded, as without Redis)."""
         history, meta = self.keys.history(key), self.keys.meta(key)
         keep = trim_to or self.limits.max_turns
         if lock is not None and lock.state == "pending":
@@ -276,11 +277,12 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "saving a turn")
-            return
+            return False
         self.health.ok()
         if releasing:
             assert lock is not None
             self.locks.released(lock)
+        return True
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None:
         """Set (or with an empty value, clear) one conversation setting."""

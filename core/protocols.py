@@ -84,7 +84,9 @@ class Store(Protocol):
         trim_to: int = 0,
         extra: Sequence[Queue] = (),
         lock: TurnLock | None = None,
-    ) -> None: ...
+    ) -> bool:
+        """Whether the write landed (False: the backend failed; logged)."""
+        ...
 
     async def reset(self, key: ContextKey) -> None: ...
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from core.model import Message, ToolCall, Turn
 
@@ -165,7 +165,7 @@ def function_tool(
             valid = validator.model_validate(arguments)
         except ValidationError as exc:
             raise ToolError(_describe_errors(exc)) from None
-        kwargs = {key: getattr(valid, key) for key in properties}
+        kwargs = {key: getattr(valid, _FIELD + key) for key in properties}
         if context_param:
             kwargs[context_param] = context
         if inspect.iscoroutinefunction(func):
@@ -173,6 +173,9 @@ def function_tool(
         return await asyncio.to_thread(func, **kwargs)
 
     return Tool(tool_name, text, parameters, run, timeout)
+
+
+_FIELD = "arg_"  # the prefix of the argument model's field names (the aliases are the real ones)
 
 
 def _arguments_model(
@@ -189,7 +192,10 @@ def _arguments_model(
         if param.name == context_param or param.name not in properties:
             continue
         default = ... if param.default is param.empty else param.default
-        fields[param.name] = (hints.get(param.name, str), default)
+        # Under a name of ours, the parameter's as the alias: a parameter called `json`,
+        # `schema` or `model_config` must not shadow (or break) BaseModel's own attributes.
+        field = Field(default, alias=param.name)
+        fields[_FIELD + param.name] = (hints.get(param.name, str), field)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     return create_model(f"{tool_name}_arguments", __config__=config, **fields)
 

@@ -111,3 +111,26 @@ async def test_toolbox_turns_failures_into_results():
         },
         42,  # a number the model wrote as a string still counts
     ]
+
+
+async def test_parameters_named_like_model_attributes_work():
+    """`json`, `schema`, `copy` and `model_config` are pydantic BaseModel names: as plain
+    field names they warn (an error under this suite) or break the argument model."""
+
+    def shadowing(json: str, schema: int = 1, copy: bool = False, model_config: str = "x") -> str:
+        """Echo."""
+        return f"{json}/{schema}/{copy}/{model_config}"
+
+    box = Toolbox({"shadowing": function_tool(shadowing)}, timeout=1)
+    turns = await box.run_all(
+        [
+            ToolCall("1", "shadowing", '{"json": "j", "schema": 2, "model_config": "m"}'),
+            ToolCall("2", "shadowing", '{"schema": "two"}'),
+        ],
+        CONTEXT,
+    )
+    assert turns[0].content == "j/2/False/m"
+    assert json.loads(turns[1].content) == {
+        "error": "invalid arguments: json: Field required; schema: Input should be a valid "
+        "integer, unable to parse string as an integer"
+    }
