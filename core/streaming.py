@@ -15,7 +15,7 @@ import logging
 
 from core.model import MessageRef
 from core.protocols import Responder
-from core.splitting import split_text, take_part
+from core.splitting import open_fence, split_text, take_part
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,11 @@ class StreamingReply:
         if not delta or self.capped:
             return
         if self._max_chars and self._length + len(delta) > self._max_chars:
-            delta = delta[: self._max_chars - self._length] + CAP_NOTE
+            delta = delta[: self._max_chars - self._length]
+            fence = open_fence(self.text + delta)  # the note must not read as code
+            if fence is not None:
+                delta += ("" if delta.endswith("\n") else "\n") + fence[0]
+            delta += CAP_NOTE
             self.capped = True
         self._length += len(delta)
         self._full.append(delta)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bots.app import Core
+from core.splitting import open_fence
 from core.streaming import CAP_NOTE
 from tests.fakes.openai_server import ENDLESS_BOUND, FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message
@@ -57,3 +58,15 @@ async def test_an_endless_answer_is_cut_at_max_messages(
     assert responder.texts[-1].endswith(CAP_NOTE)
     assert await _history(core) == ["talk forever", "".join(responder.texts)]
     assert 0 < fake_openai.chat_requests()[-1].hung_up_after < ENDLESS_BOUND
+
+
+async def test_an_answer_cut_inside_a_code_block_closes_it_before_the_note(
+    core_factory: CoreFactory, fake_openai: FakeOpenAI
+):
+    core = await core_factory(llm={"max_answer_chars": 300})
+    fake_openai.push(Reply(text="Here:\n\n```python\n" + "x = 1  # a line of code\n" * 40))
+    responder = RecordingResponder(limit=4000)
+    await core.handler(user_message("code please"), responder)
+    shown = responder.shown
+    assert shown.endswith("\n```" + CAP_NOTE)  # the fence is closed: the note is text
+    assert open_fence(shown) is None
