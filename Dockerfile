@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY core ./core
 COPY adapters ./adapters
 COPY bots ./bots
+COPY stores ./stores
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

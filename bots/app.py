@@ -28,10 +28,8 @@ from core.cache import AnswerCache
 from core.chat import ChatTurn, Features
 from core.commands import BuiltinCommands
 from core.config import ConfigError, Secrets, Settings
-from core.context import RedisStore, StoreLimits
 from core.intake import Intake
 from core.intents import IntentMatcher, IntentTurn, gather_intents
-from core.journal import Journal
 from core.keys import KeyBuilder
 from core.limits import AccessControl, RateLimiter, TokenBudget
 from core.llm import OpenAIChat, make_client
@@ -47,6 +45,8 @@ from core.sections import BUILTIN_TOOLS
 from core.tokens import TokenCounter
 from core.tools import Toolbox
 from core.usage import UsageBook
+from stores.redis.journal import Journal
+from stores.redis.store import RedisStore, StoreLimits
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """After a crash: answer the messages a dead process was answering.
 
-The journal (core/journal.py) holds every message whose answer was not yet recorded. At
+The journal (stores/redis/journal.py) holds every message whose answer was not yet recorded. At
 start, entries of processes whose heartbeat expired are claimed (each by exactly one
 replica) and answered anew through the adapter of their platform, after a short note.
 """

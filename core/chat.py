@@ -24,7 +24,6 @@ from typing import Any
 from core.cache import AnswerCache
 from core.config import Settings
 from core.intake import Claim, current_claim
-from core.journal import Journal
 from core.keys import KeyBuilder
 from core.limits import RateLimiter, TokenBudget
 from core.memory import Summarizer, needs_summary
@@ -33,6 +32,7 @@ from core.moderation import Moderator, Verdict
 from core.prompt import build_prompt
 from core.protocols import (
     LLM,
+    AnswerJournal,
     Deliveries,
     LLMError,
     Queue,
@@ -81,7 +81,7 @@ class Features:
     moderator: Moderator | None = None
     cache: AnswerCache | None = None
     memory: Summarizer | None = None
-    journal: Journal | None = None
+    journal: AnswerJournal | None = None
     deliveries: Deliveries | None = None  # the message's claim leaves in the turn's write
 
 

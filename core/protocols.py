@@ -104,6 +104,16 @@ class Store(Protocol):
         ...
 
 
+class AnswerJournal(Protocol):
+    """The messages being answered, kept so that a crash loses none: an entry rides in the
+    turn's read and leaves in its write (the store's journal, e.g. `stores/redis/journal.py`),
+    and another process answers what a dead one left."""
+
+    def begin(self, message: Message) -> Queue: ...
+
+    def end(self, message: Message) -> Queue: ...
+
+
 class Deduper(Protocol):
     """Remembers delivery ids so a redelivered event is handled once, across processes."""
 

@@ -10,9 +10,9 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from bots.redis_conn import make_client
 from bots.taskdump import dump_tasks
-from core.context import RedisStore, StoreLimits
 from core.keys import KeyBuilder
 from core.model import ContextKey, Turn
+from stores.redis.store import RedisStore, StoreLimits
 from tests.helpers import wait_for
 
 KEY = ContextKey("telegram", "42", "42")
@@ -69,7 +69,7 @@ async def test_the_task_dump_follows_awaits_into_a_lock(redis: Redis, key_prefix
 
     def waiter_shown_in_acquire() -> bool:
         part = dump_tasks().split("task waiter:")[1]
-        return "core/locking.py" in part and "acquire" in part  # seen through the generator
+        return "stores/redis/locking.py" in part and "acquire" in part  # seen through the generator
 
     await wait_for(waiter_shown_in_acquire)
     release.set()

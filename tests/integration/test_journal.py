@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 from redis.asyncio import Redis
 
-from core.journal import Journal, message_from_json, message_to_json
 from core.model import Attachment, Command, ContextKey, Message, User
+from stores.redis.journal import Journal, message_from_json, message_to_json
 
 
 def _message(i: int = 1) -> Message:

@@ -40,7 +40,7 @@ async def test_answers_without_history_then_recovers(
         await core.handler(user_message("before the outage"), RecordingResponder())
 
         redis_process.stop()
-        caplog.set_level(logging.WARNING, logger="core.context")
+        caplog.set_level(logging.WARNING, logger="stores.redis.store")
         during = RecordingResponder()
         await core.handler(user_message("during the outage"), during)
         assert during.shown == "echo: during the outage"

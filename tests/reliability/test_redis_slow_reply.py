@@ -11,14 +11,14 @@ import pytest
 from redis.asyncio import Redis
 
 from bots.redis_conn import make_client
-from core.context import RedisStore, StoreLimits
-from core.journal import Journal
 from core.keys import KeyBuilder
 from core.limits import RateLimiter
 from core.model import ContextKey, Message, Turn, User
 from core.protocols import Usage
 from core.sections import LimitsSettings
 from core.usage import Totals, UsageBook
+from stores.redis.journal import Journal
+from stores.redis.store import RedisStore, StoreLimits
 from tests.redis_server import RedisProcess
 
 SOCKET_TIMEOUT = 0.2

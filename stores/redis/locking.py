@@ -22,7 +22,7 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 if TYPE_CHECKING:
-    from core.context import RedisHealth, StoreLimits
+    from stores.redis.store import RedisHealth, StoreLimits
 
 log = logging.getLogger(__name__)
 

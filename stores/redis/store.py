@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.keys import KeyBuilder
-from core.locking import ConversationLocks, RedisTurnLock
 from core.model import ContextKey, Conversation, Turn
 from core.protocols import PlaceState, Queue, Usage
+from stores.redis.locking import ConversationLocks, RedisTurnLock
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +427,7 @@ class RedisStore:
     def lock(
         self, key: ContextKey, *, lazy: bool = False
     ) -> AbstractAsyncContextManager[RedisTurnLock]:
-        """One turn of a conversation at a time (`core/locking.py`). `lazy`: the Redis lock
+        """One turn of a conversation at a time (`stores/redis/locking.py`). `lazy`: the Redis lock
         rides in the first `load_turn` or `read` given the handle and leaves in the `save`
         given it."""
         return self.locks.hold(self.keys.lock(key), lazy=lazy)
