@@ -38,6 +38,7 @@ _parser = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
 _PARAGRAPH_TAGS = re.compile(r"</?p>|<br />|\s+")
 _REJOINED = re.compile(r"</(ul|ol|blockquote)>\s*<\1(?: start=\"\d+\")?>")
 _LIST_TAG = re.compile(r"<(ol)(?: start=\"(\d+)\")?>|<ul>|</ol>|</ul>|<li>")
+_ITEM = re.compile(r"( {0,3})(\d{1,9})([.)])(?=[ \t]|$)", re.MULTILINE)
 _JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}
 
 
@@ -74,19 +75,55 @@ def _inside_fence_line(text: str, cut: int, fence: tuple[str, str, int]) -> bool
     return open_fence(text[fence[2] : line_start] + line) is None
 
 
-def _assemble(text: str, cut: int) -> tuple[str, str]:
+def _assemble(text: str, cut: int, *, renumber: bool = False) -> tuple[str, str]:
     """The part and the rest for a cut at `cut`; a fence open at the cut is closed in the
-    part (at its own indentation) and reopened, with its language, in the rest."""
+    part (at its own indentation) and reopened, with its language, in the rest. With
+    `renumber`, a rest that starts an ordered list's item carries on its number."""
     head, rest = text[:cut], text[cut:]
     fence = open_fence(head)
     if fence is None:
-        return head, rest
+        return head, _renumbered(text, cut, rest) if renumber else rest
     marker, language, start = fence
     indent = text[start : start + len(text[start:]) - len(text[start:].lstrip(" \t"))]
     closing = indent + marker if head.endswith("\n") else "\n" + indent + marker
     if "\n" not in head[start:]:  # cut in the info after the language: the rest is info too
         return head + closing, f"{indent}{marker}{language} {rest}"
     return head + closing, f"{indent}{marker}{language}\n{rest}"
+
+
+def _renumbered(text: str, cut: int, rest: str) -> str:
+    """`rest` with its first item numbered as in the whole, when the cut falls before an
+    item of a top-level ordered list: a list reopened in the next part restarts at the
+    number written in its source (`1.` for every item, as models often write), not at the
+    number it was shown with."""
+    item = _ITEM.match(rest)
+    if item is None or (cut and text[cut - 1] != "\n"):
+        return rest
+    number = _item_number(text, cut)
+    if number is None or number == int(item.group(2)):
+        return rest
+    return f"{item.group(1)}{number}{rest[item.end(2) :]}"
+
+
+def _item_number(text: str, cut: int) -> int | None:
+    """The number shown for the top-level ordered list item that starts at `cut`."""
+    end = text.find("\n", cut)
+    line = text.count("\n", 0, cut)
+    counters: list[list[int] | None] = []  # per open list: [start, items so far]; None: bullets
+    for token in _parser.parse(text[: end + 1] if end >= 0 else text):
+        if token.type == "ordered_list_open":
+            counters.append([int(token.attrGet("start") or 1), 0])
+        elif token.type == "bullet_list_open":
+            counters.append(None)
+        elif token.type in ("ordered_list_close", "bullet_list_close") and counters:
+            counters.pop()
+        elif token.type == "list_item_open" and counters and counters[-1] is not None:
+            counter = counters[-1]
+            number = counter[0] + counter[1]
+            counter[1] += 1
+            if token.level == 1 and token.map and token.map[0] == line:
+                return number
+    return None
 
 
 def _longest_fit(text: str, limit: int, measure: Measure) -> int:
@@ -210,7 +247,8 @@ class _Blocks:
                 end = self.starts[last] if last < len(self.starts) else len(self.text)
                 block, k = self.text[start:end], cut - start
                 whole = _normal(_parser.render(block))
-                split = _normal(_parser.render(block[:k]) + _parser.render(block[k:]))
+                rest = _renumbered(block, k, block[k:])
+                split = _normal(_parser.render(block[:k]) + _parser.render(rest))
                 return whole == split
         return True
 
@@ -227,11 +265,11 @@ def take_part(text: str, limit: int, measure: Measure = len) -> tuple[str, str]:
         return text, ""
     for _ in range(4):
         cut = _choose(text, max(end, 1))
-        part, rest = _assemble(text, cut)
+        part, rest = _assemble(text, cut, renumber=True)
         if measure(part) <= limit or cut <= 1:
             return part, rest
         end = cut - 1  # the measure was not monotonic here: look further back
-    return _assemble(text, _grapheme_safe(text, max(1, end // 2)))
+    return _assemble(text, _grapheme_safe(text, max(1, end // 2)), renumber=True)
 
 
 def _choose(text: str, end: int) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from core.splitting import open_fence, split_text, take_part
 
@@ -63,3 +65,22 @@ def test_parts_fit_and_keep_the_text(text: str, limit: int):
     assert all(0 < len(p) <= limit for p in parts)
     if "```" not in text:
         assert "".join(parts).strip() == text.strip() or "".join(parts) == text
+
+
+@pytest.mark.parametrize("marker", ["1.", "1)"])
+def test_a_long_list_written_with_one_number_numbers_on_in_every_part(marker: str):
+    """Models often write `1.` for every item; the whole shows 1, 2, 3 ... A list longer than
+    one part used to restart at 1 in the next part."""
+    items = [f"{marker} item {n} " + "word " * 20 for n in range(1, 60)]
+    text = "Steps:\n\n" + "\n".join(items) + "\n\nDone."
+    parts = split_text(text, 1000)
+    assert len(parts) > 3
+    shown: list[int] = []
+    for part in parts:
+        tokens = MarkdownIt("commonmark").parse(part)
+        start = next((int(t.attrGet("start") or 1) for t in tokens
+                      if t.type == "ordered_list_open"), None)  # fmt: skip
+        count = sum(t.type == "list_item_open" for t in tokens)
+        if start is not None:
+            shown += range(start, start + count)
+    assert shown == list(range(1, 60))
