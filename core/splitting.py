@@ -36,7 +36,11 @@ _parser = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
     ["table", "strikethrough"]
 )
 _PARAGRAPH_TAGS = re.compile(r"</?p>|<br />|\s+")
-_REJOINED = re.compile(r"</(ul|ol|blockquote)>\s*<\1(?: start=\"\d+\")?>")
+_REJOINED = re.compile(
+    r"</(ul|ol|blockquote)>\s*<\1(?: start=\"\d+\")?>"
+    r"|</tbody>\s*</table>\s*<table>\s*<thead>.*?</thead>\s*<tbody>",
+    re.DOTALL,
+)
 _LIST_TAG = re.compile(r"<(ol)(?: start=\"(\d+)\")?>|<ul>|</ol>|</ul>|<li>")
 _ITEM = re.compile(r"( {0,3})(\d{1,9})([.)])(?=[ \t]|$)", re.MULTILINE)
 _JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}
@@ -82,13 +86,35 @@ def _assemble(text: str, cut: int, *, renumber: bool = False) -> tuple[str, str]
     head, rest = text[:cut], text[cut:]
     fence = open_fence(head)
     if fence is None:
-        return head, _renumbered(text, cut, rest) if renumber else rest
+        return head, _continued(text, cut, rest) if renumber else rest
     marker, language, start = fence
     indent = text[start : start + len(text[start:]) - len(text[start:].lstrip(" \t"))]
     closing = indent + marker if head.endswith("\n") else "\n" + indent + marker
     if "\n" not in head[start:]:  # cut in the info after the language: the rest is info too
         return head + closing, f"{indent}{marker}{language} {rest}"
     return head + closing, f"{indent}{marker}{language}\n{rest}"
+
+
+def _continued(text: str, cut: int, rest: str) -> str:
+    """`rest` made to continue what the cut interrupted: a list's numbering, a table's
+    header."""
+    return _with_table_header(text, cut, _renumbered(text, cut, rest))
+
+
+def _with_table_header(text: str, cut: int, rest: str) -> str:
+    """`rest` with the table's header and delimiter rows first, when the cut falls between
+    two body rows of a table: the rows go on as a table in the next part, not as text."""
+    if not cut or text[cut - 1] != "\n" or "|" not in rest[: rest.find("\n") + 1 or None]:
+        return rest
+    start = text.rfind("\n\n", 0, cut)
+    start = 0 if start < 0 else start + 2  # a table holds no blank line: its block starts here
+    block = text[start:cut]
+    line = block.count("\n")
+    for token in _parser.parse(block + rest[: rest.find("\n") + 1 or None]):
+        if token.type == "table_open" and token.map and token.map[0] + 2 <= line < token.map[1]:
+            lines = block.split("\n")
+            return f"{lines[token.map[0]]}\n{lines[token.map[0] + 1]}\n{rest}"
+    return rest
 
 
 def _renumbered(text: str, cut: int, rest: str) -> str:
@@ -247,7 +273,7 @@ class _Blocks:
                 end = self.starts[last] if last < len(self.starts) else len(self.text)
                 block, k = self.text[start:end], cut - start
                 whole = _normal(_parser.render(block))
-                rest = _renumbered(block, k, block[k:])
+                rest = _continued(block, k, block[k:])
                 split = _normal(_parser.render(block[:k]) + _parser.render(rest))
                 return whole == split
         return True

@@ -19,6 +19,7 @@ from html.parser import HTMLParser
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from adapters.discord import LIMIT as DISCORD_LIMIT
 from adapters.slack import LIMIT as SLACK_LIMIT
@@ -145,6 +146,8 @@ def _discord(part: str) -> tuple[str, list[tuple[str, str]]]:
     assert discord_fences_balanced(part), part[-300:]
     return _telegram(part)  # what the Markdown shows, as a neutral rendering
 
+
+MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
 PLATFORMS = [
     Platform("telegram", TelegramResponder.limit, TELEGRAM_LIMIT, telegram_measure, _telegram),
@@ -350,3 +353,20 @@ def test_literal_marks_stay_literal_in_slack() -> None:
         assert not re.search(r"(?<!\u200b)[*_~`]|[*_~`](?!\u200b)", mrkdwn), mrkdwn
     assert to_mrkdwn("**bold** and *it*") == "*bold* and _it_"
     assert slack_measure("a & <b>") == len("a & <b>")
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.name)
+def test_a_table_longer_than_a_part_goes_on_as_a_table_with_its_header(platform: Platform):
+    """Its rows showed as plain text after a cut; each part now carries the header, so
+    every part is a table (a monospace block) with every row once."""
+    rows = [f"| row {n} | {'<&>' if n % 7 == 0 else 'value'} {'x' * 60} |" for n in range(150)]
+    text = "The table:\n\n| name | value |\n|---|---|\n" + "\n".join(rows) + "\n\nThat is all."
+    parts = split_text(text, platform.limit, platform.measure)
+    assert len(parts) >= 3 if platform.name == "discord" else len(parts) >= 2
+    seen: list[str] = []
+    for part in parts:
+        platform.check(part)  # within the limit, valid markup
+        tables = [t for t in MARKDOWN.parse(part) if t.type == "table_open"]
+        assert len(tables) == 1, part[:200]  # the rows are a table in every part
+        seen += [f"row {n} " for n in range(150) if f"| row {n} |" in part]
+    assert seen == [f"row {n} " for n in range(150)]  # each row once, in order
