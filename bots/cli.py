@@ -159,7 +159,7 @@ async def _run(settings: Settings, secrets: Secrets) -> int:
 
 async def _chat(settings: Settings, secrets: Secrets) -> int:
     from adapters.console import ConsoleChat
-    from bots.app import build_core
+    from bots.assembly import build_core
     from bots.recovery import recover_orphans
 
     async with AsyncExitStack() as stack:

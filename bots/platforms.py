@@ -6,14 +6,10 @@ their SDK lazily here so a missing optional platform never slows the others' sta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import SecretStr
 
 from adapters.base import Adapter
-
-if TYPE_CHECKING:
-    from bots.app import Core
+from bots.assembly import Core
 
 
 def build_adapters(core: Core) -> list[Adapter]:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from adapters.base import Adapter, Recovers
+from bots.assembly import Core
 from core.model import Message
 from core.protocols import Responder
 from core.streaming import reply
-
-if TYPE_CHECKING:
-    from bots.app import Core
 
 log = logging.getLogger(__name__)
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from adapters.base import Adapter
-
-if TYPE_CHECKING:
-    from bots.app import Core
+from bots.assembly import Core
 
 log = logging.getLogger(__name__)
 

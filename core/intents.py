@@ -19,7 +19,7 @@ from core.cache import AnswerCache
 from core.config import Settings
 from core.keys import KeyBuilder
 from core.limits import RateLimiter
-from core.model import ContextKey, Message, Turn
+from core.model import ContextKey, IntentMatch, Message, Turn
 from core.plugins import IntentHandler, PluginError, Plugins
 from core.protocols import Queue, Responder, Store
 from core.router import Route
@@ -31,16 +31,6 @@ log = logging.getLogger(__name__)
 
 SORRY = "Sorry, I couldn't get that for you just now. Please try again in a moment."
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-@dataclass(frozen=True, slots=True)
-class IntentMatch:
-    """What a text gave: the intent's name, its entities, the text (and the message)."""
-
-    intent: str
-    entities: dict[str, str]
-    text: str
-    message: Message | None = None
 
 
 @dataclass

@@ -101,6 +101,16 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class IntentMatch:
+    """What a text gave: the intent's name, its entities, the text (and the message)."""
+
+    intent: str
+    entities: dict[str, str]
+    text: str
+    message: Message | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRef:
     """A message the bot sent, as the adapter needs it to edit it later."""
 

@@ -26,16 +26,13 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from core.model import Message
+from core.model import IntentMatch, Message
 from core.sections import IntentSettings
 from core.tools import Tool, function_tool
-
-if TYPE_CHECKING:
-    from core.intents import IntentMatch
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ RESERVED_COMMANDS = frozenset({"help", "start", "reset", "persona", "model", "us
 COMMAND_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 CommandFunction = Callable[[Message], Awaitable[str] | str]
-IntentHandler = Callable[["IntentMatch"], Awaitable[str] | str]
+IntentHandler = Callable[[IntentMatch], Awaitable[str] | str]
 F = TypeVar("F", bound=Callable[..., Any])
 
 

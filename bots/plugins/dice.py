@@ -16,8 +16,7 @@ import random
 import re
 from typing import Annotated
 
-from core.intents import IntentMatch
-from core.model import Message
+from core.model import IntentMatch, Message
 from core.plugins import Plugins
 from core.tools import ToolError
 

@@ -15,14 +15,13 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
-if TYPE_CHECKING:
-    from stores.redis.store import RedisHealth, StoreLimits
+from stores.redis.health import RedisHealth, StoreLimits
 
 log = logging.getLogger(__name__)
 

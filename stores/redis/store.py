@@ -13,7 +13,6 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -22,6 +21,7 @@ from redis.exceptions import RedisError
 from core.keys import KeyBuilder
 from core.model import ContextKey, Conversation, Turn
 from core.protocols import PlaceState, Queue, Usage
+from stores.redis.health import RedisHealth, StoreLimits
 from stores.redis.locking import ConversationLocks, RedisTurnLock
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,6 @@ redis.call('HSET', KEYS[2], 'summary', ARGV[1], 'summarized', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
-
-
-@dataclass(frozen=True, slots=True)
-class StoreLimits:
-    """How long and how much the store keeps."""
-
-    max_turns: int = 40
-    ttl_seconds: int = 7 * 86400
-    lock_ttl: float = 60.0
-    lock_wait: float = 120.0
-    dedupe_ttl: int = 86400
 
 
 # KEYS: the delivery's seen key. ARGV: this claim's token, TTL in seconds. 1: first seen.
@@ -110,29 +99,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
-
-
-class RedisHealth:
-    """Tracks whether Redis answers, so an outage is logged once and the recovery once."""
-
-    def __init__(self, describe: str) -> None:
-        self.up = True
-        self._describe = describe
-
-    def failed(self, exc: BaseException, doing: str) -> None:
-        if self.up:
-            log.warning(
-                "Redis at %s unavailable while %s (%s); answering without history until it is back",
-                self._describe,
-                doing,
-                type(exc).__name__,
-            )
-        self.up = False
-
-    def ok(self) -> None:
-        if not self.up:
-            log.warning("Redis at %s is back; history is used again", self._describe)
-        self.up = True
 
 
 def encode_turn(turn: Turn) -> str:

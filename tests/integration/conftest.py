@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 import pytest
 from redis.asyncio import Redis
 
-from bots.app import Core, build_core
+from bots.assembly import Core, build_core
 from core.config import Secrets, Settings
 
 

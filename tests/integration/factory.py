@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bots.app import Core, build_core
+from bots.assembly import Core, build_core
 from core.config import Secrets, Settings
 from tests.conftest import make_settings
 

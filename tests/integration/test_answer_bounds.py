@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bots.app import Core
+from bots.assembly import Core
 from core.splitting import open_fence
 from core.streaming import CAP_NOTE
 from tests.fakes.openai_server import ENDLESS_BOUND, FakeOpenAI, Reply

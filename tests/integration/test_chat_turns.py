@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bots.app import Core
+from bots.assembly import Core
 from core.chat import APOLOGY
 from core.model import Turn
 from tests.fakes.openai_server import FakeOpenAI, Reply
@@ -52,7 +52,7 @@ async def test_fifty_concurrent_messages_answered_in_order(core: Core, fake_open
 async def test_history_survives_a_new_core(core: Core, settings, secrets, redis, fake_openai):
     from contextlib import AsyncExitStack
 
-    from bots.app import build_core
+    from bots.assembly import build_core
 
     await core.handler(user_message("remember the word apricot"), RecordingResponder())
     async with AsyncExitStack() as stack:

@@ -12,7 +12,8 @@ from bots.redis_conn import make_client
 from bots.taskdump import dump_tasks
 from core.keys import KeyBuilder
 from core.model import ContextKey, Turn
-from stores.redis.store import RedisStore, StoreLimits
+from stores.redis.health import StoreLimits
+from stores.redis.store import RedisStore
 from tests.helpers import wait_for
 
 KEY = ContextKey("telegram", "42", "42")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from bots.app import build_core
+from bots.assembly import build_core
 from core.limits import NOT_ALLOWED
 from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAI, Reply

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bots.app import Core
+from bots.assembly import Core
 from core.prompt import SUMMARY_PREFIX
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.helpers import RecordingResponder, user_message, wait_for

@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from bots.app import BotApp, build_core
+from bots.app import BotApp
+from bots.assembly import build_core
 from core.config import Secrets
 from core.keys import KeyBuilder
 from core.model import Message

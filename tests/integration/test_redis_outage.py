@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bots.app import build_core
+from bots.assembly import build_core
 from core.config import Secrets, Settings
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import RecordingResponder, user_message

@@ -13,7 +13,7 @@ from typing import ClassVar
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-from bots.app import Core, build_core
+from bots.assembly import Core, build_core
 from core.config import Secrets, Settings
 from tests.helpers import RecordingResponder, user_message
 

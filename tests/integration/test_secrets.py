@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 import pytest
 from redis.asyncio import Redis
 
-from bots.app import build_core
+from bots.assembly import build_core
 from bots.logs import RedactSecrets, setup_logging
 from core.config import Secrets, Settings
 from tests.fakes.openai_server import FakeOpenAI, Reply

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-from bots.app import build_core
+from bots.assembly import build_core
 from bots.cli import main
 from core.config import ConfigError
 from core.model import User

@@ -148,13 +148,14 @@ async def test_messages_still_waiting_at_shutdown_are_answered_after_the_restart
     """With one answer at a time (`limits.max_in_flight: 1`), a second chat's message waits
     for a slot when shutdown comes. It was taken in (its update confirmed to Telegram), so it
     is journaled, and the restarted bot answers it; before, it was lost."""
-    # 6 s for the first answer; after the restart, the fake's echoes
-    fake_openai.push(Reply(text=" ".join(f"word{i}" for i in range(60)), tokens_per_second=10))
+    # The first answer stalls after a few words until shutdown (however slow the machine);
+    # after the restart, the fake's echoes.
+    fake_openai.push(Reply(kind="stall", text="a few words and then", after_chunks=3))
     settings = make_settings(
         key_prefix, tmp_path,
         platforms={"telegram": {"poll_timeout": 1, "max_rate": 100_000}},
         limits={"max_in_flight": 1}, server={"shutdown_grace": 0.3},
-        redis={"heartbeat_ttl": 1},
+        redis={"heartbeat_ttl": 1}, llm={"chunk_timeout": 60},
     )  # fmt: skip
     async with FakeTelegram() as tg:
         secrets = Secrets(telegram_bot_token=tg.token, telegram_api_url=tg.api_url,

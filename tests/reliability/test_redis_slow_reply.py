@@ -17,8 +17,9 @@ from core.model import ContextKey, Message, Turn, User
 from core.protocols import Usage
 from core.sections import LimitsSettings
 from core.usage import Totals, UsageBook
+from stores.redis.health import StoreLimits
 from stores.redis.journal import Journal
-from stores.redis.store import RedisStore, StoreLimits
+from stores.redis.store import RedisStore
 from tests.redis_server import RedisProcess
 
 SOCKET_TIMEOUT = 0.2

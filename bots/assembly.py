@@ -1,0 +1,221 @@
+"""The assembly of the core: settings and secrets in; the store, the model, the router and the
+intake out, as one `Core` that the adapters, the HTTP server and recovery are given.
+
+`build_core` enters everything with a lifetime on the caller's AsyncExitStack.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import httpx
+from redis.asyncio import Redis
+
+from bots.metrics import MeteredLLM, Metrics
+from bots.redis_conn import open_redis
+from core.actions import HttpActions
+from core.builtin_tools import calculator_tool, current_time_tool
+from core.cache import AnswerCache
+from core.chat import ChatTurn, Features
+from core.commands import BuiltinCommands
+from core.config import ConfigError, Secrets, Settings
+from core.intake import Intake
+from core.intents import IntentMatcher, IntentTurn, gather_intents
+from core.keys import KeyBuilder
+from core.limits import AccessControl, RateLimiter, TokenBudget
+from core.llm import OpenAIChat, make_client
+from core.memory import Summarizer
+from core.middleware import Guarded, InFlight
+from core.model import ContextKey, Message
+from core.moderation import Moderator
+from core.plugins import Plugins, load_plugins
+from core.protocols import Handler
+from core.router import Router
+from core.sanitize import Sanitized
+from core.sections import BUILTIN_TOOLS
+from core.tokens import TokenCounter
+from core.tools import Toolbox
+from core.usage import UsageBook
+from stores.redis.health import StoreLimits
+from stores.redis.journal import Journal
+from stores.redis.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+INTERRUPT_GRACE = 3.0  # seconds for cancelled answers to say they were interrupted
+
+
+@dataclass
+class Core:
+    """The platform-free brain, as the adapters and the HTTP server see it."""
+
+    settings: Settings
+    secrets: Secrets
+    store: RedisStore
+    llm: OpenAIChat
+    router: Router
+    commands: BuiltinCommands
+    chat: ChatTurn
+    inflight: InFlight
+    handler: Handler  # guarded and tracked: what adapters call
+    metrics: Metrics = field(default_factory=Metrics)
+    redis_description: str = ""
+    extras: dict[str, object] = field(default_factory=dict)
+    plugins: Plugins | None = None
+    intents: IntentTurn | None = None
+    toolbox: Toolbox | None = None
+    memory: Summarizer | None = None
+    usage: UsageBook | None = None
+    journal: Journal | None = None
+    intake: Intake | None = None
+
+
+def check_tools(settings: Settings, plugins: Plugins) -> None:
+    """Every name in `tools.enabled` is a built-in, an action or a plugin tool."""
+    known = {*BUILTIN_TOOLS, *settings.actions, *plugins.tools}
+    for name in settings.tools.enabled:
+        if name not in known:
+            raise ConfigError(
+                f"tools.enabled: unknown tool {name!r} (known: {', '.join(sorted(known))}; "
+                "a plugin's tools need the plugin listed under `plugins`)"
+            )
+
+
+def build_toolbox(settings: Settings, actions: HttpActions | None, plugins: Plugins) -> Toolbox:
+    """The tools named in `tools.enabled` (checked by `check_tools`)."""
+    toolbox = Toolbox(timeout=settings.tools.timeout)
+    for name in settings.tools.enabled:
+        if name == "current_time":
+            toolbox.tools[name] = current_time_tool(settings.tools.timezone)
+        elif name == "calculator":
+            toolbox.tools[name] = calculator_tool()
+        elif actions is not None and name in actions.actions:
+            toolbox.tools[name] = actions.tool(name)
+        else:
+            toolbox.tools[name] = plugins.tools[name]
+    return toolbox
+
+
+async def build_core(
+    stack: AsyncExitStack,
+    settings: Settings,
+    secrets: Secrets,
+    *,
+    redis: Redis | None = None,
+    on_round_trip: Callable[[], None] | None = None,
+) -> Core:
+    """Load the plugins, open Redis and the model client, and assemble the routing table.
+
+    Raises PluginError (a plugin failed) or ConfigError (a tool name is unknown) before any
+    connection is opened.
+    """
+    plugins = load_plugins(settings.plugins)
+    intents = gather_intents(settings, plugins)
+    check_tools(settings, plugins)
+    description = "given client"
+    if redis is None:
+        redis_url = secrets.redis_url.get_secret_value() if secrets.redis_url else None
+        redis, description = await open_redis(
+            stack, redis_url, settings.data_dir, settings.redis.socket_timeout
+        )
+    limits = StoreLimits(
+        max_turns=settings.context.max_turns,
+        ttl_seconds=settings.context.ttl_seconds,
+        lock_ttl=settings.redis.lock_ttl,
+        lock_wait=settings.redis.lock_wait,
+        dedupe_ttl=settings.redis.dedupe_ttl,
+    )
+    keys = KeyBuilder(settings.redis.key_prefix)
+    store = RedisStore(redis, keys, limits, describe=description, on_round_trip=on_round_trip)
+    api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else None
+    client = make_client(settings.llm, api_key=api_key, base_url=secrets.openai_base_url)
+    stack.push_async_callback(client.close)
+    metrics = Metrics()
+    llm = OpenAIChat(client, settings.llm, on_usage=metrics.usage)
+    metered = MeteredLLM(llm, metrics)
+    actions = None
+    if settings.actions:
+        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        actions = HttpActions(http, settings.actions)
+    toolbox = build_toolbox(settings, actions, plugins)
+    counter = TokenCounter(settings.context.tokenizer)
+    usage = UsageBook(keys, settings.limits.timezone, settings.context.ttl_seconds)
+    limiter = RateLimiter(keys, settings.limits)
+    cache = AnswerCache(keys, settings.cache) if settings.cache.enabled else None
+    memory = Summarizer(
+        store, metered, keys, settings.memory, budget=settings.context.token_budget, counter=counter
+    )
+    stack.push_async_callback(memory.close)
+    journal = Journal(redis, settings.redis.key_prefix, heartbeat_ttl=settings.redis.heartbeat_ttl)
+    features = Features(
+        keys=keys,
+        toolbox=toolbox or None,
+        usage=usage,
+        limiter=limiter if limiter.enabled else None,
+        budget=TokenBudget(usage, settings.limits) if settings.limits.daily_tokens else None,
+        moderator=Moderator(client, settings.moderation) if settings.moderation.enabled else None,
+        cache=cache,
+        memory=memory if settings.memory.summarize else None,
+        journal=journal,
+        deliveries=store,
+    )
+    chat = ChatTurn(store, metered, settings, counter, features)
+    intent_turn = IntentTurn(
+        IntentMatcher(intents),
+        store=store,
+        settings=settings,
+        keys=keys,
+        actions=actions,
+        handlers=plugins.handlers,
+        cache=cache,
+        limiter=features.limiter,
+    )
+    commands = BuiltinCommands(
+        store, settings, usage=usage, plugins=plugins, intents=intents, tools=list(toolbox.tools)
+    )
+    routes = [*commands.routes(), commands.unknown_route(), *intent_turn.routes()]
+    router = Router(routes, fallback=chat)
+    guarded = AccessControl(router, settings)  # allow/deny lists before any route
+    sanitized = Sanitized(metrics.handler(guarded), settings.input.max_chars)
+
+    async def has_history(key: ContextKey) -> bool:
+        return bool((await store.load(key)).history)
+
+    async def keep(message: Message) -> None:
+        await store.read([journal.begin(message)])
+
+    intake = Intake(
+        Guarded(sanitized, log_text=settings.input.log_user_text),
+        conversation=chat.conversation_key,
+        deduper=store,
+        has_history=has_history,
+        max_in_flight=settings.limits.max_in_flight,
+        max_wait=settings.redis.lock_wait,
+        owner=journal.owner,
+        keep=keep,
+    )
+    metrics.watch_intake(intake)
+    inflight = InFlight(intake)
+    return Core(
+        settings=settings,
+        secrets=secrets,
+        store=store,
+        llm=llm,
+        router=router,
+        commands=commands,
+        chat=chat,
+        inflight=inflight,
+        handler=inflight,
+        metrics=metrics,
+        redis_description=description,
+        plugins=plugins,
+        intents=intent_turn,
+        toolbox=toolbox,
+        memory=memory,
+        usage=usage,
+        journal=journal,
+        intake=intake,
+    )
