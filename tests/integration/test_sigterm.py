@@ -93,8 +93,8 @@ async def test_sigterm_while_starting_drains_and_exits_0(
 
 
 async def test_an_answer_outliving_the_grace_says_it_was_interrupted_then_comes_anew(
-    fake_openai: FakeOpenAI, redis_url: str, key_prefix: str, tmp_path: Path
-):
+    fake_openai: FakeOpenAI, redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+):  # `redis`: the bot processes' keys under this test's prefix are deleted after it
     """The reader sees: the partial answer marked as interrupted, the restart note, the
     whole answer; never a cut answer without a word, then a different one."""
     long_answer = " ".join(f"word{i}" for i in range(60))
