@@ -111,7 +111,9 @@ def _with_table_header(text: str, cut: int, rest: str) -> str:
     block = text[start:cut]
     line = block.count("\n")
     for token in _parser.parse(block + rest[: rest.find("\n") + 1 or None]):
-        if token.type == "table_open" and token.map and token.map[0] + 2 <= line < token.map[1]:
+        # After a body row (+3): a cut right after the delimiter row would hand the whole
+        # table back as the rest, and the splitter would never get anywhere.
+        if token.type == "table_open" and token.map and token.map[0] + 3 <= line < token.map[1]:
             lines = block.split("\n")
             return f"{lines[token.map[0]]}\n{lines[token.map[0] + 1]}\n{rest}"
     return rest
@@ -292,6 +294,8 @@ def take_part(text: str, limit: int, measure: Measure = len) -> tuple[str, str]:
     for _ in range(4):
         cut = _choose(text, max(end, 1))
         part, rest = _assemble(text, cut, renumber=True)
+        if len(rest) >= len(text):  # what a cut carries over must never undo the cut
+            part, rest = _assemble(text, cut)
         if measure(part) <= limit or cut <= 1:
             return part, rest
         end = cut - 1  # the measure was not monotonic here: look further back

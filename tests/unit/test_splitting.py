@@ -84,3 +84,15 @@ def test_a_long_list_written_with_one_number_numbers_on_in_every_part(marker: st
         if start is not None:
             shown += range(start, start + count)
     assert shown == list(range(1, 60))
+
+
+@pytest.mark.parametrize("limit", range(16, 40))
+def test_a_table_cut_after_its_delimiter_row_still_gets_somewhere(limit: int):
+    """The rest of a table cut right after its delimiter row used to be the whole table
+    again (its header carried over): split_text looped for ever."""
+    text = "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n"
+    parts = split_text(text, limit)
+    assert 1 <= len(parts) <= len(text)
+    assert any("| 1 | 2 |" in p for p in parts) and any("| 3 | 4 |" in p for p in parts)
+    _, rest = take_part(text, limit)
+    assert len(rest) < len(text)
