@@ -158,12 +158,15 @@ class Intake:
     ) -> None:
         claim: Claim | None = None
         token = current_claim.set(None)
-        taken = False  # taken in (first seen) and not answered yet
+        # Taken in (first seen) and not handed to the handler yet: a shutdown that cancels it
+        # now journals it. Once its turn runs, the turn's own journal entry (written with its
+        # read, removed with its write) covers it, and a second one could answer it twice.
+        waiting = False
         try:
             first, claimed, ahead = await self._claim(line, message)
             if not first:
                 return
-            taken = True
+            waiting = True
             if claimed:
                 claim = Claim(line, claimed)
                 current_claim.set(claim)
@@ -176,10 +179,15 @@ class Intake:
                 self.queued -= 1
             if message.follow_up and not await self._known(line):
                 return
-            await self._answer(message, responder)
-            taken = False
+            await self._slot()
+            waiting = False
+            try:
+                await self.handler(message, responder)
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
         except asyncio.CancelledError:
-            if taken and self.keep is not None:
+            if waiting and self.keep is not None:
                 try:
                     await self.keep(message)
                 except Exception as exc:  # shutting down: the message is lost, say so
@@ -192,9 +200,9 @@ class Intake:
             if claim is not None and not claim.released and self._deliveries is not None:
                 await self._deliveries.leave(line, claim.place)
 
-    async def _answer(self, message: Message, responder: Responder) -> None:
+    async def _slot(self) -> None:
+        """One of `max_in_flight` slots (none to take without a bound)."""
         if self._slots is None:
-            await self.handler(message, responder)
             return
         if self._slots.locked():
             self.waiting += 1
@@ -204,10 +212,6 @@ class Intake:
                 self.waiting -= 1
         else:
             await self._slots.acquire()
-        try:
-            await self.handler(message, responder)
-        finally:
-            self._slots.release()
 
     async def _claim(self, line: ContextKey, message: Message) -> tuple[bool, str, str]:
         """(first seen, our place in the store's pending set, the place just before it).

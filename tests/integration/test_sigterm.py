@@ -168,6 +168,7 @@ async def test_messages_still_waiting_at_shutdown_are_answered_after_the_restart
         await wait_for(lambda: len(fake_openai.chat_requests()) == 1)
         tg.update(text_message("and me?", chat_id=502, from_id=502))
         await wait_for(lambda: intake.waiting == 1)  # taken in, waiting for the one slot
+        await wait_for(lambda: tg.calls_of("sendMessageDraft"))  # the first one shows words
         await first.stop()
         assert not tg.sent_texts(502)
         second = BotApp(settings, secrets, redis=redis)
