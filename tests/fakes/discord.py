@@ -78,6 +78,7 @@ class FakeDiscord:
         self._sockets: list[web.WebSocketResponse] = []
         self.identified = asyncio.Event()
         self.ready_gate = asyncio.Event()  # cleared: READY is held back (a slow gateway)
+        self._readying: set[asyncio.Task[None]] = set()
         self.ready_gate.set()
         self._sequence = itertools.count(1)
 
@@ -97,6 +98,8 @@ class FakeDiscord:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        for task in list(self._readying):
+            task.cancel()
         for socket in self._sockets:
             await socket.close()
         if self._runner is not None:
@@ -179,7 +182,11 @@ class FakeDiscord:
                 if payload["d"].get("token") != TOKEN:
                     await socket.close(code=4004, message=b"Authentication failed")
                     break
-                await self._ready(socket)
+                # READY may be held back (`ready_gate`): the loop keeps reading meanwhile, so a
+                # client that gives up and closes gets its close answered, not a hang.
+                task = asyncio.create_task(self._ready(socket))
+                self._readying.add(task)
+                task.add_done_callback(self._readying.discard)
         return socket
 
     async def _ready(self, socket: web.WebSocketResponse) -> None:
