@@ -29,7 +29,7 @@ from core.limits import AccessControl, RateLimiter, TokenBudget
 from core.llm import OpenAIChat, make_client
 from core.memory import Summarizer
 from core.middleware import Guarded, InFlight
-from core.model import ContextKey, Message
+from core.model import ContextKey
 from core.moderation import Moderator
 from core.plugins import Plugins, load_plugins
 from core.protocols import Handler
@@ -181,9 +181,6 @@ async def build_core(
     async def has_history(key: ContextKey) -> bool:
         return bool((await store.load(key)).history)
 
-    async def keep(message: Message) -> None:
-        await store.read([journal.begin(message)])
-
     intake = Intake(
         Guarded(sanitized, log_text=settings.input.log_user_text),
         conversation=chat.conversation_key,
@@ -192,7 +189,6 @@ async def build_core(
         max_in_flight=settings.limits.max_in_flight,
         max_wait=settings.redis.lock_wait,
         owner=journal.owner,
-        keep=keep,
     )
     metrics.watch_intake(intake)
     inflight = InFlight(intake)

@@ -35,8 +35,6 @@ from core.protocols import Deduper, Deliveries, Handler, Responder
 log = logging.getLogger(__name__)
 
 HasHistory = Callable[[ContextKey], Awaitable[bool]]
-Keep = Callable[[Message], Awaitable[None]]
-"""Journals a message so that it is answered after a restart (see `Intake.keep`)."""
 POLL = 0.02  # seconds before the first look again at another process's earlier message
 POLL_MAX = 0.5  # the looks back off to this
 
@@ -126,7 +124,6 @@ class Intake:
         max_in_flight: int = 0,
         max_wait: float = 120.0,
         owner: str = "",
-        keep: Keep | None = None,
     ) -> None:
         self.handler = handler
         self.conversation = conversation
@@ -138,9 +135,6 @@ class Intake:
         # place of its own is known as one without asking the store.
         self.owner = owner or secrets.token_hex(8)
         self.has_history = has_history
-        # A message taken in but not answered when shutdown cancels it (still in line, waiting
-        # for a slot, or in its turn) is journaled, so that it is answered after the restart.
-        self.keep = keep
         self.lines = Lines()
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight > 0 else None
@@ -158,15 +152,10 @@ class Intake:
     ) -> None:
         claim: Claim | None = None
         token = current_claim.set(None)
-        # Taken in (first seen) and not handed to the handler yet: a shutdown that cancels it
-        # now journals it. Once its turn runs, the turn's own journal entry (written with its
-        # read, removed with its write) covers it, and a second one could answer it twice.
-        waiting = False
         try:
             first, claimed, ahead = await self._claim(line, message)
             if not first:
                 return
-            waiting = True
             if claimed:
                 claim = Claim(line, claimed)
                 current_claim.set(claim)
@@ -180,20 +169,11 @@ class Intake:
             if message.follow_up and not await self._known(line):
                 return
             await self._slot()
-            waiting = False
             try:
                 await self.handler(message, responder)
             finally:
                 if self._slots is not None:
                     self._slots.release()
-        except asyncio.CancelledError:
-            if waiting and self.keep is not None:
-                try:
-                    await self.keep(message)
-                except Exception as exc:  # shutting down: the message is lost, say so
-                    log.warning("a message cut off by shutdown was not journaled: %s",
-                                type(exc).__name__)  # fmt: skip
-            raise
         finally:
             place.leave()
             current_claim.reset(token)

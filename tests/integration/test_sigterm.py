@@ -17,11 +17,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from bots.app import BotApp
-from core.config import Secrets
 from core.keys import KeyBuilder
 from core.model import ContextKey
-from tests.conftest import make_settings
 from tests.fakes.discord import TOKEN as DISCORD_TOKEN
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Reply
@@ -140,45 +137,3 @@ async def test_an_answer_outliving_the_grace_says_it_was_interrupted_then_comes_
     _, note, whole = tg.sent_texts(42)
     assert "restarted" in note
     assert whole == long_answer
-
-
-async def test_messages_still_waiting_at_shutdown_are_answered_after_the_restart(
-    fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
-):
-    """With one answer at a time (`limits.max_in_flight: 1`), a second chat's message waits
-    for a slot when shutdown comes. It was taken in (its update confirmed to Telegram), so it
-    is journaled, and the restarted bot answers it; before, it was lost."""
-    # The first answer stalls after a few words until shutdown (however slow the machine);
-    # after the restart, the fake's echoes.
-    fake_openai.push(Reply(kind="stall", text="a few words and then", after_chunks=3))
-    settings = make_settings(
-        key_prefix, tmp_path,
-        platforms={"telegram": {"poll_timeout": 1, "max_rate": 100_000}},
-        limits={"max_in_flight": 1}, server={"shutdown_grace": 0.3},
-        redis={"heartbeat_ttl": 1}, llm={"chunk_timeout": 60},
-    )  # fmt: skip
-    async with FakeTelegram() as tg:
-        secrets = Secrets(telegram_bot_token=tg.token, telegram_api_url=tg.api_url,
-                          openai_base_url=fake_openai.base_url)  # fmt: skip
-        first = BotApp(settings, secrets, redis=redis)
-        await first.start()
-        assert first.core is not None and first.core.intake is not None
-        intake = first.core.intake
-        tg.update(text_message("a long one", chat_id=501, from_id=501))
-        await wait_for(lambda: len(fake_openai.chat_requests()) == 1)
-        tg.update(text_message("and me?", chat_id=502, from_id=502))
-        await wait_for(lambda: intake.waiting == 1)  # taken in, waiting for the one slot
-        await wait_for(lambda: tg.calls_of("sendMessageDraft"))  # the first one shows words
-        await first.stop()
-        assert not tg.sent_texts(502)
-        second = BotApp(settings, secrets, redis=redis)
-        await second.start()
-        try:
-            await wait_for(lambda: len(tg.sent_texts(502)) == 2, timeout=20)
-            await wait_for(lambda: len(tg.sent_texts(501)) == 3, timeout=20)
-        finally:
-            await second.stop()
-    note, answer = tg.sent_texts(502)
-    assert "restarted" in note and answer == "echo: and me?"
-    assert "Interrupted" in tg.sent_texts(501)[0]
-    assert tg.sent_texts(501)[2] == "echo: a long one"
