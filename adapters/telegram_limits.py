@@ -83,7 +83,6 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
         self._max_retries = max_retries
         self._waiting = 0  # required calls waiting for an overall token
         self._resume_at = 0.0  # loop time before which Telegram asked for no calls
-        self.skipped = 0  # best-effort calls not sent, for logs and tests
 
     async def initialize(self) -> None:
         """Nothing to open: the buckets are in memory."""
@@ -115,7 +114,6 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
                 else:  # _fair first: every chat asking counts, spare or not
                     go = self._fair(chat) and self._spare(chat, headroom=self._reserve)
                 if not go:
-                    self.skipped += 1
                     return SKIPPED
                 await self._take_spare(chat, shows_text=priority == "best_effort")
             else:
@@ -125,7 +123,6 @@ class PriorityRateLimiter(BaseRateLimiter[RateLimitArgs]):
             except RetryAfter as exc:
                 self._halt(exc)
                 if best_effort:
-                    self.skipped += 1
                     return SKIPPED  # the next update carries the whole text
                 if attempt >= retries:
                     log.warning("telegram: %s still flood-limited after %d retries",

@@ -106,10 +106,6 @@ class Lines:
         if self._tails.get(key) is done:
             del self._tails[key]
 
-    def __len__(self) -> int:
-        """Conversations with a message in line or being answered."""
-        return len(self._tails)
-
 
 class Intake:
     """The outermost `Handler`: place in line, delivery dedupe, thread check, a free slot."""
@@ -136,7 +132,6 @@ class Intake:
         self.owner = owner or secrets.token_hex(8)
         self.has_history = has_history
         self.lines = Lines()
-        self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight > 0 else None
         self.waiting = 0  # messages whose turn has come, waiting for a free slot
         self.queued = 0  # messages waiting for an earlier one of their conversation
