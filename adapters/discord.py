@@ -31,7 +31,8 @@ from adapters.discord_events import conversation_key, to_message
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
 from core.model import Command, Message, MessageRef, User
-from core.protocols import Deduper, Handler
+from core.protocols import Handler
+from core.storage import Deduper
 
 log = logging.getLogger(__name__)
 

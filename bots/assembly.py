@@ -24,7 +24,6 @@ from core.commands import BuiltinCommands
 from core.config import ConfigError, Secrets, Settings
 from core.intake import Intake
 from core.intents import IntentMatcher, IntentTurn, gather_intents
-from core.keys import KeyBuilder
 from core.limits import AccessControl, RateLimiter, TokenBudget
 from core.llm import OpenAIChat, make_client
 from core.memory import Summarizer
@@ -36,11 +35,12 @@ from core.protocols import Handler
 from core.router import Router
 from core.sanitize import Sanitized
 from core.sections import BUILTIN_TOOLS
+from core.storage import AnswerJournal
 from core.tokens import TokenCounter
 from core.tools import Toolbox
 from core.usage import UsageBook
 from stores.redis.health import StoreLimits
-from stores.redis.journal import Journal
+from stores.redis.keys import KeyBuilder
 from stores.redis.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Core:
     toolbox: Toolbox | None = None
     memory: Summarizer | None = None
     usage: UsageBook | None = None
-    journal: Journal | None = None
+    journal: AnswerJournal | None = None
     intake: Intake | None = None
 
 
@@ -126,7 +126,14 @@ async def build_core(
         dedupe_ttl=settings.redis.dedupe_ttl,
     )
     keys = KeyBuilder(settings.redis.key_prefix)
-    store = RedisStore(redis, keys, limits, describe=description, on_round_trip=on_round_trip)
+    store = RedisStore(
+        redis,
+        keys,
+        limits,
+        describe=description,
+        on_round_trip=on_round_trip,
+        heartbeat_ttl=settings.redis.heartbeat_ttl,
+    )
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else None
     client = make_client(settings.llm, api_key=api_key, base_url=secrets.openai_base_url)
     stack.push_async_callback(client.close)
@@ -139,16 +146,15 @@ async def build_core(
         actions = HttpActions(http, settings.actions)
     toolbox = build_toolbox(settings, actions, plugins)
     counter = TokenCounter(settings.context.tokenizer)
-    usage = UsageBook(keys, settings.limits.timezone, settings.context.ttl_seconds)
-    limiter = RateLimiter(keys, settings.limits)
-    cache = AnswerCache(keys, settings.cache) if settings.cache.enabled else None
+    usage = UsageBook(settings.limits.timezone)
+    limiter = RateLimiter(settings.limits)
+    cache = AnswerCache(settings.cache) if settings.cache.enabled else None
     memory = Summarizer(
-        store, metered, keys, settings.memory, budget=settings.context.token_budget, counter=counter
+        store, metered, settings.memory, budget=settings.context.token_budget, counter=counter
     )
     stack.push_async_callback(memory.close)
-    journal = Journal(redis, settings.redis.key_prefix, heartbeat_ttl=settings.redis.heartbeat_ttl)
+    journal = store.journal
     features = Features(
-        keys=keys,
         toolbox=toolbox or None,
         usage=usage,
         limiter=limiter if limiter.enabled else None,
@@ -156,19 +162,19 @@ async def build_core(
         moderator=Moderator(client, settings.moderation) if settings.moderation.enabled else None,
         cache=cache,
         memory=memory if settings.memory.summarize else None,
-        journal=journal,
-        deliveries=store,
+        journal=True,
+        claims=True,
     )
     chat = ChatTurn(store, metered, settings, counter, features)
     intent_turn = IntentTurn(
         IntentMatcher(intents),
         store=store,
         settings=settings,
-        keys=keys,
         actions=actions,
         handlers=plugins.handlers,
         cache=cache,
         limiter=features.limiter,
+        claims=True,
     )
     commands = BuiltinCommands(
         store, settings, usage=usage, plugins=plugins, intents=intents, tools=list(toolbox.tools)

@@ -6,11 +6,11 @@ in the middle leaves the partial answer with a short note, and the history recor
 what the user was shown. Optional parts (moderation, tools, the cache, the summary) never
 stop an answer when they fail.
 
-Redis round trips of a turn, the conversation lock included: ONE read (the lock, history,
+Store round trips of a turn, the conversation lock included: ONE read (the lock, history,
 settings, the channel's defaults, the rate-limit bucket, today's usage, a cached first
-answer) and ONE write (the turn, usage counters, the cache, the lock's release). A first
-turn whose persona or model is not the default reads the cache once more. The summary
-runs afterwards, in the background.
+answer) and ONE write (the turn, usage counters, the cache, the lock's release), both through
+`core/exchange.py`, which the intent turn shares. A first turn whose persona or model is not
+the default reads the cache once more. The summary runs afterwards, in the background.
 """
 
 from __future__ import annotations
@@ -18,30 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from core.cache import AnswerCache
 from core.config import Settings
-from core.intake import Claim, current_claim
-from core.keys import KeyBuilder
+from core.exchange import Exchange, Policies
 from core.limits import RateLimiter, TokenBudget
 from core.memory import Summarizer, needs_summary
 from core.model import ContextKey, Conversation, Message, Turn
 from core.moderation import Moderator, Verdict
 from core.prompt import build_prompt
-from core.protocols import (
-    LLM,
-    AnswerJournal,
-    Deliveries,
-    LLMError,
-    Queue,
-    Responder,
-    Store,
-    StreamCut,
-    TurnLock,
-    Usage,
-)
+from core.protocols import LLM, LLMError, Responder, StreamCut, Usage
+from core.storage import Store, TurnLock
 from core.streaming import DeliveryError, StreamingReply, reply
 from core.tokens import TokenCounter
 from core.toolloop import LoopStats, run_model
@@ -71,9 +59,8 @@ class TurnResult:
 
 @dataclass
 class Features:
-    """The optional parts of a chat turn; each is None (or empty) when off."""
+    """The optional parts of a chat turn; each is None (or off) when unused."""
 
-    keys: KeyBuilder | None = None
     toolbox: Toolbox | None = None
     usage: UsageBook | None = None
     limiter: RateLimiter | None = None
@@ -81,23 +68,11 @@ class Features:
     moderator: Moderator | None = None
     cache: AnswerCache | None = None
     memory: Summarizer | None = None
-    journal: AnswerJournal | None = None
-    deliveries: Deliveries | None = None  # the message's claim leaves in the turn's write
+    journal: bool = False  # messages being answered are journaled (a crash loses none)
+    claims: bool = False  # the message's delivery claim leaves in the turn's write
 
-
-@dataclass
-class _Reads:
-    """Feature reads riding in the conversation's load pipeline, by slot."""
-
-    queues: list[Queue] = field(default_factory=list)
-    slots: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, queue: Queue) -> None:
-        self.slots[name] = len(self.queues)
-        self.queues.append(queue)
-
-    def get(self, name: str, results: list[Any]) -> Any:
-        return results[self.slots[name]] if name in self.slots else None
+    def policies(self) -> Policies:
+        return Policies(self.limiter, self.budget, self.usage, self.journal, self.claims)
 
 
 class ChatTurn:
@@ -116,6 +91,7 @@ class ChatTurn:
         self.settings = settings
         self.counter = counter
         self.features = features or Features()
+        self.exchange = Exchange(store, self.features.policies())
 
     def conversation_key(self, message: Message) -> ContextKey:
         return message.key.scoped(self.settings.scope(message.platform))
@@ -137,7 +113,7 @@ class ChatTurn:
                 try:
                     result, summarise = await self._locked(message, key, responder, screening, held)
                 except Exception:
-                    await self._unjournal(message)
+                    await self.exchange.forget(message, key)
                     raise
         finally:
             if screening is not None and not screening.done():
@@ -155,54 +131,34 @@ class ChatTurn:
         held: TurnLock,
     ) -> tuple[TurnResult, tuple[list[Turn], str, str] | None]:
         f = self.features
-        now = f.usage.now() if f.usage else None
         user_turn = Turn("user", _with_attachments(message), message.user.name)
-        reads = _Reads()
-        if f.journal is not None:  # a crash from here on is answered after restart
-            reads.add("journal", f.journal.begin(message))
-        if f.limiter is not None and f.limiter.enabled:
-            reads.add("rate", f.limiter.queue_take(message))
-        if f.budget is not None and f.budget.enabled and now is not None:
-            reads.add("budget", f.budget.queue_used(message, now))
         default_key = ""
         if f.cache is not None and f.cache.first_turns:
             # The likely key (default persona and model) is read speculatively: no extra trip.
             default_key = f.cache.chat_key(
                 self._persona(None), self._model(None), user_turn.content
             )
-            reads.add("cache", f.cache.queue_get(default_key))
-        conversation, results = await self.store.load_turn(
-            key, channel=message.key, extra=reads.queues, lock=held
-        )
-        refusal = None
-        if f.limiter is not None:
-            refusal = f.limiter.refusal(reads.get("rate", results))
-        if refusal is None and f.budget is not None and now is not None:
-            refusal = f.budget.refusal(reads.get("budget", results), now)
+        opened = await self.exchange.open(message, key, lock=held, cache=default_key)
+        refusal = opened.refusal
         if refusal is None and screening is not None and f.moderator is not None:
             refusal = f.moderator.refusal(await screening)
         if refusal is not None:
             await reply(responder, refusal)  # not recorded: it never reached the model
-            await self._unjournal(message)
+            await self.exchange.forget(message, key)
             return TurnResult(refusal, False, 0, refused=True), None
+        conversation = opened.state.conversation
         persona, model = self._persona(conversation), self._model(conversation)
         cache_key = ""
         first_turn = not conversation.history and not conversation.summary
         if f.cache is not None and default_key and first_turn:
             cache_key = f.cache.chat_key(persona, model, user_turn.content)
-            raw = reads.get("cache", results)
+            cached = opened.state.cached
             if cache_key != default_key:
-                raw = (await self.store.read([f.cache.queue_get(cache_key)]))[0]
-            cached = f.cache.decode(raw)
+                cached = await self.store.cached(cache_key)
             if cached is not None:
                 await reply(responder, cached)
-                done = [f.journal.end(message)] if f.journal is not None else []
-                claim = self._claim_leaving(done)
-                saved = await self.store.save(
-                    key, user_turn, Turn("assistant", cached), extra=done, lock=held
-                )
-                if claim is not None:
-                    claim.released = saved  # else the intake releases it on its own
+                served = (user_turn, Turn("assistant", cached))
+                await self.exchange.close(message, key, served, lock=held, opened=opened)
                 return TurnResult(cached, False, 0, cached=True), None
         prompt = build_prompt(
             system=self.settings.personas[persona].system_prompt,
@@ -213,8 +169,7 @@ class ChatTurn:
             max_turns=self.settings.context.max_turns,
             counter=self.counter,
         )
-        conversation_id = f.keys.conversation_id(key) if f.keys else ""
-        context = ToolContext(message, conversation_id)
+        context = ToolContext(message, key.id)
         stats = LoopStats()
         answer, failed = await self._stream_answer(
             prompt.messages, model, responder, context, stats
@@ -222,18 +177,13 @@ class ChatTurn:
         usage = stats.usage
         if usage is None and stats.model_calls and answer and not failed:
             usage = Usage(prompt.tokens, self.counter.text(answer))  # the server sent none
-        writes: list[Queue] = []
-        if f.journal is not None:  # answered and recorded in the same MULTI/EXEC
-            writes.append(f.journal.end(message))
-        if f.usage is not None and usage is not None and now is not None:
-            writes += f.usage.queue_record(message, key, usage, now)
+        entry = None
         if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
-            writes.append(f.cache.queue_set(cache_key, answer))
-        claim = self._claim_leaving(writes)
+            entry = f.cache.entry(cache_key, answer)
         turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
-        saved = await self.store.save(key, *turns, extra=writes, lock=held)
-        if claim is not None:
-            claim.released = saved  # else the intake releases it on its own
+        await self.exchange.close(
+            message, key, turns, lock=held, opened=opened, usage=usage, cache=entry
+        )
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
         memory = f.memory
@@ -296,24 +246,6 @@ class ChatTurn:
                 log.warning("model returned an empty answer")
                 return await self._apologise(responder, answer), True
             return await self._finish(answer), False
-
-    def _claim_leaving(self, writes: list[Queue]) -> Claim | None:
-        """The message's place in its conversation's pending set leaves in the turn's write
-        (one round trip fewer than the intake's own release)."""
-        claim = current_claim.get()
-        if claim is None or self.features.deliveries is None:
-            return None
-        writes.append(self.features.deliveries.queue_leave(claim.line, claim.place))
-        return claim
-
-    async def _unjournal(self, message: Message) -> None:
-        """Drop a journal entry on a path that writes nothing else (refusals, bugs)."""
-        if self.features.journal is None:
-            return
-        try:
-            await self.store.read([self.features.journal.end(message)])
-        except Exception as exc:
-            log.warning("journal entry not removed: %s", type(exc).__name__)
 
     async def _finish(self, answer: StreamingReply) -> str:
         try:

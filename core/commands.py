@@ -10,9 +10,10 @@ from collections.abc import Container, Iterable, Sequence
 from core.config import Settings
 from core.model import ContextKey, Message
 from core.plugins import PluginCommand, Plugins
-from core.protocols import Handler, Responder, Store
+from core.protocols import Handler, Responder
 from core.router import Route, any_command, command
 from core.sections import IntentSettings
+from core.storage import Store
 from core.streaming import reply
 from core.usage import UsageBook
 

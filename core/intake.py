@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from core.model import ContextKey, Message
-from core.protocols import Deduper, Deliveries, Handler, Responder
+from core.protocols import Handler, Responder
+from core.storage import Deduper, Deliveries
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from core.actions import ActionError, HttpActions, action_payload
 from core.cache import AnswerCache
 from core.config import Settings
-from core.keys import KeyBuilder
+from core.exchange import Exchange, Policies
 from core.limits import RateLimiter
 from core.model import ContextKey, IntentMatch, Message, Turn
 from core.plugins import IntentHandler, PluginError, Plugins
-from core.protocols import Queue, Responder, Store
+from core.protocols import Responder
 from core.router import Route
 from core.sections import IntentSettings
+from core.storage import Store
 from core.streaming import reply
 from core.tools import ToolContext
 
@@ -119,20 +120,19 @@ class IntentTurn:
         *,
         store: Store,
         settings: Settings,
-        keys: KeyBuilder,
         actions: HttpActions | None,
         handlers: Mapping[str, IntentHandler],
         cache: AnswerCache | None,
         limiter: RateLimiter | None,
+        claims: bool = False,
     ) -> None:
         self.matcher = matcher
         self.store = store
         self.settings = settings
-        self.keys = keys
         self.actions = actions
         self.handlers = dict(handlers)
         self.cache = cache
-        self.limiter = limiter
+        self.exchange = Exchange(store, Policies(limiter=limiter, claims=claims))
 
     def routes(self) -> list[Route]:
         """One route per intent, named `intent:<name>`, for plain (non-command) messages."""
@@ -154,33 +154,27 @@ class IntentTurn:
         )
         log.info("intent %s entities=%s", intent.name, sorted(found.entities))
         key = message.key.scoped(self.settings.scope(message.platform))
-        limiter = self.limiter if self.limiter is not None and self.limiter.enabled else None
         cache_key = ""
         if self.cache is not None and self.cache.settings.enabled and intent.settings.cache:
             cache_key = self.cache.intent_key(intent.name, message.text)
         async with self.store.lock(key, lazy=True) as held:
-            reads: list[Queue] = []
-            if limiter is not None:
-                reads.append(limiter.queue_take(message))
-            if cache_key:
-                reads.append(AnswerCache.queue_get(cache_key))
-            results = iter(await self.store.read(reads, lock=held))
-            if limiter is not None:
-                refusal = limiter.refusal(next(results))
-                if refusal:
-                    await reply(responder, refusal)
-                    return
-            cached = AnswerCache.decode(next(results)) if cache_key else None
+            opened = await self.exchange.open(
+                message, key, lock=held, history=False, cache=cache_key, journal=False
+            )
+            if opened.refusal is not None:
+                await reply(responder, opened.refusal)
+                return
+            cached = opened.state.cached
             if cached is not None:
                 answer, fresh = cached, False
             else:
                 answer, fresh = await self._respond(intent, found, key, responder)
             await reply(responder, answer)
-            writes: list[Queue] = []
+            entry = None
             if fresh and cache_key and self.cache is not None:
-                writes.append(self.cache.queue_set(cache_key, answer))
+                entry = self.cache.entry(cache_key, answer)
             turns = (Turn("user", message.text, message.user.name), Turn("assistant", answer))
-            await self.store.save(key, *turns, extra=writes, lock=held)
+            await self.exchange.close(message, key, turns, lock=held, opened=opened, cache=entry)
 
     async def _respond(
         self, intent: Intent, found: IntentMatch, key: ContextKey, responder: Responder
@@ -198,7 +192,7 @@ class IntentTurn:
             if self.actions is None:
                 return SORRY, False
             assert found.message is not None
-            context = ToolContext(found.message, self.keys.conversation_id(key))
+            context = ToolContext(found.message, key.id)
             payload = action_payload(intent.name, found.entities, found.text, context)
             try:
                 return await self.actions.reply_text(settings.action, payload), True

@@ -3,67 +3,28 @@ token budget.
 
 The allow/deny lists are a router middleware: they run before any route, so a refused
 message never reaches an intent, a tool or the model. The rate limit is a token bucket in
-Redis, shared by every process: a Lua script (atomic, Redis server time, so clocks of the
-bot hosts do not matter) sent inside the turn's own load pipeline instead of a round trip
-of its own. When Redis is away the limits fail open: the bot answers rather than refuse.
+the store, shared by every process (taken in the store's clock, so the bot hosts' clocks do
+not matter), taken in the turn's own read instead of a round trip of its own. When the store
+is away the limits fail open: the bot answers rather than refuse.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import secrets
 from datetime import datetime
-from typing import Any
 
 from core.config import Settings
-from core.keys import KeyBuilder
 from core.model import Message
-from core.protocols import Handler, Queue, Responder
+from core.protocols import Handler, Responder
 from core.sections import LimitsSettings
+from core.storage import RateResult, RateTake, UserPeriod
 from core.streaming import reply
-from core.usage import UsageBook, describe_wait, parse_int
+from core.usage import UsageBook, describe_wait
 
 log = logging.getLogger(__name__)
 
 NOT_ALLOWED = "Sorry, I'm not available to you here. Ask an admin if you think you should be."
-
-# KEYS[1]: the bucket (a hash: tokens, ts, taken). ARGV: capacity, refill per millisecond,
-# cost, the take's token. Returns {1, 0} when the message may go on, else {0, milliseconds
-# until it would}. A take sent again after a late reply (redis-py does) finds its token and
-# takes nothing twice. `taken` keeps the last 16 tokens, newest first: the user's other takes
-# stalled by the same late reply run between a take and its retry.
-TOKEN_BUCKET = """
-local taken = redis.call('HGET', KEYS[1], 'taken') or ''
-if string.find(taken, ARGV[4], 1, true) then return {1, 0} end
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
-local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  wait = math.ceil((cost - tokens) / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-if allowed == 1 then
-  redis.call('HSET', KEYS[1], 'taken', string.sub(ARGV[4] .. ' ' .. taken, 1, 16 * 17))
-end
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
-return {allowed, wait}
-"""
 
 
 class AccessControl:
@@ -91,10 +52,9 @@ class AccessControl:
 
 
 class RateLimiter:
-    """Messages per minute per user: a token bucket of `burst` messages in Redis."""
+    """Messages per minute per user: a token bucket of `burst` messages in the store."""
 
-    def __init__(self, keys: KeyBuilder, settings: LimitsSettings) -> None:
-        self.keys = keys
+    def __init__(self, settings: LimitsSettings) -> None:
         self.per_minute = settings.messages_per_minute
         self.capacity = settings.burst or max(1, math.ceil(self.per_minute))
 
@@ -102,24 +62,19 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.per_minute > 0
 
-    def queue_take(self, message: Message) -> Queue:
-        """Takes one message from the user's bucket (one EVAL in the caller's pipeline)."""
-        key = self.keys.bucket(message.platform, message.user.id)
-        per_ms = self.per_minute / 60_000
-        token = secrets.token_hex(8)
-        return lambda pipe: pipe.eval(TOKEN_BUCKET, 1, key, self.capacity, repr(per_ms), 1, token)
+    def take(self, message: Message) -> RateTake:
+        """One message from the user's bucket (taken in the turn's read)."""
+        return RateTake(message.platform, message.user.id, self.capacity, self.per_minute)
 
-    def refusal(self, raw: Any) -> str | None:
-        """The reply when the bucket was empty, else None (also when Redis did not answer)."""
-        if not isinstance(raw, list | tuple) or len(raw) != 2:
-            return None
-        allowed, wait_ms = parse_int(raw[0]), parse_int(raw[1])
-        if allowed:
+    def refusal(self, result: RateResult | None) -> str | None:
+        """The reply when the bucket was empty, else None (also when the store did not
+        answer)."""
+        if result is None or result.allowed:
             return None
         rate = f"{self.per_minute:g} message{'s' if self.per_minute != 1 else ''} a minute"
         return (
             f"You're sending messages faster than I can answer (limit: {rate}). "
-            f"Try again in {describe_wait(wait_ms / 1000)}."
+            f"Try again in {describe_wait(result.wait_ms / 1000)}."
         )
 
 
@@ -134,12 +89,12 @@ class TokenBudget:
     def enabled(self) -> bool:
         return self.daily > 0
 
-    def queue_used(self, message: Message, now: datetime) -> Queue:
-        return self.usage.queue_today(message, now)
+    def today(self, message: Message, now: datetime) -> UserPeriod:
+        return self.usage.today(message, now)
 
-    def refusal(self, raw: Any, now: datetime) -> str | None:
-        used = parse_int(raw)
-        if used < self.daily:
+    def refusal(self, used: int | None, now: datetime) -> str | None:
+        """The reply when today's usage reached the budget (None: unknown, fail open)."""
+        if used is None or used < self.daily:
             return None
         resets = self.usage.next_day(now)
         wait = (resets - now).total_seconds()

@@ -15,10 +15,10 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from core.keys import KeyBuilder
 from core.model import ContextKey, Turn
-from core.protocols import LLM, Store, Usage
+from core.protocols import LLM, Usage
 from core.sections import MemorySettings
+from core.storage import Store
 from core.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ class Summarizer:
         self,
         store: Store,
         llm: LLM,
-        keys: KeyBuilder,
         settings: MemorySettings,
         *,
         budget: int,
@@ -62,7 +61,6 @@ class Summarizer:
     ) -> None:
         self.store = store
         self.llm = llm
-        self.keys = keys
         self.settings = settings
         self.keep_tokens = settings.keep_tokens or max(budget // 2, 1)
         self.counter = counter
@@ -76,7 +74,7 @@ class Summarizer:
 
     def schedule(self, key: ContextKey, stored: Sequence[Turn], summary: str, model: str) -> None:
         """Start a summary of `stored` (the history as saved) unless one runs for `key`."""
-        name = self.keys.conversation_id(key)
+        name = key.id
         if name in self._running:
             return
         task = asyncio.create_task(self._guarded(key, stored, summary, model), name="summary")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Literal
+from urllib.parse import quote
 
 
 class Scope(StrEnum):
@@ -36,6 +38,12 @@ class ContextKey:
     user: str = ""
     workspace: str = ""
     thread: str = ""
+
+    @property
+    def id(self) -> str:
+        """A stable, readable id of the conversation: platform:workspace:channel:thread:user,
+        each part percent-escaped (tools see it; stores build their key names from it)."""
+        return _conversation_id(self.platform, self.workspace, self.channel, self.thread, self.user)
 
     def scoped(self, scope: Scope) -> ContextKey:
         """The conversation this key belongs to under `scope`."""
@@ -174,3 +182,15 @@ def parse_command(text: str, bot_names: tuple[str, ...] = ()) -> Command | None:
     if target and target.lower() not in {n.lower() for n in bot_names}:
         return None
     return Command(name.lower(), args.strip())
+
+
+@lru_cache(maxsize=8192)
+def id_part(value: str) -> str:
+    """One segment of an id or key name, percent-escaped. Cached: a turn builds ~40 segments
+    from the same few ids, and `quote` encodes and scans each anew."""
+    return quote(value, safe="") or "-"
+
+
+@lru_cache(maxsize=8192)
+def _conversation_id(*parts: str) -> str:
+    return ":".join(id_part(part) for part in parts)

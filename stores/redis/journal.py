@@ -1,11 +1,12 @@
 """The answer journal: messages being answered, kept in Redis so a crash loses none.
 
-A chat turn writes its message into the journal in the same pipeline as its history read,
-and removes it in the same MULTI/EXEC as its history write, so the journal costs no extra
-round trip and "answered" and "recorded" change together. Each process keeps a heartbeat
-key alive; after a crash (SIGKILL, OOM, power loss) the heartbeat expires, and at its next
-start any process claims the dead owner's entries (HDEL is the atomic claim, so several
-replicas never take the same one) and answers them.
+A chat turn writes its message into its conversation's journal in the same pipeline as its
+history read, and removes it in the same MULTI/EXEC as its history write, so the journal
+costs no extra round trip and "answered" and "recorded" change together. Each process keeps
+a heartbeat key alive; after a crash (SIGKILL, OOM, power loss) the heartbeat expires, and at
+its next start any process claims the dead owner's entries (HDEL is the atomic claim, so
+several replicas never take the same one) and answers them. Entries in release 0.1's single
+journal hash are still answered.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from collections.abc import Collection
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.keys import KeyBuilder
 from core.model import Attachment, Command, ContextKey, Message, User
+from stores.redis.keys import KeyBuilder
+from stores.redis.scripts import JOURNAL_CLAIM
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +62,16 @@ def message_from_json(raw: str | bytes) -> Message | None:
         return None
 
 
-# KEYS: the journal, this entry's claim. ARGV: the entry, the claim's token. 1: claimed by us.
-CLAIM = """
-if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', 3600)
-return 1
-"""
+class RedisJournal:
+    """Entries `platform:channel:message_id` -> {owner, since, message} in each
+    conversation's journal hash (its slot: the entry rides in the turn's read and leaves in
+    its MULTI), and per owner a set of the journals where it has entries, so recovery finds a
+    dead owner's entries without scanning."""
 
-
-class Journal:
-    """Entries `platform:message_id` -> {owner, since, message} in one Redis hash."""
-
-    def __init__(self, redis: Redis, prefix: str, *, heartbeat_ttl: float = 15.0) -> None:
+    def __init__(self, redis: Any, keys: KeyBuilder, *, heartbeat_ttl: float = 15.0) -> None:
         self.redis = redis
-        self.key = f"{prefix}:journal"
+        self.keys = keys
         self.owner = secrets.token_hex(8)
-        self._keys = KeyBuilder(prefix)  # the heartbeat keys (the intake reads them too)
         self.heartbeat_ttl = heartbeat_ttl
         self._beating: asyncio.Task[None] | None = None
 
@@ -85,22 +79,34 @@ class Journal:
     def entry_id(message: Message) -> str:
         return f"{message.platform}:{message.key.channel}:{message.message_id}"
 
-    def begin(self, message: Message) -> Any:
-        """A pipeline command (a `Queue`) that records `message` as being answered."""
+    def queue_begin(self, pipe: Any, key: ContextKey, message: Message) -> None:
+        """Two commands: record `message` as being answered, and where (this owner's index)."""
         payload = json.dumps(
             {"owner": self.owner, "since": time.time(), "message": message_to_json(message)}
         )
-        entry = self.entry_id(message)
-        return lambda pipe: pipe.hset(self.key, entry, payload)
+        journal = self.keys.journal(key)
+        pipe.hset(journal, self.entry_id(message), payload)
+        pipe.sadd(self.keys.journal_index(self.owner), journal)
 
-    def end(self, message: Message) -> Any:
-        """A pipeline command (a `Queue`) that marks `message` answered."""
-        entry = self.entry_id(message)
-        return lambda pipe: pipe.hdel(self.key, entry)
+    def queue_end_entry(self, pipe: Any, key: ContextKey, message: Message) -> None:
+        """`message` is answered (in the conversation's slot: the turn's MULTI)."""
+        pipe.hdel(self.keys.journal(key), self.entry_id(message))
+
+    def queue_end_index(self, pipe: Any, key: ContextKey) -> None:
+        """This owner has no entry left in the conversation's journal (one turn at a time per
+        conversation: the one that ended was its only one)."""
+        pipe.srem(self.keys.journal_index(self.owner), self.keys.journal(key))
+
+    async def forget(self, key: ContextKey, message: Message) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.queue_end_entry(pipe, key, message)
+            self.queue_end_index(pipe, key)
+            await pipe.execute()
 
     async def start(self) -> None:
         """Announce this process as alive and keep it so."""
         try:
+            await self.redis.sadd(self.keys.journal_owners(), self.owner)
             await self._beat()
         except (RedisError, OSError) as exc:
             log.warning("journal heartbeat not written: %s", type(exc).__name__)
@@ -112,10 +118,10 @@ class Journal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._beating
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.delete(self._keys.owner(self.owner))
+            await self.redis.delete(self.keys.owner(self.owner))
 
     async def _beat(self) -> None:
-        await self.redis.set(self._keys.owner(self.owner), "1", px=int(self.heartbeat_ttl * 1000))
+        await self.redis.set(self.keys.owner(self.owner), "1", px=int(self.heartbeat_ttl * 1000))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -125,45 +131,87 @@ class Journal:
             except (RedisError, OSError) as exc:
                 log.debug("journal heartbeat failed: %s", type(exc).__name__)
 
-    async def claim(self, entry: str | bytes) -> bool:
+    async def claim(self, journal: str, entry: str | bytes) -> bool:
         """Take one entry: True for exactly one claimant, also when the claim's reply came
         late and redis-py sent it again (the entry is gone by then: the claim key says whose
         it was). Raises RedisError/OSError."""
-        name = entry.decode() if isinstance(entry, bytes) else entry
-        claimed_by = f"{self.key}:claimed:{name}"
+        name = _text(entry)
         token = secrets.token_hex(8)  # per claim: only this claim's resend may match it
-        return bool(await self.redis.eval(CLAIM, 2, self.key, claimed_by, name, token))
+        claimed_by = f"{journal}:claimed:{name}"
+        return bool(await self.redis.eval(JOURNAL_CLAIM, 2, journal, claimed_by, name, token))
 
     async def claim_orphans(self, platforms: Collection[str]) -> list[Message]:
         """Take the entries of `platforms` whose owner is gone; each goes to one claimant."""
         try:
-            entries = await self.redis.hgetall(self.key)
+            return await self._claim_orphans(platforms)
         except (RedisError, OSError) as exc:
             log.warning("journal unreadable: %s", type(exc).__name__)
             return []
-        owners: dict[str, bool] = {}
+
+    async def _claim_orphans(self, platforms: Collection[str]) -> list[Message]:
         claimed: list[Message] = []
-        for raw_entry, raw_value in entries.items():
+        owners = {_text(o) for o in await self.redis.smembers(self.keys.journal_owners())}
+        for owner in owners - {self.owner}:
+            if await self.redis.exists(self.keys.owner(owner)):
+                continue  # a live process is answering its entries
+            index = self.keys.journal_index(owner)
+            left = 0
+            for journal in {_text(j) for j in await self.redis.smembers(index)}:
+                kept = await self._claim_in(journal, {owner}, platforms, claimed)
+                if kept:
+                    left += 1
+                else:
+                    await self.redis.srem(index, journal)
+            if not left:
+                await self.redis.srem(self.keys.journal_owners(), owner)
+        if not self.cluster_mode:
+            await self._claim_in(self.keys.legacy_journal(), None, platforms, claimed)
+        return claimed
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Release 0.1's single journal hash cannot exist on a Cluster (it was not supported)."""
+        return type(self.redis).__name__ == "RedisCluster"
+
+    async def _claim_in(
+        self,
+        journal: str,
+        owners: set[str] | None,
+        platforms: Collection[str],
+        claimed: list[Message],
+    ) -> int:
+        """Claim the dead owners' entries of one journal hash (`owners` None: any dead owner);
+        how many of theirs are left (other platforms)."""
+        left = 0
+        alive: dict[str, bool] = {}
+        for raw_entry, raw_value in (await self.redis.hgetall(journal)).items():
             try:
                 value = json.loads(raw_value)
                 owner = value["owner"]
             except (ValueError, KeyError, TypeError):
-                await self.redis.hdel(self.key, raw_entry)
+                await self.redis.hdel(journal, raw_entry)
                 continue
-            if owner == self.owner or _platform(raw_entry) not in platforms:
+            if owner == self.owner or (owners is not None and owner not in owners):
                 continue
-            if owner not in owners:
-                owners[owner] = bool(await self.redis.exists(self._keys.owner(owner)))
-            if owners[owner]:
-                continue  # a live process is answering it
-            if not await self.claim(raw_entry):
+            if owners is None:
+                if owner not in alive:
+                    alive[owner] = bool(await self.redis.exists(self.keys.owner(owner)))
+                if alive[owner]:
+                    continue
+            if _platform(raw_entry) not in platforms:
+                left += 1
+                continue
+            if not await self.claim(journal, raw_entry):
                 continue  # another replica claimed it first
             message = message_from_json(value["message"])
             if message is not None:
                 claimed.append(message)
-        return claimed
+        return left
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _platform(entry: str | bytes) -> str:
-    text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
-    return text.split(":", 1)[0]
+    return _text(entry).split(":", 1)[0]

@@ -21,25 +21,11 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
+from core.storage import TurnLock
 from stores.redis.health import RedisHealth, StoreLimits
+from stores.redis.scripts import RELEASE, TAKE
 
 log = logging.getLogger(__name__)
-
-# KEYS: lock. ARGV: token, TTL in ms. Takes a free lock, or renews it when it already holds
-# this turn's token: a take whose reply was lost and is retried must not wait for itself.
-TAKE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: lock. ARGV: token. Deletes the lock only while it still holds this turn's token.
-RELEASE = Lock.LUA_RELEASE_SCRIPT
 
 
 class IdempotentLock(Lock):
@@ -51,7 +37,7 @@ class IdempotentLock(Lock):
 
 
 @dataclass(slots=True)
-class RedisTurnLock:
+class RedisTurnLock(TurnLock):
     """One turn's hold on a conversation lock: the Redis key and this turn's token.
 
     pending (not taken yet: lazy) -> held -> released; or unlocked (Redis failed or the

@@ -1,13 +1,19 @@
-"""Conversation state in Redis: history, summary and settings per conversation; locks; dedupe.
+"""Conversation state in Redis behind the core's store port (`core/storage.py`).
 
-One read (a pipelined LRANGE + HGETALL + HGETALL, plus the features' reads) and one write
-(a MULTI/EXEC pipeline, plus the features' writes) per turn.
+One read (a pipeline: the lock's take, history, settings, the channel's defaults, the
+rate-limit take, today's usage, a cached answer, the journal entry) and one write (a
+MULTI/EXEC: the turns, usage, the cache, the journal entry's and the delivery claim's
+release, the lock's release) per turn. On Redis Cluster the write's MULTI holds what lives
+in the conversation's slot, and what lives elsewhere (the user's usage counters, the cache,
+the journal's index) goes in a pipeline sent at the same time: still one round trip of
+latency, each part idempotent, but no longer one transaction (docs/operating.md).
 When Redis is away the bot keeps answering without history: every call degrades to
 "nothing stored", a warning is logged once, and the next successful call logs the recovery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -16,89 +22,42 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from core.keys import KeyBuilder
-from core.model import ContextKey, Conversation, Turn
-from core.protocols import PlaceState, Queue, Usage
+from core.model import ContextKey, Conversation, Message, Turn
+from core.protocols import Usage
+from core.storage import (
+    DAY_TTL,
+    MONTH_TTL,
+    PlaceState,
+    RateResult,
+    Totals,
+    TurnLock,
+    TurnReads,
+    TurnState,
+    TurnWrites,
+    UserPeriod,
+)
 from stores.redis.health import RedisHealth, StoreLimits
+from stores.redis.journal import RedisJournal
+from stores.redis.keys import KeyBuilder
 from stores.redis.locking import ConversationLocks, RedisTurnLock
+from stores.redis.scripts import (
+    APPEND,
+    APPLY_SUMMARY,
+    CLAIM_PLACE,
+    FIRST_SEEN,
+    RECORD,
+    TOKEN_BUCKET,
+)
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FIELDS = ("summary", "persona", "model")
 CHANNEL_FIELDS = ("persona", "model")
 
-# Writes that a resend must not repeat (the delivery claim, a history append, a summary's fold,
-# usage counters; also the rate-limit take and the journal's claim elsewhere) carry a token and
-# leave it behind: redis-py sends a command again when its reply is late, though the first one
-# may have run, and the second must then change nothing (tests/reliability/
-# test_redis_slow_reply.py).
-
-# KEYS: history, meta, usage. ARGV: summary, ttl, prompt tokens, completion tokens, write token,
-# n, turn 1..n. The token is also left in meta's `summarized` once the turns are folded: a retry
-# then neither reports the summary as skipped nor folds turns that repeat the folded ones.
-APPLY_SUMMARY = """
-if redis.call('HGET', KEYS[2], 'summarized') == ARGV[5] then return 1 end
-local n = tonumber(ARGV[6])
-local total = tonumber(ARGV[3]) + tonumber(ARGV[4])
-if total > 0 and redis.call('HGET', KEYS[3], 'written') ~= ARGV[5] then
-  redis.call('HINCRBY', KEYS[3], 'prompt', ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'completion', ARGV[4])
-  redis.call('HINCRBY', KEYS[3], 'total', total)
-  redis.call('HSET', KEYS[3], 'written', ARGV[5])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-end
-local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
-if #head ~= n then return 0 end
-for i = 1, n do
-  if head[i] ~= ARGV[6 + i] then return 0 end
-end
-redis.call('LTRIM', KEYS[1], n, -1)
-redis.call('HSET', KEYS[2], 'summary', ARGV[1], 'summarized', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-
-
-# KEYS: the delivery's seen key. ARGV: this claim's token, TTL in seconds. 1: first seen.
-# A resent claim finds its own token and still sees the delivery as new, not as a duplicate.
-FIRST_SEEN = """
-local held = redis.call('GET', KEYS[1])
-if not held then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
-end
-if held == ARGV[1] then return 1 end
-return 0
-"""
-
-# KEYS: the delivery's seen key, the conversation's pending set. ARGV: this claim's token, the
-# seen TTL in seconds, the place (`order:delivery`), the pending set's TTL in ms.
-# {first seen, the place pending just before this one or false}. Resent: as FIRST_SEEN.
-CLAIM_PLACE = """
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] then return {0, false} end
-if not held then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local ahead = redis.call('ZREVRANGEBYLEX', KEYS[2], '(' .. ARGV[3], '-', 'LIMIT', 0, 1)
-return {1, ahead[1] or false}
-"""
-
-# KEYS: history, meta. ARGV: turns to keep, idle TTL, write token, then the turns to append.
-# One command instead of four (RPUSH, LTRIM, two EXPIRE) in the turn's MULTI.
-APPEND = """
-if redis.call('HGET', KEYS[2], 'written') == ARGV[3] then return 0 end
-for first = 4, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
-end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
-redis.call('HSET', KEYS[2], 'written', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
+AnyRedis = Redis | RedisCluster
 
 
 def encode_turn(turn: Turn) -> str:
@@ -117,138 +76,208 @@ def decode_turn(raw: str | bytes) -> Turn | None:
 
 
 class RedisStore:
-    """The `Store` and `Deduper` on one Redis connection pool."""
+    """The `Store`, `Deliveries` and `AnswerJournal` on one Redis (standalone, Sentinel or
+    Cluster) client."""
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         keys: KeyBuilder,
         limits: StoreLimits,
         *,
         describe: str = "redis",
         on_round_trip: Callable[[], None] | None = None,
+        heartbeat_ttl: float = 15.0,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits
+        self.cluster = isinstance(redis, RedisCluster)
         self.health = RedisHealth(describe)
         self._count = on_round_trip or (lambda: None)
-        self.locks = ConversationLocks(redis, limits, self.health, self._count)
+        self.locks = ConversationLocks(redis, limits, self.health, self._count)  # type: ignore[arg-type]
+        self.journal = RedisJournal(redis, keys, heartbeat_ttl=heartbeat_ttl)
 
     async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation:
         """History and settings in one round trip; an empty conversation when Redis is away."""
-        conversation, _ = await self.load_turn(key, channel=channel)
-        return conversation
+        state = await self.read_turn(TurnReads(key, channel=channel))
+        return state.conversation
 
-    async def load_turn(
-        self,
-        key: ContextKey,
-        *,
-        channel: ContextKey | None = None,
-        extra: Sequence[Queue] = (),
-        lock: RedisTurnLock | None = None,
-    ) -> tuple[Conversation, list[Any]]:
-        """The conversation plus `extra` reads (rate limit, usage, cache) in ONE round trip.
+    async def read_turn(self, reads: TurnReads, *, lock: TurnLock | None = None) -> TurnState:
+        """Everything `reads` names in ONE pipelined round trip.
 
-        `channel` is the message's own key, whose channel defaults are read too. A pending
-        `lock` is taken in the same round trip; when another process holds it, the turn waits
-        for it and reads the conversation again (the extras are not repeated: a rate-limit
-        take must count once). When Redis is away: an empty conversation, and None for every
-        extra (features fail open).
+        A pending `lock` is taken in the same round trip; when another process holds it, the
+        turn waits for it and reads the conversation again (the other reads are not repeated:
+        a rate-limit take must count once). When Redis is away: an empty conversation, and
+        None for every other part (policies fail open).
         """
+        held = _redis_lock(lock)
+        key = reads.conversation
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                taking = self.locks.queue_take(pipe, lock)
-                pipe.lrange(self.keys.history(key), 0, -1)
-                pipe.hgetall(self.keys.meta(key))
-                pipe.hgetall(self.keys.channel(channel or key))
-                for queue in extra:
-                    queue(pipe)
+                taking = self.locks.queue_take(pipe, held)
+                slots = self._queue_reads(pipe, reads)
                 self._count()
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "loading a conversation")
-            self.locks.not_taken(lock)
-            return Conversation(), [None] * len(extra)
+            self.locks.not_taken(held)
+            return TurnState()
         self.health.ok()
         if taking:
-            assert lock is not None
+            assert held is not None
             took, results = results[0], results[1:]
-            if not await self.locks.taken(lock, took):
-                conversation, _ = await self.load_turn(key, channel=channel, lock=lock)
-                return conversation, [_or(result, None) for result in results[3:]]
-        raw_history, meta, chan = _or(results[0], []), _or(results[1], {}), _or(results[2], {})
-        history = [turn for raw in raw_history if (turn := decode_turn(raw)) is not None]
-        settings = {_text(k): _text(v) for k, v in meta.items()}
-        defaults = {_text(k): _text(v) for k, v in chan.items()}
-        conversation = Conversation(
-            history=history,
-            summary=settings.get("summary", ""),
-            persona=settings.get("persona", ""),
-            model=settings.get("model", ""),
-            channel_persona=defaults.get("persona", ""),
-            channel_model=defaults.get("model", ""),
-        )
-        return conversation, [_or(result, None) for result in results[3:]]
+            if not await self.locks.taken(held, took) and reads.history:
+                # waited for another process's turn: what it wrote must be read
+                again = await self.read_turn(TurnReads(key, channel=reads.channel), lock=held)
+                return self._state(reads, slots, results, again.conversation)
+        return self._state(reads, slots, results, None)
 
-    async def read(self, extra: Sequence[Queue], *, lock: RedisTurnLock | None = None) -> list[Any]:
-        """Feature reads without a conversation, in one round trip; None each when Redis is
-        away. A pending `lock` is taken in the same round trip (waited for when taken)."""
-        taking_lock = lock is not None and lock.state == "pending"
-        if not extra and not taking_lock:
-            return []
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                taking = self.locks.queue_take(pipe, lock)
-                for queue in extra:
-                    queue(pipe)
-                self._count()
-                results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            self.health.failed(exc, "reading")
-            self.locks.not_taken(lock)
-            return [None] * len(extra)
-        self.health.ok()
-        if taking:
-            assert lock is not None
-            took, results = results[0], results[1:]
-            await self.locks.taken(lock, took)
-        return [_or(result, None) for result in results]
+    def _queue_reads(self, pipe: Any, reads: TurnReads) -> dict[str, int]:
+        """Queue what `reads` names; the index of each part's first result."""
+        slots: dict[str, int] = {}
 
-    async def save(
+        queued = 0
+
+        def add(name: str, count: int = 1) -> None:
+            nonlocal queued
+            slots[name] = queued
+            queued += count
+
+        key = reads.conversation
+        if reads.history:
+            add("conversation", 3)
+            pipe.lrange(self.keys.history(key), 0, -1)
+            pipe.hgetall(self.keys.meta(key))
+            pipe.hgetall(self.keys.channel(reads.channel or key))
+        if reads.journal is not None:
+            add("journal", 2)
+            self.journal.queue_begin(pipe, key, reads.journal)
+        if reads.rate is not None:
+            add("rate")
+            take = reads.rate
+            bucket = self.keys.bucket(take.platform, take.user)
+            per_ms = repr(take.per_minute / 60_000)
+            pipe.eval(TOKEN_BUCKET, 1, bucket, take.capacity, per_ms, 1, take.token)
+        if reads.budget is not None:
+            add("budget")
+            day = reads.budget
+            pipe.hget(self.keys.user_usage(day.platform, day.user, day.period), "total")
+        if reads.cache:
+            add("cache")
+            pipe.get(self.keys.cache(reads.cache))
+        return slots
+
+    def _state(
         self,
-        key: ContextKey,
-        *turns: Turn,
-        trim_to: int = 0,
-        extra: Sequence[Queue] = (),
-        lock: RedisTurnLock | None = None,
-    ) -> bool:
-        """Append turns, bound the history, refresh the idle TTL, plus `extra` writes (usage,
-        cache), and release a held `lock`: one MULTI/EXEC round trip. False when Redis failed
-        (logged; the turn goes unrecorded, as without Redis)."""
-        history, meta = self.keys.history(key), self.keys.meta(key)
-        keep = trim_to or self.limits.max_turns
-        if lock is not None and lock.state == "pending":
-            await self.locks.acquire(lock)  # nothing was read under it: take it before writing
+        reads: TurnReads,
+        slots: dict[str, int],
+        results: list[Any],
+        conversation: Conversation | None,
+    ) -> TurnState:
+        def part(name: str, offset: int = 0) -> Any:
+            """A result, or None when not asked or when that one command failed (logged)."""
+            return _or(results[slots[name] + offset], None) if name in slots else None
+
+        if conversation is None and "conversation" in slots:
+            conversation = _conversation(*(part("conversation", i) for i in range(3)))
+        used = part("budget")
+        return TurnState(
+            conversation=conversation or Conversation(),
+            rate=_rate(part("rate")),
+            used_today=_int(used) if _asked(slots, results, "budget") else None,
+            cached=_answer(part("cache")),
+        )
+
+    async def write_turn(self, writes: TurnWrites, *, lock: TurnLock | None = None) -> bool:
+        """Everything `writes` names in ONE round trip, releasing a held `lock`: a MULTI/EXEC
+        (on Cluster, the conversation's slot in a MULTI and the rest in a pipeline sent at the
+        same time). False when Redis failed (logged; the turn goes unrecorded, as without
+        Redis)."""
+        held = _redis_lock(lock)
+        if held is not None and held.state == "pending":
+            await self.locks.acquire(held)  # nothing was read under it: take it before writing
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                appended = (encode_turn(turn) for turn in turns)
-                token = secrets.token_hex(8)
-                args: tuple[int | str, ...] = (keep, self.limits.ttl_seconds, token, *appended)
-                pipe.eval(APPEND, 2, history, meta, *args)
-                for queue in extra:
-                    queue(pipe)
-                releasing = self.locks.queue_release(pipe, lock)
-                self._count()
-                await pipe.execute()
+                self._queue_conversation_writes(pipe, writes)
+                releasing = self.locks.queue_release(pipe, held)
+                if not self.cluster:
+                    self._queue_other_writes(pipe, writes)
+                    self._count()
+                    await pipe.execute()
+                else:
+                    async with self.redis.pipeline(transaction=False) as others:
+                        self._queue_other_writes(others, writes)
+                        self._count()
+                        await asyncio.gather(pipe.execute(), _execute(others))
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "saving a turn")
             return False
         self.health.ok()
         if releasing:
-            assert lock is not None
-            self.locks.released(lock)
+            assert held is not None
+            self.locks.released(held)
         return True
+
+    def _queue_conversation_writes(self, pipe: Any, writes: TurnWrites) -> None:
+        """What lives in the conversation's slot (one MULTI on Cluster too)."""
+        key = writes.conversation
+        if writes.turns:
+            appended = (encode_turn(turn) for turn in writes.turns)
+            args = (self.limits.max_turns, self.limits.ttl_seconds, writes.token, *appended)
+            pipe.eval(APPEND, 2, self.keys.history(key), self.keys.meta(key), *args)
+        if writes.usage is not None:
+            u = writes.usage.usage
+            pipe.eval(
+                RECORD, 1, self.keys.usage(key), u.prompt_tokens, u.completion_tokens, u.total,
+                self.limits.ttl_seconds, writes.usage.token,
+            )  # fmt: skip
+        if writes.answered is not None:
+            self.journal.queue_end_entry(pipe, key, writes.answered)
+        if writes.leave is not None:
+            pipe.zrem(self.keys.pending(writes.leave.line), writes.leave.place)
+
+    def _queue_other_writes(self, pipe: Any, writes: TurnWrites) -> None:
+        """What lives elsewhere: the user's counters, the cache, the journal's index."""
+        if writes.usage is not None:
+            r, u = writes.usage, writes.usage.usage
+            pipe.eval(
+                RECORD, 2, self.keys.user_usage(r.platform, r.user, r.day),
+                self.keys.user_usage(r.platform, r.user, r.month),
+                u.prompt_tokens, u.completion_tokens, u.total, DAY_TTL, MONTH_TTL, r.token,
+            )  # fmt: skip
+        if writes.cache is not None:
+            c = writes.cache
+            pipe.set(self.keys.cache(c.key), c.answer, ex=c.ttl)
+        if writes.answered is not None:
+            self.journal.queue_end_index(pipe, writes.conversation)
+
+    async def cached(self, key: str) -> str | None:
+        try:
+            self._count()
+            raw = await self.redis.get(self.keys.cache(key))
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "reading the cache")
+            return None
+        self.health.ok()
+        return _answer(raw)
+
+    async def forget(self, key: ContextKey, message: Message) -> None:
+        await self.journal.forget(key, message)
+
+    async def usage(self, periods: Sequence[UserPeriod]) -> list[Totals]:
+        """The users' counters in `periods` (one round trip; zeros when Redis is away)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for p in periods:
+                    pipe.hgetall(self.keys.user_usage(p.platform, p.user, p.period))
+                self._count()
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc, "reading usage")
+            return [Totals() for _ in periods]
+        self.health.ok()
+        return [_totals(_or(raw, {})) for raw in results]
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None:
         """Set (or with an empty value, clear) one conversation setting."""
@@ -379,10 +408,6 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             self.health.failed(exc, "updating a conversation's pending messages")
 
-    def queue_leave(self, line: ContextKey, place: str) -> Queue:
-        pending = self.keys.pending(line)
-        return lambda pipe: pipe.zrem(pending, place)
-
     async def ping(self) -> bool:
         try:
             await self.redis.ping()
@@ -393,8 +418,8 @@ class RedisStore:
     def lock(
         self, key: ContextKey, *, lazy: bool = False
     ) -> AbstractAsyncContextManager[RedisTurnLock]:
-        """One turn of a conversation at a time (`stores/redis/locking.py`). `lazy`: the Redis lock
-        rides in the first `load_turn` or `read` given the handle and leaves in the `save`
+        """One turn of a conversation at a time (`stores/redis/locking.py`). `lazy`: the Redis
+        lock rides in the first `read_turn` given the handle and leaves in the `write_turn`
         given it."""
         return self.locks.hold(self.keys.lock(key), lazy=lazy)
 
@@ -405,6 +430,60 @@ def _or(result: Any, default: Any) -> Any:
         log.warning("a Redis command failed: %s", type(result).__name__)
         return default
     return result
+
+
+def _asked(slots: dict[str, int], results: list[Any], name: str) -> bool:
+    """`name` was read and its command did not fail (a missing key reads as None)."""
+    return name in slots and not isinstance(results[slots[name]], Exception)
+
+
+def _conversation(raw_history: Any, meta: Any, chan: Any) -> Conversation:
+    history = [turn for raw in raw_history or [] if (turn := decode_turn(raw)) is not None]
+    settings = {_text(k): _text(v) for k, v in (meta or {}).items()}
+    defaults = {_text(k): _text(v) for k, v in (chan or {}).items()}
+    return Conversation(
+        history=history,
+        summary=settings.get("summary", ""),
+        persona=settings.get("persona", ""),
+        model=settings.get("model", ""),
+        channel_persona=defaults.get("persona", ""),
+        channel_model=defaults.get("model", ""),
+    )
+
+
+def _rate(raw: Any) -> RateResult | None:
+    """A TOKEN_BUCKET reply; None when it failed (the limit fails open)."""
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        return None
+    return RateResult(bool(_int(raw[0])), _int(raw[1]))
+
+
+def _answer(raw: Any) -> str | None:
+    text = _text(raw) if isinstance(raw, str | bytes) else ""
+    return text or None
+
+
+def _totals(raw: dict[Any, Any]) -> Totals:
+    values = {_text(k): _int(v) for k, v in raw.items()}
+    return Totals(values.get("prompt", 0), values.get("completion", 0))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _redis_lock(lock: TurnLock | None) -> RedisTurnLock | None:
+    if lock is not None and not isinstance(lock, RedisTurnLock):
+        raise TypeError(f"not this store's lock: {type(lock).__name__}")
+    return lock
+
+
+async def _execute(pipe: Any) -> list[Any]:
+    """Run a pipeline that may be empty (redis-py's cluster pipeline rejects none)."""
+    return await pipe.execute() if len(pipe) else []
 
 
 def _text(value: str | bytes) -> str:

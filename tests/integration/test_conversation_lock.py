@@ -10,9 +10,9 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from bots.redis_conn import make_client
 from bots.taskdump import dump_tasks
-from core.keys import KeyBuilder
 from core.model import ContextKey, Turn
 from stores.redis.health import StoreLimits
+from stores.redis.keys import KeyBuilder
 from stores.redis.store import RedisStore
 from tests.helpers import wait_for
 

@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 from bots.app import BotApp
 from bots.assembly import build_core
 from core.config import Secrets
-from core.keys import KeyBuilder
 from core.model import Message
+from stores.redis.keys import KeyBuilder
 from tests.conftest import make_settings
 from tests.fakes.discord import DM_CHANNEL, FakeDiscord
 from tests.fakes.discord import TOKEN as DISCORD_TOKEN

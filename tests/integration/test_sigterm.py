@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from core.keys import KeyBuilder
 from core.model import ContextKey
+from stores.redis.keys import KeyBuilder
 from tests.fakes.discord import TOKEN as DISCORD_TOKEN
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Reply

@@ -11,7 +11,6 @@ import pytest
 from redis.asyncio import Redis
 
 from bots.redis_conn import make_client
-from core.keys import KeyBuilder
 from core.limits import RateLimiter
 from core.model import ContextKey, Message, Turn, User
 from core.protocols import Usage
@@ -19,6 +18,7 @@ from core.sections import LimitsSettings
 from core.usage import Totals, UsageBook
 from stores.redis.health import StoreLimits
 from stores.redis.journal import Journal
+from stores.redis.keys import KeyBuilder
 from stores.redis.store import RedisStore
 from tests.redis_server import RedisProcess
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 
 from core.intake import Intake
 from core.model import ContextKey, Message
-from core.protocols import PlaceState, Queue, Responder
+from core.protocols import Responder
+from core.storage import PlaceState
 from tests.helpers import RecordingResponder, user_message
 
 
@@ -52,8 +53,6 @@ class GatedDeliveries:
     async def leave(self, line: ContextKey, place: str) -> None:
         self.pending_places.discard(place)
 
-    def queue_leave(self, line: ContextKey, place: str) -> Queue:
-        raise AssertionError("no chat turn here")
 
 
 def ordered(text: str, n: int) -> Message:

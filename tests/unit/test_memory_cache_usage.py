@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from core.cache import AnswerCache, normalise
-from core.keys import KeyBuilder
 from core.memory import needs_summary, split_for_summary
 from core.model import Turn
 from core.sections import CacheSettings
@@ -43,17 +42,17 @@ def test_needs_summary():
 def test_normalised_texts_share_a_cache_key():
     assert normalise("  What IS   Redis?! ") == "what is redis"
     assert normalise("Ｗｈａｔ’s up") == "what's up"
-    cache = AnswerCache(KeyBuilder("p"), CacheSettings(enabled=True))
+    cache = AnswerCache(CacheSettings(enabled=True))
     assert cache.chat_key("default", "m", "What is Redis?") == cache.chat_key(
         "default", "m", "what is redis"
     )
     assert cache.chat_key("default", "m", "x") != cache.chat_key("pirate", "m", "x")
     assert cache.chat_key("default", "m", "x") != cache.chat_key("default", "n", "x")
-    assert cache.chat_key("d", "m", "x").startswith("p:cache:")
+    assert cache.chat_key("d", "m", "x") != cache.intent_key("d", "x")
 
 
 def test_usage_periods_and_reset_follow_the_configured_zone():
-    book = UsageBook(KeyBuilder("p"), "Asia/Tokyo", 3600)
+    book = UsageBook("Asia/Tokyo")
     late_utc = datetime(2025, 1, 31, 20, 0, tzinfo=UTC)  # already 1 February in Tokyo
     assert book.periods(late_utc) == ("d2025-02-01", "m2025-02")
     reset = book.next_day(late_utc)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError, load_settings
-from core.keys import KeyBuilder
 from core.model import Command, ContextKey, Scope, Turn, parse_command
 from core.prompt import build_prompt
 from core.tokens import TokenCounter, estimate_tokens
+from stores.redis.keys import KeyBuilder
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,11 @@ def test_keys_share_a_hash_tag_and_escape_parts():
     key = ContextKey("slack", channel="C:1", user="U 1")
     assert keys.history(key) == "p:conv:{slack:-:C%3A1:-:U%201}:history"
     assert keys.meta(key).split(":meta")[0] == keys.history(key).split(":history")[0]
+    # a user's day and month counters share the user's tag: one Cluster slot, one script
+    day, month = keys.user_usage("slack", "U:1", "d1"), keys.user_usage("slack", "U:1", "m1")
+    assert day == "p:usage:{slack:U%3A1}:d1"
+    assert day.split("}")[0] == month.split("}")[0]
+    assert keys.bucket("slack", "U:1") == "p:rate:{slack:U%3A1}"
 
 
 def test_bad_config_names_the_file_and_the_key(tmp_path: Path):

@@ -1,0 +1,123 @@
+"""One message's read → decide → write against the store, shared by the chat turn and the
+intent turn.
+
+The policies that may refuse (rate limit, daily budget) decide from the turn's one read;
+whatever the turn produced leaves in its one write, together with the usage it cost, the
+journal entry and the message's delivery claim. A refused message writes nothing but the
+journal entry's removal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from core.intake import current_claim
+from core.limits import RateLimiter, TokenBudget
+from core.model import ContextKey, Message, Turn
+from core.protocols import Usage
+from core.storage import CacheEntry, Place, Store, TurnLock, TurnReads, TurnState, TurnWrites
+from core.usage import UsageBook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """The policies a turn reads for and writes for; each None (or False) when off."""
+
+    limiter: RateLimiter | None = None
+    budget: TokenBudget | None = None
+    usage: UsageBook | None = None
+    journal: bool = False  # record the message as being answered until its turn is saved
+    claims: bool = False  # the message's delivery claim leaves in the turn's write
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A turn's read and what the policies decided from it."""
+
+    state: TurnState
+    refusal: str | None
+    now: datetime | None  # the usage clock's reading, for the budget and the record
+
+
+class Exchange:
+    """The read and the write of a turn, with the policies' decisions between them."""
+
+    def __init__(self, store: Store, policies: Policies) -> None:
+        self.store = store
+        self.policies = policies
+
+    async def open(
+        self,
+        message: Message,
+        key: ContextKey,
+        *,
+        lock: TurnLock,
+        history: bool = True,
+        cache: str | None = None,
+        journal: bool = True,
+    ) -> Opened:
+        """One read: the conversation (unless not `history`), the rate-limit take, today's
+        usage, a cached answer under `cache`; and the policies' refusal, if any."""
+        p = self.policies
+        now = p.usage.now() if p.usage is not None else None
+        limiter = p.limiter if p.limiter is not None and p.limiter.enabled else None
+        budget = p.budget if p.budget is not None and p.budget.enabled else None
+        reads = TurnReads(
+            key,
+            history=history,
+            channel=message.key if history else None,
+            journal=message if journal and p.journal else None,
+            rate=limiter.take(message) if limiter is not None else None,
+            budget=budget.today(message, now) if budget is not None and now else None,
+            cache=cache or None,
+        )
+        state = await self.store.read_turn(reads, lock=lock)
+        refusal = limiter.refusal(state.rate) if limiter is not None else None
+        if refusal is None and budget is not None and now is not None:
+            refusal = budget.refusal(state.used_today, now)
+        return Opened(state, refusal, now)
+
+    async def close(
+        self,
+        message: Message,
+        key: ContextKey,
+        turns: Sequence[Turn],
+        *,
+        lock: TurnLock,
+        opened: Opened,
+        usage: Usage | None = None,
+        cache: CacheEntry | None = None,
+    ) -> bool:
+        """One write: the turns, the usage, the cache entry, the journal entry's and the
+        delivery claim's release, and the lock's. Whether it landed."""
+        p = self.policies
+        record = None
+        if p.usage is not None and usage is not None and opened.now is not None:
+            record = p.usage.record(message, usage, opened.now)
+        claim = current_claim.get() if p.claims else None
+        writes = TurnWrites(
+            key,
+            tuple(turns),
+            answered=message if p.journal else None,
+            usage=record,
+            cache=cache,
+            leave=Place(claim.line, claim.place) if claim is not None else None,
+        )
+        saved = await self.store.write_turn(writes, lock=lock)
+        if claim is not None:
+            claim.released = saved  # else the intake releases it on its own
+        return saved
+
+    async def forget(self, message: Message, key: ContextKey) -> None:
+        """Drop the journal entry on a path that writes nothing else (a refusal, a bug)."""
+        if not self.policies.journal:
+            return
+        try:
+            await self.store.forget(key, message)
+        except Exception as exc:
+            log.warning("journal entry not removed: %s", type(exc).__name__)

@@ -1,0 +1,240 @@
+"""The store port: what the core reads and writes, as typed values.
+
+A turn is one read and one write. `TurnReads` names everything the turn needs before it
+decides (the conversation, the channel's defaults, a rate-limit take, today's usage, a cached
+answer) and the journal entry that makes a crash recoverable; `TurnState` is what came back.
+`TurnWrites` names everything the turn changes once answered (the turns, usage, the cache,
+the journal entry's and the delivery claim's release). A store turns each into as few round
+trips as it can: the Redis store sends one pipeline and one MULTI/EXEC; the memory store
+(`stores/memory.py`) is the executable definition of what they mean.
+
+Policies (`core/limits.py`, `core/usage.py`, `core/cache.py`) build these values and decide
+from the typed results; no store reply reaches them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from core.model import ContextKey, Conversation, Message, Turn
+from core.protocols import Usage
+
+
+def write_token() -> str:
+    """A fresh token for a write that a resend must not repeat (redis-py sends a command
+    again when its reply is late, though the first one may have run)."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class RateTake:
+    """Take one message from a user's token bucket of `capacity`, refilled at `per_minute`."""
+
+    platform: str
+    user: str
+    capacity: int
+    per_minute: float
+    token: str = field(default_factory=write_token)
+
+
+@dataclass(frozen=True, slots=True)
+class RateResult:
+    """A take's outcome: allowed, or how long until it would be."""
+
+    allowed: bool
+    wait_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserPeriod:
+    """One user's usage counters in one period (`d2025-01-31`, `m2025-01`)."""
+
+    platform: str
+    user: str
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Usage in one period."""
+
+    prompt: int = 0
+    completion: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+DAY_TTL = 3 * 86400
+MONTH_TTL = 70 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Tokens to add to a user's day and month and to the conversation, once (`token`)."""
+
+    platform: str
+    user: str
+    day: str
+    month: str
+    usage: Usage
+    token: str = field(default_factory=write_token)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """An answer to keep under `key` (a digest) for `ttl` seconds."""
+
+    key: str
+    answer: str
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A message's place in its conversation's pending set (see `Deliveries`)."""
+
+    line: ContextKey
+    place: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReads:
+    """What a turn reads before it decides, in one round trip."""
+
+    conversation: ContextKey
+    history: bool = True  # False: settings, history and summary are not needed (an intent)
+    channel: ContextKey | None = None  # the message's own key: the channel's defaults
+    journal: Message | None = None  # recorded as being answered (a crash is answered later)
+    rate: RateTake | None = None
+    budget: UserPeriod | None = None  # today's usage, for the daily budget
+    cache: str | None = None  # a cache key to probe
+
+
+@dataclass(frozen=True, slots=True)
+class TurnState:
+    """What a turn read. A part the store could not read is None: policies fail open."""
+
+    conversation: Conversation = field(default_factory=Conversation)
+    rate: RateResult | None = None
+    used_today: int | None = None
+    cached: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnWrites:
+    """What a turn writes once answered, in one round trip (atomically where it can)."""
+
+    conversation: ContextKey
+    turns: tuple[Turn, ...] = ()
+    answered: Message | None = None  # its journal entry leaves
+    usage: UsageRecord | None = None
+    cache: CacheEntry | None = None
+    leave: Place | None = None  # the delivery claim leaves the pending set
+    token: str = field(default_factory=write_token)
+
+
+class TurnLock:
+    """A store's hold on a conversation lock: opaque to the core, given back to `read_turn`
+    and `write_turn` so that a lazily taken lock rides in their round trips."""
+
+
+class Store(Protocol):
+    """Conversation state. Every method is at most one round trip to the backend (a lock
+    that is waited for, because another process holds it, adds its own)."""
+
+    def lock(self, key: ContextKey, *, lazy: bool = False) -> AbstractAsyncContextManager[TurnLock]:
+        """One turn at a time per conversation. `lazy`: taken by the first `read_turn` given
+        the handle, released by the `write_turn` given it (two round trips fewer)."""
+        ...
+
+    async def read_turn(self, reads: TurnReads, *, lock: TurnLock | None = None) -> TurnState:
+        """Everything `reads` names, in one round trip. A lock that another process holds is
+        waited for, then the conversation is read again (a rate take counts once)."""
+        ...
+
+    async def write_turn(self, writes: TurnWrites, *, lock: TurnLock | None = None) -> bool:
+        """Everything `writes` names, releasing a held `lock`; a resend changes nothing.
+        Whether it landed (False: the backend failed; logged)."""
+        ...
+
+    async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation: ...
+
+    async def cached(self, key: str) -> str | None:
+        """A cached answer, else None (also when the backend is away)."""
+        ...
+
+    async def forget(self, key: ContextKey, message: Message) -> None:
+        """Drop `message`'s journal entry on a path that writes nothing else (a refusal)."""
+        ...
+
+    async def usage(self, periods: Sequence[UserPeriod]) -> list[Totals]: ...
+
+    async def reset(self, key: ContextKey) -> None: ...
+
+    async def set_setting(self, key: ContextKey, name: str, value: str) -> None: ...
+
+    async def set_channel_setting(self, channel: ContextKey, name: str, value: str) -> None: ...
+
+    async def apply_summary(
+        self, key: ContextKey, summary: str, folded: Sequence[Turn], usage: Usage
+    ) -> bool:
+        """Replace the summary and drop `folded` from the history's head, atomically, only if
+        the history still starts with them. The summary call's usage is recorded always."""
+        ...
+
+
+class Deduper(Protocol):
+    """Remembers delivery ids so a redelivered event is handled once, across processes."""
+
+    async def first_seen(self, namespace: str, delivery_id: str) -> bool: ...
+
+
+PlaceState = Literal["answered", "pending", "orphaned"]
+"""Another process's place: gone from the pending set; still there and its process alive;
+still there and its process dead (its heartbeat expired)."""
+
+
+@runtime_checkable
+class Deliveries(Deduper, Protocol):
+    """The dedupe, and each conversation's pending messages in the platform's order, so
+    replicas that each got some of a conversation's messages answer them in that order.
+
+    A place is `order:delivery_id:owner`: `order` sorts as the platform orders messages
+    (zero-padded Telegram update_id, Slack ts, Discord snowflake), `owner` is the claiming
+    process's heartbeat id. A turn's claim leaves in its write (`TurnWrites.leave`)."""
+
+    async def claim(
+        self, line: ContextKey, namespace: str, delivery_id: str, place: str
+    ) -> tuple[bool, str]:
+        """(first seen, the place still pending just before this one, or "")."""
+        ...
+
+    async def pending(self, line: ContextKey, place: str) -> PlaceState:
+        """Whether `place` is still waiting or being answered, and by a live process."""
+        ...
+
+    async def leave(self, line: ContextKey, place: str) -> None:
+        """`place` is answered (or dropped): later places need not wait for it."""
+        ...
+
+
+class AnswerJournal(Protocol):
+    """The messages being answered, kept so that a crash loses none: an entry rides in the
+    turn's read (`TurnReads.journal`) and leaves in its write (`TurnWrites.answered`); each
+    process keeps a heartbeat, and another process answers what a dead one left."""
+
+    owner: str  # this process's heartbeat id
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def claim_orphans(self, platforms: Collection[str]) -> list[Message]:
+        """Take the entries of dead processes on `platforms`; each goes to one claimant."""
+        ...

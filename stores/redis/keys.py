@@ -1,0 +1,105 @@
+"""Every Redis key the bot uses is built here, and only here.
+
+Cluster-safe layout: what one write must change together shares a hash tag (`{...}`), so it
+lands on one Redis Cluster slot and one MULTI/EXEC can carry it.
+- `{prefix}:conv:{<conversation id>}:*`: a conversation's history, settings, lock, usage,
+  pending messages, delivery claims and journal entries; a turn's whole MULTI.
+- `{prefix}:usage:{<platform>:<user>}:<period>` and `{prefix}:rate:{<platform>:<user>}`: one
+  user's usage counters and rate-limit bucket (the day's and month's counters change in one
+  script).
+- everything else is one key per command: channel defaults, cached answers, heartbeats,
+  delivery ids seen outside a conversation, the journal's index of owners.
+
+Upgrading from the layout before 0.2 (usage keys without the user's tag): `chatbot migrate`.
+"""
+
+from __future__ import annotations
+
+from core.model import ContextKey, id_part
+
+
+class KeyBuilder:
+    """Redis key names under one prefix (one prefix per deployment or per test)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @staticmethod
+    def conversation_id(key: ContextKey) -> str:
+        return key.id
+
+    def _base(self, key: ContextKey) -> str:
+        return f"{self.prefix}:conv:{{{key.id}}}"
+
+    def history(self, key: ContextKey) -> str:
+        return self._base(key) + ":history"
+
+    def meta(self, key: ContextKey) -> str:
+        """A hash: summary, persona, model (and the write tokens of the last append/summary)."""
+        return self._base(key) + ":meta"
+
+    def lock(self, key: ContextKey) -> str:
+        return self._base(key) + ":lock"
+
+    def usage(self, key: ContextKey) -> str:
+        """A hash: the conversation's token usage (prompt, completion, total)."""
+        return self._base(key) + ":usage"
+
+    def journal(self, key: ContextKey) -> str:
+        """A hash: the conversation's messages being answered, entry id -> owner and message."""
+        return self._base(key) + ":journal"
+
+    def pending(self, key: ContextKey) -> str:
+        """A sorted set: the conversation's messages claimed and not answered yet, by order."""
+        return self._base(key) + ":pending"
+
+    def seen_in(self, key: ContextKey, namespace: str, delivery_id: str) -> str:
+        """A delivery's seen key in its conversation's slot (claimed with `pending`)."""
+        return f"{self._base(key)}:seen:{id_part(namespace)}:{id_part(delivery_id)}"
+
+    def channel(self, key: ContextKey) -> str:
+        """A hash: the channel's defaults (persona, model) set by an admin.
+
+        Built from the message's own key, not the scoped one, so every conversation of the
+        channel (per user, per thread) shares it.
+        """
+        parts = (key.platform, key.workspace, key.channel)
+        return f"{self.prefix}:chan:" + ":".join(id_part(part) for part in parts)
+
+    def _user(self, platform: str, user: str) -> str:
+        return f"{{{id_part(platform)}:{id_part(user)}}}"
+
+    def user_usage(self, platform: str, user: str, period: str) -> str:
+        """A hash: one user's token usage in one period (`d2025-01-31`, `m2025-01`)."""
+        return f"{self.prefix}:usage:{self._user(platform, user)}:{period}"
+
+    def legacy_user_usage(self, platform: str, user: str, period: str) -> str:
+        """The same before 0.2, without the hash tag (what `chatbot migrate` moves)."""
+        return f"{self.prefix}:usage:{id_part(platform)}:{id_part(user)}:{period}"
+
+    def bucket(self, platform: str, user: str) -> str:
+        """A hash: one user's rate-limit token bucket (tokens, ts, taken)."""
+        return f"{self.prefix}:rate:{self._user(platform, user)}"
+
+    def cache(self, digest: str) -> str:
+        """A string: a cached answer, by the digest of what it answers."""
+        return f"{self.prefix}:cache:{digest}"
+
+    def owner(self, owner: str) -> str:
+        """A process's heartbeat (the journal keeps it alive): gone when the process died."""
+        return f"{self.prefix}:owner:{id_part(owner)}"
+
+    def journal_index(self, owner: str) -> str:
+        """A set: the journal keys where `owner` has entries (recovery reads a dead owner's)."""
+        return f"{self.prefix}:journal:owner:{id_part(owner)}"
+
+    def journal_owners(self) -> str:
+        """A set: the owners that ever journaled (recovery looks for the dead ones here)."""
+        return f"{self.prefix}:journal:owners"
+
+    def legacy_journal(self) -> str:
+        """The one journal hash before 0.2 (recovery still answers what it holds)."""
+        return f"{self.prefix}:journal"
+
+    def seen(self, namespace: str, delivery_id: str) -> str:
+        return f"{self.prefix}:seen:{id_part(namespace)}:{id_part(delivery_id)}"

@@ -1,0 +1,166 @@
+"""Every Lua script the Redis store runs, named, with its keys and arguments.
+
+Each script touches keys of one hash slot only (Redis Cluster runs it on one node); the key
+names are built in `stores/redis/keys.py`. Writes that a resend must not repeat carry a write
+token and leave it behind: redis-py sends a command again when its reply is late, though the
+first one may have run, and the second must then change nothing
+(tests/reliability/test_redis_slow_reply.py).
+
+script: KEYS / ARGV -> reply
+- `APPEND`: history, meta / turns to keep, idle TTL s, token, turn 1..n (JSON) -> 1, 0 resent
+- `RECORD`: counter hashes 1..n (one slot) / prompt, completion, total, each key's TTL s,
+  token -> 1 added, 0 resent
+- `TOKEN_BUCKET`: the user's bucket / capacity, refill per ms, cost, token
+  -> {allowed 0/1, ms until allowed}
+- `APPLY_SUMMARY`: history, meta, conversation usage / summary, TTL s, prompt, completion,
+  token, n, turn 1..n -> 1 applied, 0 the history changed meanwhile
+- `FIRST_SEEN`: the delivery's seen key / token, TTL s -> 1 first seen, 0 a duplicate
+- `CLAIM_PLACE`: the conversation's seen key, its pending set / token, seen TTL s, place,
+  pending TTL ms -> {first seen 0/1, the place just ahead or false}
+- `TAKE`: the conversation's lock / the turn's token, TTL ms -> 1 taken (or ours), 0 held
+- `RELEASE`: the conversation's lock / the turn's token -> 1 released, 0 not ours
+- `JOURNAL_CLAIM`: a journal hash, the entry's claim key / entry id, the claim's token
+  -> 1 claimed by us, 0 another claimant was first
+"""
+
+from __future__ import annotations
+
+from redis.asyncio.lock import Lock
+
+# One command instead of four (RPUSH, LTRIM, two EXPIRE) in the turn's MULTI.
+APPEND = """
+if redis.call('HGET', KEYS[2], 'written') == ARGV[3] then return 0 end
+for first = 4, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('HSET', KEYS[2], 'written', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# Usage counters: a conversation's, or a user's day and month (one slot: the user's tag).
+# The last key keeps its last 16 tokens in `written`, newest first: the user's other turns
+# (in other conversations) may write between a command and its resend.
+RECORD = """
+local n = #KEYS
+local token = ARGV[4 + n]
+local written = redis.call('HGET', KEYS[n], 'written') or ''
+if string.find(written, token, 1, true) then return 0 end
+redis.call('HSET', KEYS[n], 'written', string.sub(token .. ' ' .. written, 1, 16 * 17))
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[i], 'prompt', ARGV[1])
+  redis.call('HINCRBY', KEYS[i], 'completion', ARGV[2])
+  redis.call('HINCRBY', KEYS[i], 'total', ARGV[3])
+  redis.call('EXPIRE', KEYS[i], ARGV[3 + i])
+end
+return 1
+"""
+
+# Atomic, in Redis server time (the bot hosts' clocks do not matter). A take sent again after
+# a late reply finds its token and takes nothing twice; `taken` keeps the last 16 tokens.
+TOKEN_BUCKET = """
+local taken = redis.call('HGET', KEYS[1], 'taken') or ''
+if string.find(taken, ARGV[4], 1, true) then return {1, 0} end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  wait = math.ceil((cost - tokens) / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+if allowed == 1 then
+  redis.call('HSET', KEYS[1], 'taken', string.sub(ARGV[4] .. ' ' .. taken, 1, 16 * 17))
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
+return {allowed, wait}
+"""
+
+# The token is also left in meta's `summarized` once the turns are folded: a retry then
+# neither reports the summary as skipped nor folds turns that repeat the folded ones.
+APPLY_SUMMARY = """
+if redis.call('HGET', KEYS[2], 'summarized') == ARGV[5] then return 1 end
+local n = tonumber(ARGV[6])
+local total = tonumber(ARGV[3]) + tonumber(ARGV[4])
+local written = redis.call('HGET', KEYS[3], 'written') or ''
+if total > 0 and not string.find(written, ARGV[5], 1, true) then
+  redis.call('HINCRBY', KEYS[3], 'prompt', ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'completion', ARGV[4])
+  redis.call('HINCRBY', KEYS[3], 'total', total)
+  redis.call('HSET', KEYS[3], 'written', string.sub(ARGV[5] .. ' ' .. written, 1, 16 * 17))
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
+local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
+if #head ~= n then return 0 end
+for i = 1, n do
+  if head[i] ~= ARGV[6 + i] then return 0 end
+end
+redis.call('LTRIM', KEYS[1], n, -1)
+redis.call('HSET', KEYS[2], 'summary', ARGV[1], 'summarized', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# A resent claim finds its own token and still sees the delivery as new, not as a duplicate.
+FIRST_SEEN = """
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+if held == ARGV[1] then return 1 end
+return 0
+"""
+
+# The place is `order:delivery:owner`; the one returned sorts just before it. Resent: as
+# FIRST_SEEN.
+CLAIM_PLACE = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return {0, false} end
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local ahead = redis.call('ZREVRANGEBYLEX', KEYS[2], '(' .. ARGV[3], '-', 'LIMIT', 0, 1)
+return {1, ahead[1] or false}
+"""
+
+# Takes a free lock, or renews it when it already holds this turn's token: a take whose reply
+# was lost and is retried must not wait for itself.
+TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# Deletes the lock only while it still holds this turn's token (redis-py's own).
+RELEASE = Lock.LUA_RELEASE_SCRIPT
+
+# HDEL is the atomic claim, so several replicas never take the same entry; the claim key
+# (same slot: built from the journal key) remembers whose it was, for a resent claim.
+JOURNAL_CLAIM = """
+if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', 3600)
+return 1
+"""
