@@ -133,6 +133,16 @@ async def journal_owners_gone(redis: Any, prefix: str) -> bool:
     """Whether every owner of an entry in the answer journal has lost its heartbeat key.
 
     Looks the owners up by name: a SCAN for `owner:*` would walk the whole shared Redis."""
-    entries = await redis.hvals(f"{prefix}:journal")
+    entries = await journal_entries(redis, prefix)
     owners = {json.loads(entry)["owner"] for entry in entries}
     return not owners or not await redis.exists(*(f"{prefix}:owner:{o}" for o in owners))
+
+
+async def journal_entries(redis: Any, prefix: str) -> list[bytes]:
+    """Every entry of the answer journal: each owner's index names the conversations'
+    journal hashes where it has entries (`stores/redis/journal.py`)."""
+    entries: list[bytes] = []
+    for owner in await redis.smembers(f"{prefix}:journal:owners"):
+        for journal in await redis.smembers(f"{prefix}:journal:owner:{owner.decode()}"):
+            entries += await redis.hvals(journal)
+    return entries

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 from bots.assembly import Core
 from core.chat import APOLOGY
 from core.model import Turn
+from core.storage import TurnWrites
+from stores.redis.store import RedisStore
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message
 
@@ -166,7 +169,7 @@ async def test_history_is_trimmed_to_the_token_budget(core: Core, fake_openai: F
     from core.model import Turn
 
     long_turns = [Turn("user" if i % 2 == 0 else "assistant", "word " * 400) for i in range(20)]
-    await core.store.save(key, *long_turns)
+    await core.store.write_turn(TurnWrites(key, tuple(long_turns)))
     await core.handler(user_message("short question"), RecordingResponder())
     sent = fake_openai.chat_requests()[-1].messages
     total = sum(len(json.dumps(m)) for m in sent) // 4
@@ -217,6 +220,7 @@ async def test_a_saved_turn_keeps_its_ttls_and_counts_usage_everywhere(
 async def test_the_save_script_appends_more_turns_than_lua_can_unpack_at_once(core: Core, redis):
     key = core.chat.conversation_key(user_message("bulk"))
     turns = [Turn("user", f"t{i}") for i in range(9000)]  # Lua's unpack() stops near 8000
-    await core.store.save(key, *turns, trim_to=10_000)
+    store = RedisStore(redis, core.store.keys, replace(core.store.limits, max_turns=10_000))
+    await store.write_turn(TurnWrites(key, tuple(turns)))
     stored = await redis.lrange(core.store.keys.history(key), 0, -1)
     assert len(stored) == 9000 and b"t8999" in stored[-1]

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_process_env, journal_owners_gone, wait_for
+from tests.helpers import bot_process_env, journal_entries, journal_owners_gone, wait_for
 from tests.redis_server import free_port
 
 SECRET_KEY = "sk-test-SECRET-abcdef123456"
@@ -203,7 +203,7 @@ async def test_sigkill_mid_answer_is_answered_after_restart(
     process.kill()
     await process.wait()
 
-    assert await redis.hlen(f"{key_prefix}:journal") == 1
+    assert len(await journal_entries(redis, key_prefix)) == 1
 
     await wait_for(lambda: journal_owners_gone(redis, key_prefix), timeout=10, every=0.1)
     code, out, err = await _chatbot(
@@ -218,4 +218,4 @@ async def test_sigkill_mid_answer_is_answered_after_restart(
     )
     assert "restarted while answering" not in out  # answered once, never again
     assert len(fake_openai.chat_requests()) == 2
-    assert await redis.hlen(f"{key_prefix}:journal") == 0
+    assert len(await journal_entries(redis, key_prefix)) == 0

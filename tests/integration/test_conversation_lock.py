@@ -11,6 +11,7 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from bots.redis_conn import make_client
 from bots.taskdump import dump_tasks
 from core.model import ContextKey, Turn
+from core.storage import RateResult, RateTake, TurnReads, TurnWrites
 from stores.redis.health import StoreLimits
 from stores.redis.keys import KeyBuilder
 from stores.redis.store import RedisStore
@@ -84,9 +85,9 @@ async def test_a_lazy_lock_rides_in_the_read_and_leaves_with_the_save(
     name = store.keys.lock(KEY)
     async with store.lock(KEY, lazy=True) as held:
         assert not await redis.exists(name)  # not taken yet: no round trip of its own
-        await store.load_turn(KEY, lock=held)
+        await store.read_turn(TurnReads(KEY), lock=held)
         assert await redis.get(name) == held.token.encode()
-        await store.save(KEY, Turn("user", "hi"), lock=held)
+        await store.write_turn(TurnWrites(KEY, (Turn("user", "hi"),)), lock=held)
         assert not await redis.exists(name)  # released in the save's MULTI
     assert not await redis.exists(name)
 
@@ -97,34 +98,35 @@ async def test_a_contended_lazy_lock_waits_and_reads_the_conversation_again(
     """Another process is in the conversation: the turn waits for it, then sees its turn;
     the extras queued with the first read (a rate-limit take) ran exactly once."""
     first, second = _store(redis, key_prefix, 5), _store(redis, key_prefix, 5)
-    counter = f"{key_prefix}:takes"
     inside, release = asyncio.Event(), asyncio.Event()
 
     async def holder() -> None:
         async with first.lock(KEY):
             inside.set()
             await release.wait()
-            await first.save(KEY, Turn("user", "from the first process"))
+            await first.write_turn(TurnWrites(KEY, (Turn("user", "from the first process"),)))
 
     task = asyncio.create_task(holder())
     await inside.wait()
 
-    async def late_turn() -> tuple[list[str], list[object]]:
+    take = RateTake("slack", "U1", capacity=5, per_minute=0.001)
+
+    async def late_turn() -> tuple[list[str], RateResult | None]:
         async with second.lock(KEY, lazy=True) as held:
-            conversation, extras = await second.load_turn(
-                KEY, extra=[lambda pipe: pipe.incr(counter)], lock=held
-            )
+            state = await second.read_turn(TurnReads(KEY, rate=take), lock=held)
             assert held.state == "held"
-            await second.save(KEY, Turn("user", "from the second"), lock=held)
-            return [turn.content for turn in conversation.history], extras
+            await second.write_turn(TurnWrites(KEY, (Turn("user", "from the second"),)), lock=held)
+            return [turn.content for turn in state.conversation.history], state.rate
 
     waiting = asyncio.create_task(late_turn())
     await wait_for(lambda: "acquire" in dump_tasks())  # it waits for the lock
     release.set()
-    history, extras = await waiting
+    history, rate = await waiting
     await task
     assert history == ["from the first process"]  # read again after the wait
-    assert extras == [1] and await redis.get(counter) == b"1"  # the take counted once
+    assert rate == RateResult(True, 0)
+    tokens = float(await redis.hget(second.keys.bucket("slack", "U1"), "tokens"))
+    assert 3.99 < tokens < 4.01  # the take counted once
     assert not await redis.exists(second.keys.lock(KEY))
 
 
@@ -143,7 +145,7 @@ async def test_a_lazy_lock_never_used_for_a_read_is_taken_by_the_save(
 
     async def saving() -> None:
         async with store.lock(KEY, lazy=True) as held:
-            await store.save(KEY, Turn("user", "x"), lock=held)
+            await store.write_turn(TurnWrites(KEY, (Turn("user", "x"),)), lock=held)
             order.append("saved")
 
     task = asyncio.create_task(holder())
@@ -163,7 +165,7 @@ async def test_a_take_whose_reply_was_lost_does_not_wait_for_itself(redis: Redis
                        on_round_trip=lambda: trips.append(1))  # fmt: skip
     async with store.lock(KEY, lazy=True) as held:
         await redis.set(store.keys.lock(KEY), held.token, px=5000)  # the first try's take
-        await store.load_turn(KEY, lock=held)
+        await store.read_turn(TurnReads(KEY), lock=held)
         assert held.state == "held" and len(trips) == 1  # no wait of its own
         assert 4000 < await redis.pttl(store.keys.lock(KEY)) <= 5000  # renewed
     assert not await redis.exists(store.keys.lock(KEY))
@@ -194,7 +196,7 @@ async def test_a_turn_cancelled_while_its_take_is_out_leaves_no_lock(
 
         async def turn() -> None:
             async with store.lock(KEY, lazy=True) as held:
-                await store.load_turn(KEY, lock=held)
+                await store.read_turn(TurnReads(KEY), lock=held)
 
         task = asyncio.create_task(turn())
         watcher = Redis.from_url(redis_url)
@@ -216,9 +218,9 @@ async def test_a_lazy_turn_longer_than_the_ttl_keeps_its_lock(redis: Redis, key_
     store = _store(redis, key_prefix, lock_ttl=0.3)  # extended every 0.1 s
     name = store.keys.lock(KEY)
     async with store.lock(KEY, lazy=True) as held:
-        await store.load_turn(KEY, lock=held)
+        await store.read_turn(TurnReads(KEY), lock=held)
         await asyncio.sleep(1.0)  # the turn itself: several times the lock's TTL
         assert await redis.get(name) == held.token.encode()
-        await store.save(KEY, Turn("user", "done"), lock=held)
+        await store.write_turn(TurnWrites(KEY, (Turn("user", "done"),)), lock=held)
     assert not await redis.exists(name)
     assert "lock-extend" not in dump_tasks()

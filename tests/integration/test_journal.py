@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from redis.asyncio import Redis
 
 from core.model import Attachment, Command, ContextKey, Message, User
-from stores.redis.journal import Journal, message_from_json, message_to_json
+from stores.redis.journal import RedisJournal, message_from_json, message_to_json
+from stores.redis.keys import KeyBuilder
 
 
 def _message(i: int = 1) -> Message:
@@ -30,31 +31,58 @@ def test_message_json_round_trip():
     assert message_from_json("{not json") is None
 
 
+def _journal(redis: Redis, prefix: str, heartbeat_ttl: float = 15.0) -> RedisJournal:
+    return RedisJournal(redis, KeyBuilder(prefix), heartbeat_ttl=heartbeat_ttl)
+
+
 async def test_orphans_of_a_dead_owner_are_claimed_once(redis: Redis, key_prefix: str):
-    dead = Journal(redis, key_prefix, heartbeat_ttl=0.2)
+    dead = _journal(redis, key_prefix, heartbeat_ttl=0.2)
     await dead.start()
+    telegram = Message("telegram", ContextKey("telegram", "9"), User("1"), "t", "x")
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(5):
-            dead.begin(_message(i))(pipe)
-        dead.begin(Message("telegram", ContextKey("telegram", "9"), User("1"), "t", "x"))(pipe)
+            message = _message(i)
+            dead.queue_begin(pipe, replace(message.key, thread=str(i)), message)
+        dead.queue_begin(pipe, telegram.key, telegram)
         await pipe.execute()
     await dead.stop()  # its heartbeat is gone: as after a crash
 
-    live = Journal(redis, key_prefix)
+    live = _journal(redis, key_prefix)
     await live.start()
-    rivals = [Journal(redis, key_prefix) for _ in range(3)]
+    rivals = [_journal(redis, key_prefix) for _ in range(3)]
     claims = await asyncio.gather(*(j.claim_orphans({"slack"}) for j in (live, *rivals)))
     taken = sorted(m.message_id for claim in claims for m in claim)
     assert taken == [f"m{i}" for i in range(5)]  # each exactly once across the claimants
-    assert await redis.hlen(f"{key_prefix}:journal") == 1  # telegram's stays for a telegram bot
+    keys = KeyBuilder(key_prefix)
+    assert await redis.hlen(keys.journal(telegram.key)) == 1  # telegram's stays for telegram
+    # the dead owner's index keeps only the journal still holding one of its entries
+    assert await redis.smembers(keys.journal_index(dead.owner)) == {
+        keys.journal(telegram.key).encode()
+    }
+    assert [m.message_id for m in await live.claim_orphans({"telegram"})] == ["x"]
+    assert not await redis.exists(keys.journal_index(dead.owner))
+    assert dead.owner.encode() not in await redis.smembers(keys.journal_owners())
     await live.stop()
 
 
 async def test_entries_of_a_live_owner_are_left_alone(redis: Redis, key_prefix: str):
-    owner = Journal(redis, key_prefix)
+    owner = _journal(redis, key_prefix)
     await owner.start()
     async with redis.pipeline(transaction=False) as pipe:
-        owner.begin(_message())(pipe)
+        owner.queue_begin(pipe, _message().key, _message())
         await pipe.execute()
-    assert await Journal(redis, key_prefix).claim_orphans({"slack"}) == []
+    assert await _journal(redis, key_prefix).claim_orphans({"slack"}) == []
     await owner.stop()
+
+
+async def test_entries_left_in_the_journal_of_release_0_1_are_still_answered(
+    redis: Redis, key_prefix: str
+):
+    """0.1 kept one journal hash, `{prefix}:journal`; an upgrade must not lose its entries."""
+    entry = {"owner": "gone", "since": 0, "message": message_to_json(_message(7))}
+    await redis.hset(f"{key_prefix}:journal", "slack:C1:m7", json.dumps(entry))
+    claims = await asyncio.gather(
+        *(_journal(redis, key_prefix).claim_orphans({"slack"}) for _ in range(3))
+    )
+    assert [m.message_id for claim in claims for m in claim] == ["m7"]
+    assert not await redis.exists(f"{key_prefix}:journal")

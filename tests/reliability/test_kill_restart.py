@@ -21,7 +21,13 @@ from core.config import Secrets
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import answers_200, bot_process_env, journal_owners_gone, wait_for
+from tests.helpers import (
+    answers_200,
+    bot_process_env,
+    journal_entries,
+    journal_owners_gone,
+    wait_for,
+)
 from tests.redis_server import free_port
 
 PLATFORMS = ("slack", "telegram", "discord")
@@ -86,7 +92,7 @@ async def test_sigkill_mid_answer_on_every_platform_is_answered_once_after_resta
                 await wait_for(all_streaming, timeout=20)
                 process.kill()
                 await process.wait()
-            assert await redis.hlen(f"{key_prefix}:journal") == len(PLATFORMS)
+            assert len(await journal_entries(redis, key_prefix)) == len(PLATFORMS)
             shown_before = {p: bot.drivers[p].answers(n) for n, p in enumerate(PLATFORMS)}
 
             await wait_for(lambda: journal_owners_gone(redis, key_prefix), timeout=10, every=0.1)
@@ -100,7 +106,7 @@ async def test_sigkill_mid_answer_on_every_platform_is_answered_once_after_resta
                                timeout=30)  # fmt: skip
 
                 async def journal_empty() -> bool:  # each answer is recorded just after it shows
-                    return await redis.hlen(f"{key_prefix}:journal") == 0
+                    return len(await journal_entries(redis, key_prefix)) == 0
 
                 await wait_for(journal_empty, timeout=10)
             for number, platform in enumerate(PLATFORMS):

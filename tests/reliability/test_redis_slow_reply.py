@@ -15,9 +15,10 @@ from core.limits import RateLimiter
 from core.model import ContextKey, Message, Turn, User
 from core.protocols import Usage
 from core.sections import LimitsSettings
-from core.usage import Totals, UsageBook
+from core.storage import RateResult, Totals, TurnReads, TurnWrites, UserPeriod
+from core.usage import UsageBook
 from stores.redis.health import StoreLimits
-from stores.redis.journal import Journal
+from stores.redis.journal import RedisJournal
 from stores.redis.keys import KeyBuilder
 from stores.redis.store import RedisStore
 from tests.redis_server import RedisProcess
@@ -89,20 +90,24 @@ async def test_a_save_whose_first_reply_was_late_is_recorded_once(redis_process:
     client = make_client(redis_process.url, SOCKET_TIMEOUT)
     store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
     key = ContextKey("slack", "C1", "U1")
-    book = UsageBook(store.keys, "UTC", 3600)
+    book = UsageBook("UTC")
     message = Message("slack", key, User("U1"), "hello", "m1")
     try:
-        await store.save(key, Turn("user", "before"), Turn("assistant", "ok"))
+        await store.write_turn(TurnWrites(key, (Turn("user", "before"), Turn("assistant", "ok"))))
         sent = await _calls(redis_process, "exec")
         busy = _make_busy(redis_process, BUSY)
-        recorded = book.queue_record(message, key, Usage(10, 5), book.now())
-        await store.save(key, Turn("user", "hello"), Turn("assistant", "hi there"), extra=recorded)
+        record = book.record(message, Usage(10, 5), book.now())
+        turns = (Turn("user", "hello"), Turn("assistant", "hi there"))
+        await store.write_turn(TurnWrites(key, turns, usage=record))
         busy.close()
         assert await _calls(redis_process, "exec") >= sent + 2  # sent, resent
         history = (await store.load(key)).history
         assert [turn.content for turn in history] == ["before", "ok", "hello", "hi there"]
-        totals = Totals.parse(await client.hgetall(store.keys.usage(key)))
+        totals = await _totals(client, store, key)
         assert (totals.prompt, totals.completion) == (10, 5)  # counted once
+        assert record is not None
+        (today,) = await store.usage([UserPeriod("slack", "U1", record.day)])
+        assert (today.prompt, today.completion) == (10, 5)  # the user's day too
     finally:
         await client.aclose()
 
@@ -112,17 +117,17 @@ async def test_a_rate_limit_take_whose_reply_was_late_takes_one_token(
 ):
     client = make_client(redis_process.url, SOCKET_TIMEOUT)
     store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
-    limiter = RateLimiter(store.keys, LimitsSettings(messages_per_minute=1, burst=1))
+    limiter = RateLimiter(LimitsSettings(messages_per_minute=1, burst=1))
     message = Message("slack", ContextKey("slack", "C1", "U1"), User("U1"), "hi", "m1")
     try:
         await client.ping()
         sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
-        (taken,) = await store.read([limiter.queue_take(message)])
+        taken = await _take(store, limiter, message)
         busy.close()
         assert await _calls(redis_process, "eval") >= sent + 3  # the busy script, sent, resent
         assert limiter.refusal(taken) is None  # the one message of the burst goes on
-        (again,) = await store.read([limiter.queue_take(message)])
+        again = await _take(store, limiter, message)
         assert limiter.refusal(again) is not None  # and the bucket is empty now
     finally:
         await client.aclose()
@@ -135,7 +140,7 @@ async def test_takes_of_one_user_whose_replies_were_late_each_take_one_token(
     retry must find its own take, not only the last one written."""
     client = make_client(redis_process.url, SOCKET_TIMEOUT)
     store = RedisStore(client, KeyBuilder("slow"), StoreLimits())
-    limiter = RateLimiter(store.keys, LimitsSettings(messages_per_minute=1, burst=3))
+    limiter = RateLimiter(LimitsSettings(messages_per_minute=1, burst=3))
     messages = [
         Message("slack", ContextKey("slack", channel, "U1"), User("U1"), "hi", f"m{channel}")
         for channel in ("C1", "C2")
@@ -144,11 +149,11 @@ async def test_takes_of_one_user_whose_replies_were_late_each_take_one_token(
         await asyncio.gather(client.ping(), client.ping())  # two connections are open
         sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
-        taken = await asyncio.gather(*(store.read([limiter.queue_take(m)]) for m in messages))
+        taken = await asyncio.gather(*(_take(store, limiter, m) for m in messages))
         busy.close()
         assert await _calls(redis_process, "eval") >= sent + 5  # the busy script, sent, resent
-        assert [limiter.refusal(result) for (result,) in taken] == [None, None]
-        (third,) = await store.read([limiter.queue_take(messages[0])])
+        assert [limiter.refusal(result) for result in taken] == [None, None]
+        third = await _take(store, limiter, messages[0])
         assert limiter.refusal(third) is None  # the burst of 3 had one message left
     finally:
         await client.aclose()
@@ -167,7 +172,7 @@ async def test_a_summary_whose_reply_was_late_folds_its_turns_once(
     kept = [*(folded if repeated else [Turn("user", "a"), Turn("assistant", "b")])]
     kept += [Turn("user", "last"), Turn("assistant", "ok")]
     try:
-        await store.save(key, *folded, *kept)
+        await store.write_turn(TurnWrites(key, (*folded, *kept)))
         sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
         applied = await store.apply_summary(key, "greetings", folded, Usage(10, 5))
@@ -177,7 +182,7 @@ async def test_a_summary_whose_reply_was_late_folds_its_turns_once(
         assert conversation.summary == "greetings"
         assert conversation.history == kept  # folded once
         assert applied  # and reported as written
-        totals = Totals.parse(await client.hgetall(store.keys.usage(key)))
+        totals = await _totals(client, store, key)
         assert (totals.prompt, totals.completion) == (10, 5)  # counted once
     finally:
         await client.aclose()
@@ -187,17 +192,29 @@ async def test_a_journal_claim_whose_reply_was_late_is_still_ours(redis_process:
     """Taking over a crashed process's message: the claim (an HDEL) ran, its reply came too
     late and the retry found nothing to delete. The message must still be answered here."""
     client = make_client(redis_process.url, SOCKET_TIMEOUT)
-    dead = Journal(client, "slow")
+    keys = KeyBuilder("slow")
     message = Message("slack", ContextKey("slack", "C1", "U1"), User("U1"), "hi", "m1")
+    journal, entry = keys.journal(message.key), RedisJournal.entry_id(message)
     try:
-        await client.hset(dead.key, dead.entry_id(message), "{}")
-        survivor = Journal(client, "slow")
+        await client.hset(journal, entry, "{}")
+        survivor = RedisJournal(client, keys)
         sent = await _calls(redis_process, "eval")
         busy = _make_busy(redis_process, BUSY)
-        assert await survivor.claim(dead.entry_id(message))
+        assert await survivor.claim(journal, entry)
         busy.close()
         assert await _calls(redis_process, "eval") >= sent + 3  # the busy script, sent, resent
-        assert not await Journal(client, "slow").claim(dead.entry_id(message))  # only once
-        assert await client.hlen(dead.key) == 0
+        assert not await RedisJournal(client, keys).claim(journal, entry)  # only once
+        assert await client.hlen(journal) == 0
     finally:
         await client.aclose()
+
+
+async def _take(store: RedisStore, limiter: RateLimiter, message: Message) -> RateResult | None:
+    reads = TurnReads(message.key, history=False, rate=limiter.take(message))
+    return (await store.read_turn(reads)).rate
+
+
+async def _totals(client: Redis, store: RedisStore, key: ContextKey) -> Totals:
+    """The conversation's usage counters as stored."""
+    raw = {k.decode(): v for k, v in (await client.hgetall(store.keys.usage(key))).items()}
+    return Totals(int(raw.get("prompt", 0)), int(raw.get("completion", 0)))

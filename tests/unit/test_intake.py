@@ -54,7 +54,6 @@ class GatedDeliveries:
         self.pending_places.discard(place)
 
 
-
 def ordered(text: str, n: int) -> Message:
     return replace(user_message(text), delivery_id=f"d{n}", order=f"{n:020d}")
 
