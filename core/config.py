@@ -63,6 +63,9 @@ class RedisSettings(Section):
         default_factory=list, description="Sentinel `host:port` addresses; empty: no Sentinel"
     )
     service_name: str = Field("mymaster", min_length=1, description="the master's Sentinel name")
+    mode: Literal["standalone", "cluster"] = Field(
+        "standalone", description="cluster: REDIS_URL names any node of a Redis Cluster"
+    )
     key_prefix: str = Field("chatbot", min_length=1)
     lock_ttl: float = Field(
         15.0, gt=0, description="seconds; refreshed while a turn runs, frees after a crash"

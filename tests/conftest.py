@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from bots.redis_conn import make_client
 from core.config import Secrets, Settings
 from tests.fakes.openai_server import FakeOpenAI
+from tests.redis_cluster import Cluster, cluster_running
 from tests.redis_server import RedisProcess
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -140,6 +141,14 @@ async def redis_process(tmp_path: Path) -> AsyncIterator[RedisProcess]:
     await asyncio.to_thread(server.start)
     yield server
     await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Cluster]:
+    """A private 3-master Redis Cluster (tests/redis_cluster.py), started on first use and
+    shared by the session: tests keep to their own keys."""
+    with cluster_running() as cluster:
+        yield cluster
 
 
 @pytest.fixture
