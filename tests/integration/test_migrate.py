@@ -7,6 +7,9 @@ journal hash and a conversation's keys, which must not move.
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,8 @@ from redis.asyncio import Redis
 
 from bots.migrate import migrate
 from stores.redis.keys import KeyBuilder
+from tests.helpers import bot_process_env
+from tests.redis_server import free_port
 
 DAY, MONTH = "d2026-12-07", "m2026-12"
 DAY_TTL, MONTH_TTL = 3 * 86400, 70 * 86400
@@ -246,3 +251,60 @@ async def test_keys_not_written_by_0_1_are_left_alone(redis: Redis, keys: KeyBui
     assert (report.moved, report.skipped) == (0, 3)
     assert await snapshot(redis, prefix) == before
     assert "left alone" in str(report)
+
+
+async def _chatbot(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def _config(tmp_path: Path, key_prefix: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nredis:\n  key_prefix: {key_prefix}\n")
+    return path
+
+
+async def test_cli_dry_run_then_apply(
+    redis: Redis, keys: KeyBuilder, redis_url: str, tmp_path: Path
+) -> None:
+    await fill_as_release_0_1(redis, keys)
+    before = await snapshot(redis, keys.prefix)
+    config = str(_config(tmp_path, keys.prefix))
+    env = bot_process_env(REDIS_URL=redis_url)
+
+    code, out, err = await _chatbot("migrate", "--config", config, env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert (
+        "dry run: nothing changed; run with --apply to move 4 keys and drop 1 rate-limit bucket"
+    ) in out
+    assert await snapshot(redis, keys.prefix) == before
+
+    code, out, err = await _chatbot("migrate", "--apply", "--config", config, env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert "usage keys moved: 4" in out
+    assert f"{keys.legacy_user_usage('telegram', '42', DAY)} -> " in out
+    assert "done: moved 4 keys, dropped 1 rate-limit bucket" in out
+    day = keys.user_usage("telegram", "42", DAY)
+    assert counters(await redis.hgetall(day)) == expected(100, 20)
+
+    code, out, err = await _chatbot("migrate", "--config", config, env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert "dry run: nothing changed; nothing to migrate" in out
+
+
+async def test_cli_unreachable_redis_exits_1_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    env = bot_process_env(REDIS_URL=f"redis://:hunter2pw@127.0.0.1:{port}/0")
+    code, _, err = await _chatbot(
+        "migrate", "--apply", "--config", str(_config(tmp_path, "x")), env=env, cwd=tmp_path
+    )
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"error: cannot reach Redis at redis://:***@127.0.0.1:{port}/0 (ConnectionError); "
+        "check REDIS_URL, or unset it to use the embedded Redis"
+    ]
