@@ -3,6 +3,7 @@
     chatbot run  [--config PATH]   every platform with credentials, and the HTTP server
     chatbot chat [--config PATH]   a terminal conversation through the same core
     chatbot intents test "text"    which configured intent and entities a text gives
+    chatbot migrate [--apply]      move what release 0.1 kept in Redis to the 0.2 key layout
 
 Operator errors (bad config, no model configured, Redis unreachable, a token the platform
 refuses) print one clear line and exit non-zero; they never print a secret.
@@ -51,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     test = actions.add_parser("test", help="print the intent and entities a text gives")
     test.add_argument("text", help="what a user might say")
     test.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+    migrate = commands.add_parser(
+        "migrate", help="move the Redis keys of release 0.1 to the 0.2 layout (a dry run unless "
+        "--apply)"
+    )  # fmt: skip
+    migrate.add_argument("--apply", action="store_true", help="change Redis (default: dry run)")
+    migrate.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
     return parser
 
 
@@ -78,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = settings.log_level if args.command == "run" else "WARNING"
     setup_logging(level, secrets.values(), fmt=settings.log_format)
     runner = _run if args.command == "run" else _chat
+    if args.command == "migrate":
+        return _migrate_command(settings, secrets, apply=args.apply)
     try:
         return asyncio.run(runner(settings, secrets))
     except KeyboardInterrupt:
@@ -124,6 +133,58 @@ def intents_test(settings: Settings, text: str) -> int:
     else:
         print(f"response: template {intent.template!r}")
     return 0
+
+
+def _migrate_command(settings: Settings, secrets: Secrets, *, apply: bool) -> int:
+    """`chatbot migrate [--apply]`: 0 when done, 1 when Redis cannot be reached or is lost."""
+    try:
+        return asyncio.run(_migrate(settings, secrets, apply=apply))
+    except KeyboardInterrupt:
+        print("interrupted: run it again to finish (nothing is counted twice)", file=sys.stderr)
+        return EXIT_START
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RedisStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_START
+
+
+async def _migrate(settings: Settings, secrets: Secrets, *, apply: bool) -> int:
+    from redis.exceptions import RedisError
+
+    from bots.migrate import migrate
+    from bots.redis_conn import open_redis
+    from stores.redis.keys import KeyBuilder
+
+    prefix = settings.redis.key_prefix
+    async with AsyncExitStack() as stack:
+        redis, described = await open_redis(stack, settings, secrets)
+        print(f"{'migrating' if apply else 'dry run of'} prefix {prefix!r} on {described}")
+        try:
+            report = await migrate(redis, KeyBuilder(prefix), apply=apply)
+        except (RedisError, OSError) as exc:
+            print(
+                f"error: Redis failed during the migration ({type(exc).__name__}: {exc}); "
+                "run it again to finish (nothing is counted twice)",
+                file=sys.stderr,
+            )
+            return EXIT_START
+    print(report)
+    keys = _plural(report.usage_keys, "key")
+    buckets = _plural(report.buckets_dropped, "rate-limit bucket")
+    if apply:
+        print(f"done: moved {keys}, dropped {buckets}")
+    elif report.usage_keys or report.buckets_dropped:
+        dropped = f" and drop {buckets}" if report.buckets_dropped else ""
+        print(f"dry run: nothing changed; run with --apply to move {keys}{dropped}")
+    else:
+        print("dry run: nothing changed; nothing to migrate")
+    return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 async def _run(settings: Settings, secrets: Secrets) -> int:
