@@ -161,6 +161,12 @@ class MemoryBackend:
         self.locks[name] = Text(value=token, expires=self.clock() + ttl)
         return True
 
+    def extend_lock(self, name: str, token: str, ttl: float) -> None:
+        """redis-py's `Lock.extend`: only while it still holds this token (never re-takes)."""
+        held = self.live(self.locks, name)
+        if held is not None and held.value == token:
+            held.expires = self.clock() + ttl
+
     def release_lock(self, name: str, token: str) -> None:
         """`RELEASE`: only while it still holds this token (it may have expired and moved)."""
         held = self.live(self.locks, name)
@@ -258,7 +264,7 @@ class MemoryStore:
         *,
         heartbeat_ttl: float = 15.0,
     ) -> None:
-        self.backend = backend or MemoryBackend()
+        self.backend = backend if backend is not None else MemoryBackend()
         self.limits = limits
         self.journal = MemoryJournal(self.backend, heartbeat_ttl=heartbeat_ttl)
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -507,7 +513,7 @@ class MemoryStore:
 
         def extend() -> None:
             if held.state == "held":
-                self.backend.take_lock(held.name, held.token, self.limits.lock_ttl)
+                self.backend.extend_lock(held.name, held.token, self.limits.lock_ttl)
                 self._extend_later(held)
 
         loop = asyncio.get_running_loop()

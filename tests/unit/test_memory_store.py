@@ -190,6 +190,15 @@ async def test_a_dead_holders_lock_is_taken_after_its_ttl(
     assert backend.locks == {}
 
 
+async def test_a_live_holder_keeps_its_lock_past_its_ttl() -> None:
+    backend, limits = MemoryBackend(), StoreLimits(lock_ttl=0.3, lock_wait=0.5)  # real time
+    first, second = MemoryStore(backend, limits), MemoryStore(backend, limits)
+    async with first.lock(KEY) as held:
+        async with second.lock(KEY) as other:  # waits out lock_wait: extended meanwhile
+            assert other.state == "unlocked"
+        assert backend.locks[KEY.id].value == held.token
+
+
 async def test_a_waiter_goes_on_unlocked_after_lock_wait(
     backend: MemoryBackend, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
