@@ -35,11 +35,12 @@ from core.protocols import Handler
 from core.router import Router
 from core.sanitize import Sanitized
 from core.sections import BUILTIN_TOOLS
-from core.storage import AnswerJournal
+from core.storage import AnswerJournal, StateStore
 from core.tokens import TokenCounter
 from core.tools import Toolbox
 from core.usage import UsageBook
-from stores.redis.health import StoreLimits
+from stores.limits import StoreLimits
+from stores.memory import MemoryStore
 from stores.redis.keys import KeyBuilder
 from stores.redis.store import RedisStore
 
@@ -54,7 +55,7 @@ class Core:
 
     settings: Settings
     secrets: Secrets
-    store: RedisStore
+    store: StateStore
     llm: OpenAIChat
     router: Router
     commands: BuiltinCommands
@@ -106,8 +107,10 @@ async def build_core(
     *,
     redis: Redis | RedisCluster | None = None,
     on_round_trip: Callable[[], None] | None = None,
+    in_memory: bool = False,
 ) -> Core:
-    """Load the plugins, open Redis and the model client, and assemble the routing table.
+    """Load the plugins, open Redis (`in_memory`: no Redis, state in this process) and the model
+    client, and assemble the routing table.
 
     Raises PluginError (a plugin failed) or ConfigError (a tool name is unknown) before any
     connection is opened.
@@ -115,9 +118,6 @@ async def build_core(
     plugins = load_plugins(settings.plugins)
     intents = gather_intents(settings, plugins)
     check_tools(settings, plugins)
-    description = "given client"
-    if redis is None:
-        redis, description = await open_redis(stack, settings, secrets)
     limits = StoreLimits(
         max_turns=settings.context.max_turns,
         ttl_seconds=settings.context.ttl_seconds,
@@ -125,15 +125,21 @@ async def build_core(
         lock_wait=settings.redis.lock_wait,
         dedupe_ttl=settings.redis.dedupe_ttl,
     )
-    keys = KeyBuilder(settings.redis.key_prefix)
-    store = RedisStore(
-        redis,
-        keys,
-        limits,
-        describe=description,
-        on_round_trip=on_round_trip,
-        heartbeat_ttl=settings.redis.heartbeat_ttl,
-    )
+    store: StateStore
+    if in_memory:
+        store, description = MemoryStore(limits=limits), "memory (this process only)"
+    else:
+        description = "given client"
+        if redis is None:
+            redis, description = await open_redis(stack, settings, secrets)
+        store = RedisStore(
+            redis,
+            KeyBuilder(settings.redis.key_prefix),
+            limits,
+            describe=description,
+            on_round_trip=on_round_trip,
+            heartbeat_ttl=settings.redis.heartbeat_ttl,
+        )
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else None
     client = make_client(settings.llm, api_key=api_key, base_url=secrets.openai_base_url)
     stack.push_async_callback(client.close)

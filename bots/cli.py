@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+        if name == "chat":
+            sub.add_argument(
+                "--memory", action="store_true",
+                help="keep the conversation in this process only: no Redis at all",
+            )  # fmt: skip
     intents = commands.add_parser("intents", help="configured intents")
     actions = intents.add_subparsers(dest="action", required=True)
     test = actions.add_parser("test", help="print the intent and entities a text gives")
@@ -84,11 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = Secrets()
     level = settings.log_level if args.command == "run" else "WARNING"
     setup_logging(level, secrets.values(), fmt=settings.log_format)
-    runner = _run if args.command == "run" else _chat
     if args.command == "migrate":
         return _migrate_command(settings, secrets, apply=args.apply)
     try:
-        return asyncio.run(runner(settings, secrets))
+        if args.command == "chat":
+            return asyncio.run(_chat(settings, secrets, memory=args.memory))
+        return asyncio.run(_run(settings, secrets))
     except KeyboardInterrupt:
         return 0
     except (MissingAPIKey, ConfigError) as exc:
@@ -218,13 +224,13 @@ async def _run(settings: Settings, secrets: Secrets) -> int:
     return 0
 
 
-async def _chat(settings: Settings, secrets: Secrets) -> int:
+async def _chat(settings: Settings, secrets: Secrets, *, memory: bool = False) -> int:
     from adapters.console import ConsoleChat
     from bots.assembly import build_core
     from bots.recovery import recover_orphans
 
     async with AsyncExitStack() as stack:
-        core = await build_core(stack, settings, secrets)
+        core = await build_core(stack, settings, secrets, in_memory=memory)
         console = settings.platforms.console
         chat = ConsoleChat(
             core.handler, user=console.user, edit_interval=settings.edit_interval("console")

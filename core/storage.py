@@ -118,7 +118,8 @@ class TurnReads:
 
 @dataclass(frozen=True, slots=True)
 class TurnState:
-    """What a turn read. A part the store could not read is None: policies fail open."""
+    """What a turn read. A part not asked for, or that the store could not read, is None:
+    policies fail open."""
 
     conversation: Conversation = field(default_factory=Conversation)
     rate: RateResult | None = None
@@ -238,3 +239,13 @@ class AnswerJournal(Protocol):
     async def claim_orphans(self, platforms: Collection[str]) -> list[Message]:
         """Take the entries of dead processes on `platforms`; each goes to one claimant."""
         ...
+
+
+class StateStore(Store, Deliveries, Protocol):
+    """A whole store as the application runs on it: the port, the dedupe and pending
+    messages, the journal, and a liveness check for `/readyz`."""
+
+    @property
+    def journal(self) -> AnswerJournal: ...
+
+    async def ping(self) -> bool: ...

@@ -39,7 +39,7 @@ from core.storage import (
     TurnWrites,
     UserPeriod,
 )
-from stores.redis.health import StoreLimits  # a dataclass: imports no Redis client
+from stores.limits import StoreLimits
 
 if TYPE_CHECKING:
     from core.storage import AnswerJournal, Deliveries, Store
@@ -525,6 +525,9 @@ class MemoryStore:
         self.backend.release_lock(held.name, held.token)
         self._holding.discard(held)
         held.state = "released"
+
+    async def ping(self) -> bool:
+        return True  # in this process: always there
 
     def crash(self) -> None:
         """Die as a killed process: the heartbeat goes, held locks are neither extended nor

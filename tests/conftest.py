@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
-from bots.redis_conn import make_client
+from bots.redis_conn import make_client, make_cluster_client
 from core.config import Secrets, Settings
 from tests.fakes.openai_server import FakeOpenAI
 from tests.redis_cluster import Cluster, cluster_running
@@ -97,9 +97,18 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+CLUSTER = os.environ.get("CHATBOT_TEST_REDIS_MODE", "standalone") == "cluster"
+"""`CHATBOT_TEST_REDIS_MODE=cluster`: the whole suite runs on a private 3-master Redis Cluster
+(the bot with `redis.mode: cluster`); `.ci/run` runs the integration tests so once more."""
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The Redis every test uses (see the module docstring)."""
+    if CLUSTER:
+        with cluster_running() as cluster:
+            yield cluster.url
+        return
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
@@ -124,13 +133,13 @@ def key_prefix() -> str:
 @pytest.fixture
 async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
     """A client on the test Redis; every key under this test's prefix is deleted after."""
-    client = make_client(redis_url)
+    client: Any = make_cluster_client(redis_url) if CLUSTER else make_client(redis_url)
     try:
         yield client
     finally:
         keys = [key async for key in client.scan_iter(match=f"{key_prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
+        for key in keys:  # one by one: on a Cluster they live in different slots
+            await client.delete(key)
         await client.aclose()
 
 
@@ -162,7 +171,12 @@ def make_settings(key_prefix: str, tmp_path: Path, **overrides: Any) -> Settings
     data: dict[str, Any] = {
         "data_dir": str(tmp_path / "data"),
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace": 5},
-        "redis": {"key_prefix": key_prefix, "lock_ttl": 10, "lock_wait": 30},
+        "redis": {
+            "key_prefix": key_prefix,
+            "lock_ttl": 10,
+            "lock_wait": 30,
+            "mode": "cluster" if CLUSTER else "standalone",
+        },
         "llm": {
             "model": "gpt-test",
             "models": ["gpt-test", "gpt-other"],

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from stores.limits import StoreLimits
+
+__all__ = ["FAILURES", "RedisHealth", "StoreLimits"]
+
+FAILURES = (RedisError, OSError, RedisClusterException)
+"""What a Redis call raises when Redis (or one Cluster node, or the Cluster's routing) is
+away: each degrades the bot to answering without history, never to a failed answer."""
 
 log = logging.getLogger("stores.redis.store")  # one logger for the store's outage lines
-
-
-@dataclass(frozen=True, slots=True)
-class StoreLimits:
-    """How long and how much the store keeps."""
-
-    max_turns: int = 40
-    ttl_seconds: int = 7 * 86400
-    lock_ttl: float = 60.0
-    lock_wait: float = 120.0
-    dedupe_ttl: int = 86400
 
 
 class RedisHealth:

@@ -21,9 +21,8 @@ from collections.abc import Collection
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from core.model import Attachment, Command, ContextKey, Message, User
+from stores.redis.health import FAILURES
 from stores.redis.keys import KeyBuilder
 from stores.redis.scripts import JOURNAL_CLAIM
 
@@ -108,7 +107,7 @@ class RedisJournal:
         try:
             await self.redis.sadd(self.keys.journal_owners(), self.owner)
             await self._beat()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             log.warning("journal heartbeat not written: %s", type(exc).__name__)
         self._beating = asyncio.create_task(self._heartbeat())
 
@@ -117,7 +116,7 @@ class RedisJournal:
             self._beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._beating
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*FAILURES):
             await self.redis.delete(self.keys.owner(self.owner))
 
     async def _beat(self) -> None:
@@ -128,7 +127,7 @@ class RedisJournal:
             await asyncio.sleep(self.heartbeat_ttl / 3)
             try:
                 await self._beat()
-            except (RedisError, OSError) as exc:
+            except FAILURES as exc:
                 log.debug("journal heartbeat failed: %s", type(exc).__name__)
 
     async def claim(self, journal: str, entry: str | bytes) -> bool:
@@ -144,7 +143,7 @@ class RedisJournal:
         """Take the entries of `platforms` whose owner is gone; each goes to one claimant."""
         try:
             return await self._claim_orphans(platforms)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             log.warning("journal unreadable: %s", type(exc).__name__)
             return []
 

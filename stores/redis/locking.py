@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError
 
 from core.storage import TurnLock
-from stores.redis.health import RedisHealth, StoreLimits
+from stores.redis.health import FAILURES, RedisHealth, StoreLimits
 from stores.redis.scripts import RELEASE, TAKE
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class ConversationLocks:
         try:
             self._count()
             acquired = await lock.acquire(token=held.token)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "taking a conversation lock")
             acquired = False
         else:
@@ -172,7 +172,7 @@ class ConversationLocks:
         held.timer = loop.call_later(period, extend_soon)
 
     async def _extend(self, held: RedisTurnLock) -> None:
-        with contextlib.suppress(LockError, RedisError, OSError):
+        with contextlib.suppress(LockError, *FAILURES):
             await held.redis_lock(self.redis, self.limits).extend(
                 self.limits.lock_ttl, replace_ttl=True
             )
@@ -193,7 +193,7 @@ class ConversationLocks:
             await asyncio.wait({held.extending})
         unknown = held.sent and state in ("pending", "unlocked") and self.health.up
         if state == "held" or unknown:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*FAILURES):
                 self._count()
                 await self.redis.eval(RELEASE, 1, held.name, held.token)
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from core.model import ContextKey, Conversation, Message, Turn
 from core.protocols import Usage
@@ -39,7 +38,7 @@ from core.storage import (
     TurnWrites,
     UserPeriod,
 )
-from stores.redis.health import RedisHealth, StoreLimits
+from stores.redis.health import FAILURES, RedisHealth, StoreLimits
 from stores.redis.journal import RedisJournal
 from stores.redis.keys import KeyBuilder
 from stores.redis.locking import ConversationLocks, RedisTurnLock
@@ -119,7 +118,7 @@ class RedisStore:
                 slots = self._queue_reads(pipe, reads)
                 self._count()
                 results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "loading a conversation")
             self.locks.not_taken(held)
             return TurnState()
@@ -200,9 +199,10 @@ class RedisStore:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 self._queue_conversation_writes(pipe, writes)
-                releasing = self.locks.queue_release(pipe, held)
                 if not self.cluster:
                     self._queue_other_writes(pipe, writes)
+                releasing = self.locks.queue_release(pipe, held)  # last: all else is written
+                if not self.cluster:
                     self._count()
                     await pipe.execute()
                 else:
@@ -210,7 +210,7 @@ class RedisStore:
                         self._queue_other_writes(others, writes)
                         self._count()
                         await asyncio.gather(pipe.execute(), _execute(others))
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "saving a turn")
             return False
         self.health.ok()
@@ -256,7 +256,7 @@ class RedisStore:
         try:
             self._count()
             raw = await self.redis.get(self.keys.cache(key))
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "reading the cache")
             return None
         self.health.ok()
@@ -273,7 +273,7 @@ class RedisStore:
                     pipe.hgetall(self.keys.user_usage(p.platform, p.user, p.period))
                 self._count()
                 results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "reading usage")
             return [Totals() for _ in periods]
         self.health.ok()
@@ -293,7 +293,7 @@ class RedisStore:
                 pipe.expire(meta, self.limits.ttl_seconds)
                 self._count()
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "saving a setting")
             raise
         self.health.ok()
@@ -308,7 +308,7 @@ class RedisStore:
                 await self.redis.hset(self.keys.channel(channel), name, value)
             else:
                 await self.redis.hdel(self.keys.channel(channel), name)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "saving a channel setting")
             raise
         self.health.ok()
@@ -331,7 +331,7 @@ class RedisStore:
         try:
             self._count()
             applied = await self.redis.eval(APPLY_SUMMARY, len(keys), *keys, *args)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "saving a summary")
             return False
         self.health.ok()
@@ -345,7 +345,7 @@ class RedisStore:
                 pipe.hdel(self.keys.meta(key), "summary")
                 self._count()
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "resetting a conversation")
             raise
         self.health.ok()
@@ -360,7 +360,7 @@ class RedisStore:
         try:
             self._count()
             first = await self.redis.eval(FIRST_SEEN, 1, seen, token, self.limits.dedupe_ttl)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "checking a delivery id")
             return True
         self.health.ok()
@@ -380,7 +380,7 @@ class RedisStore:
                 CLAIM_PLACE, 2, seen, self.keys.pending(line), secrets.token_hex(8),
                 self.limits.dedupe_ttl, place, pending_ttl,
             )  # fmt: skip
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "checking a delivery id")
             return True, ""
         self.health.ok()
@@ -394,7 +394,7 @@ class RedisStore:
                 pipe.exists(self.keys.owner(owner))
                 self._count()
                 score, alive = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "reading a conversation's pending messages")
             return "answered"  # fail open: wait for nothing
         if score is None:
@@ -405,13 +405,13 @@ class RedisStore:
         try:
             self._count()
             await self.redis.zrem(self.keys.pending(line), place)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.health.failed(exc, "updating a conversation's pending messages")
 
     async def ping(self) -> bool:
         try:
             await self.redis.ping()
-        except (RedisError, OSError):
+        except FAILURES:
             return False
         return True
 

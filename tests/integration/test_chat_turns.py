@@ -192,9 +192,9 @@ async def test_empty_and_whitespace_messages_get_a_prompt_not_the_model(
 async def test_a_saved_turn_keeps_its_ttls_and_counts_usage_everywhere(
     core: Core, fake_openai: FakeOpenAI, settings, redis
 ):
-    """The save is two scripts in one MULTI: the history's append, bound and idle TTLs, and
-    the usage counters of the user's day, month and the conversation, each with its TTL."""
-    from core.usage import DAY_TTL, MONTH_TTL
+    """The save is one MULTI: the history's append, bound and idle TTLs, and the usage
+    counters of the conversation and of the user's day and month, each with its TTL."""
+    from core.storage import DAY_TTL, MONTH_TTL
 
     fake_openai.push(Reply(usage={"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}))
     message = user_message("count me")

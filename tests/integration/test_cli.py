@@ -219,3 +219,19 @@ async def test_sigkill_mid_answer_is_answered_after_restart(
     assert "restarted while answering" not in out  # answered once, never again
     assert len(fake_openai.chat_requests()) == 2
     assert len(await journal_entries(redis, key_prefix)) == 0
+
+
+async def test_chat_in_memory_needs_no_redis_and_remembers_within_the_session(
+    tmp_path: Path, fake_openai: FakeOpenAI
+):
+    env = _env(tmp_path, OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY=SECRET_KEY,
+               REDIS_URL="redis://127.0.0.1:1")  # fmt: skip  # would fail if it were used
+    code, out, err = await _chatbot(
+        "chat", "--memory", "--config", str(_config(tmp_path)), env=env, cwd=tmp_path,
+        stdin=b"remember the fruit banana\nwhich fruit?\n",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "bot> echo: which fruit?" in out
+    sent = [m["content"] for m in fake_openai.chat_requests()[-1].messages]
+    assert "remember the fruit banana" in sent  # the history, kept in the process
+    assert not (tmp_path / "data").exists()  # no embedded Redis was started

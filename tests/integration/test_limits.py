@@ -128,7 +128,9 @@ async def test_daily_budget_refuses_with_the_reset_time_and_usage_shows_it(
     assert "Daily budget: 100 tokens, 0 left today" in report.shown
 
     assert core.usage is not None
-    conversation = core.usage.keys.usage(core.chat.conversation_key(user_message("x")))
+    conversation = core.store.keys.usage(  # type: ignore[attr-defined]
+        core.chat.conversation_key(user_message("x"))
+    )
     assert await redis.hget(conversation, "total") == b"110"
     someone_else = RecordingResponder()
     await core.handler(user_message("/usage", user="u2"), someone_else)

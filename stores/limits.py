@@ -1,0 +1,18 @@
+"""What every store keeps and for how long: one set of limits for the memory and Redis
+stores alike (config: `context.max_turns`, `context.ttl_days`, `redis.lock_*`,
+`redis.dedupe_ttl`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """How long and how much the store keeps."""
+
+    max_turns: int = 40
+    ttl_seconds: int = 7 * 86400
+    lock_ttl: float = 60.0
+    lock_wait: float = 120.0
+    dedupe_ttl: int = 86400
