@@ -10,7 +10,7 @@ the bot's own figure minus this one is what the core costs (`python -m bench --f
 from __future__ import annotations
 
 from bots.app import BotApp
-from core.llm import OpenAIChat
+from core.llm.openai_chat import OpenAIChat
 from core.model import Message, Turn
 from core.protocols import Responder
 

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from bench.wire import WireCapture
 from core.config import Secrets, Settings
-from core.tokens import TokenCounter
+from core.llm.tokens import TokenCounter
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply

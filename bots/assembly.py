@@ -16,29 +16,29 @@ from redis.asyncio import Redis, RedisCluster
 
 from bots.metrics import MeteredLLM, Metrics
 from bots.redis_conn import open_redis
-from core.actions import HttpActions
-from core.builtin_tools import calculator_tool, current_time_tool
-from core.cache import AnswerCache
-from core.chat import ChatTurn, Features
-from core.commands import BuiltinCommands
 from core.config import ConfigError, Secrets, Settings
-from core.intake import Intake
-from core.intents import IntentMatcher, IntentTurn, gather_intents
-from core.limits import AccessControl, RateLimiter, TokenBudget
-from core.llm import OpenAIChat, make_client
-from core.memory import Summarizer
-from core.middleware import Guarded, InFlight
+from core.conversation.chat import ChatTurn, Features
+from core.conversation.intake import Intake
+from core.conversation.memory import Summarizer
+from core.llm.moderation import Moderator
+from core.llm.openai_chat import OpenAIChat, make_client
+from core.llm.tokens import TokenCounter
 from core.model import ContextKey
-from core.moderation import Moderator
 from core.plugins import Plugins, load_plugins
+from core.policies.cache import AnswerCache
+from core.policies.limits import AccessControl, RateLimiter, TokenBudget
+from core.policies.usage import UsageBook
 from core.protocols import Handler
-from core.router import Router
-from core.sanitize import Sanitized
+from core.routing.commands import BuiltinCommands
+from core.routing.intents import IntentMatcher, IntentTurn, gather_intents
+from core.routing.middleware import Guarded, InFlight
+from core.routing.router import Router
+from core.routing.sanitize import Sanitized
 from core.sections import BUILTIN_TOOLS
 from core.storage import AnswerJournal, StateStore
-from core.tokens import TokenCounter
-from core.tools import Toolbox
-from core.usage import UsageBook
+from core.tools.actions import HttpActions
+from core.tools.builtin import calculator_tool, current_time_tool
+from core.tools.toolbox import Toolbox
 from stores.limits import StoreLimits
 from stores.memory import MemoryStore
 from stores.redis.keys import KeyBuilder

@@ -28,7 +28,7 @@ from adapters.base import AdapterStartError
 from bots.logs import setup_logging
 from bots.redis_conn import RedisStartError
 from core.config import ConfigError, Secrets, Settings, load_settings
-from core.llm import MissingAPIKey
+from core.llm.openai_chat import MissingAPIKey
 from core.model import parse_command
 from core.plugins import PluginError
 
@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def intents_test(settings: Settings, text: str) -> int:
     """`chatbot intents test "text"`: 0 and the intent when one matches, else 1."""
-    from core.intents import IntentMatcher, gather_intents
     from core.plugins import load_plugins
+    from core.routing.intents import IntentMatcher, gather_intents
 
     try:
         intents = gather_intents(settings, load_plugins(settings.plugins))

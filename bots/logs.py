@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from core.turns import TurnIdFilter
+from core.conversation.turns import TurnIdFilter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s turn=%(turn)s %(message)s"
 

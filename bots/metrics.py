@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from core.intake import Intake
+from core.conversation.intake import Intake
 from core.model import Message, MessageRef
 from core.protocols import LLM, Handler, LLMError, Responder, StreamCut, Usage
 

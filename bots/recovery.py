@@ -15,7 +15,7 @@ from adapters.base import Adapter, Recovers
 from bots.assembly import Core
 from core.model import Message
 from core.protocols import Responder
-from core.streaming import reply
+from core.streaming.reply import reply
 
 log = logging.getLogger(__name__)
 

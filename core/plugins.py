@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from core.model import IntentMatch, Message
 from core.sections import IntentSettings
-from core.tools import Tool, function_tool
+from core.tools.toolbox import Tool, function_tool
 
 log = logging.getLogger(__name__)
 

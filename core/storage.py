@@ -8,8 +8,8 @@ the journal entry's and the delivery claim's release). A store turns each into a
 trips as it can: the Redis store sends one pipeline and one MULTI/EXEC; the memory store
 (`stores/memory.py`) is the executable definition of what they mean.
 
-Policies (`core/limits.py`, `core/usage.py`, `core/cache.py`) build these values and decide
-from the typed results; no store reply reaches them.
+The policies (`core/policies/`: limits, usage, cache) build these values and decide from the
+typed results; no store reply reaches them.
 """
 
 from __future__ import annotations

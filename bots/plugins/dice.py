@@ -18,7 +18,7 @@ from typing import Annotated
 
 from core.model import IntentMatch, Message
 from core.plugins import Plugins
-from core.tools import ToolError
+from core.tools.toolbox import ToolError
 
 DICE = re.compile(r"^\s*(\d{0,2})\s*d\s*(\d{1,3})\s*$", re.IGNORECASE)
 MAX_DICE = 20

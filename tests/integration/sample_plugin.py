@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from core.plugins import Plugins
-from core.tools import ToolContext
+from core.tools.toolbox import ToolContext
 
 
 def setup(bot: Plugins) -> None:

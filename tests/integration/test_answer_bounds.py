@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bots.assembly import Core
-from core.splitting import open_fence
-from core.streaming import CAP_NOTE
+from core.streaming.reply import CAP_NOTE
+from core.streaming.splitting import open_fence
 from tests.fakes.openai_server import ENDLESS_BOUND, FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message
 from tests.integration.factory import CoreFactory

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 
 from bots.assembly import Core
-from core.chat import APOLOGY
+from core.conversation.chat import APOLOGY
 from core.model import Turn
 from core.storage import TurnWrites
 from stores.redis.store import RedisStore

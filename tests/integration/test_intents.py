@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bots.cli import main
-from core.intents import SORRY
+from core.routing.intents import SORRY
 from tests.fakes.action_server import FakeActions
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import RecordingResponder, user_message

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bots.assembly import build_core
-from core.limits import NOT_ALLOWED
+from core.policies.limits import NOT_ALLOWED
 from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message

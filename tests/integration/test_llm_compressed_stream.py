@@ -9,7 +9,7 @@ import json
 from aiohttp import web
 
 from core.config import LLMSettings
-from core.llm import OpenAIChat, make_client
+from core.llm.openai_chat import OpenAIChat, make_client
 from tests.fakes.common import serve_locally
 
 

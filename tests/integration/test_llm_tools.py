@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.config import LLMSettings
-from core.llm import OpenAIChat, make_client
+from core.llm.openai_chat import OpenAIChat, make_client
 from core.model import ToolCall, Turn
 from core.protocols import Usage
 from tests.fakes.openai_server import Call, FakeOpenAI, Reply

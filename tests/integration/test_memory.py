@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bots.assembly import Core
-from core.prompt import SUMMARY_PREFIX
+from core.conversation.prompt import SUMMARY_PREFIX
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.helpers import RecordingResponder, user_message, wait_for
 from tests.integration.factory import CoreFactory

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.moderation import REFUSAL, UNAVAILABLE
+from core.llm.moderation import REFUSAL, UNAVAILABLE
 from tests.fakes.openai_server import Call, FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message
 from tests.integration.factory import CoreFactory

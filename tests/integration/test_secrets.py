@@ -76,7 +76,7 @@ def test_redaction_masks_args_and_tracebacks():
 def test_json_log_lines_carry_the_turn_id_and_mask_secrets():
     import json as _json
 
-    from core.turns import current_turn
+    from core.conversation.turns import current_turn
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
@@ -84,7 +84,7 @@ def test_json_log_lines_carry_the_turn_id_and_mask_secrets():
     try:
         setup_logging("INFO", [API_KEY], stream=stream, fmt="json")
         token = current_turn.set("abc123")
-        logging.getLogger("core.chat").info("calling the model with %s", API_KEY)
+        logging.getLogger("core.conversation.chat").info("calling the model with %s", API_KEY)
         current_turn.reset(token)
     finally:
         root.handlers[:] = saved[0]

@@ -22,7 +22,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bots.logs import RedactSecrets
-from core.chat import APOLOGY
+from core.conversation.chat import APOLOGY
 from tests.conftest import make_settings
 from tests.drive import (
     TELEGRAM_SECRET,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from core.toolloop import STEP_LIMIT_NOTE
+from core.llm.toolloop import STEP_LIMIT_NOTE
 from tests.fakes.action_server import FakeActions
 from tests.fakes.openai_server import Call, FakeOpenAI, Reply
 from tests.helpers import RecordingResponder, user_message

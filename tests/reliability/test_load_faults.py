@@ -23,7 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bots.taskdump import dump_tasks
-from core.chat import APOLOGY
+from core.conversation.chat import APOLOGY
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, running_bot
 from tests.fakes.openai_server import FakeOpenAI, Reply, echo_answer

@@ -11,12 +11,12 @@ import pytest
 from redis.asyncio import Redis
 
 from bots.redis_conn import make_client
-from core.limits import RateLimiter
 from core.model import ContextKey, Message, Turn, User
+from core.policies.limits import RateLimiter
+from core.policies.usage import UsageBook
 from core.protocols import Usage
 from core.sections import LimitsSettings
 from core.storage import RateResult, Totals, TurnReads, TurnWrites, UserPeriod
-from core.usage import UsageBook
 from stores.redis.health import StoreLimits
 from stores.redis.journal import RedisJournal
 from stores.redis.keys import KeyBuilder

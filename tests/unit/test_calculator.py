@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from core.calculator import CalcError, calculate, format_number
+from core.tools.calculator import CalcError, calculate, format_number
 
 
 @pytest.mark.parametrize(

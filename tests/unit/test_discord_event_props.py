@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from adapters.discord import LIMIT, ChannelResponder
 from adapters.discord_events import conversation_key, strip_bot_mention, to_message
 from core.model import MessageRef, parse_command
-from core.splitting import split_text
+from core.streaming.splitting import split_text
 from tests.fakes import discord as fd
 
 BOT_ID = int(fd.BOT_ID)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from core.idle import IdleTimeout
+from core.llm.idle import IdleTimeout
 
 
 async def test_a_wait_longer_than_the_timeout_raises_timeout_error():

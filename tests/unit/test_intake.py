@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from core.intake import Intake
+from core.conversation.intake import Intake
 from core.model import ContextKey, Message
 from core.protocols import Responder
 from core.storage import PlaceState

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError, load_settings
-from core.intents import IntentMatcher, fill
 from core.plugins import PluginError, Plugins, load_plugins
+from core.routing.intents import IntentMatcher, fill
 from core.sections import IntentSettings
 
 
@@ -99,6 +99,6 @@ def test_plugin_registration_errors_are_clear():
     with pytest.raises(PluginError, match=r"intent 'x': .*is not a valid regex"):
         bot.intent("x", patterns=["(?P<bad"])
     with pytest.raises(PluginError, match="no setup"):
-        load_plugins(["core.calculator"])
+        load_plugins(["core.tools.calculator"])
     with pytest.raises(PluginError, match="failed to import: ModuleNotFoundError"):
         load_plugins(["no.such.plugin"])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from core.cache import AnswerCache, normalise
-from core.memory import needs_summary, split_for_summary
+from core.conversation.memory import needs_summary, split_for_summary
+from core.llm.tokens import TokenCounter
 from core.model import Turn
+from core.policies.cache import AnswerCache, normalise
+from core.policies.usage import UsageBook, describe_wait
 from core.sections import CacheSettings
-from core.tokens import TokenCounter
-from core.usage import UsageBook, describe_wait
 
 
 def turns(*roles_and_sizes: tuple[str, int]) -> list[Turn]:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError, load_settings
+from core.conversation.prompt import build_prompt
+from core.llm.tokens import TokenCounter, estimate_tokens
 from core.model import Command, ContextKey, Scope, Turn, parse_command
-from core.prompt import build_prompt
-from core.tokens import TokenCounter, estimate_tokens
 from stores.redis.keys import KeyBuilder
 
 

@@ -28,7 +28,7 @@ from adapters.slack_format import to_mrkdwn
 from adapters.telegram import TELEGRAM_LIMIT, TelegramResponder
 from adapters.telegram_format import measure as telegram_measure
 from adapters.telegram_format import to_telegram_html
-from core.splitting import Measure, split_text
+from core.streaming.splitting import Measure, split_text
 
 ALLOWED = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
            "a", "code", "pre", "blockquote", "tg-emoji"}  # fmt: skip

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from core.model import Message
 from core.protocols import Responder
-from core.sanitize import Sanitized, clean_text
+from core.routing.sanitize import Sanitized, clean_text
 from tests.helpers import RecordingResponder, user_message
 
 

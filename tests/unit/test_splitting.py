@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from core.splitting import open_fence, split_text, take_part
+from core.streaming.splitting import open_fence, split_text, take_part
 
 
 def test_short_text_is_one_part():

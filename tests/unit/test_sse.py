@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.llm import _sse_payloads
+from core.llm.openai_chat import _sse_payloads
 
 
 async def _reads(*reads: bytes) -> AsyncIterator[bytes]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from core.model import MessageRef
-from core.streaming import DeliveryError, StreamingReply, reply
+from core.streaming.reply import DeliveryError, StreamingReply, reply
 from tests.helpers import RecordingResponder, wait_for
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import pytest
 
 from core.model import ContextKey, Message, ToolCall, User
-from core.tools import Toolbox, ToolContext, ToolError, function_tool, json_schema
+from core.tools.toolbox import Toolbox, ToolContext, ToolError, function_tool, json_schema
 
 CONTEXT = ToolContext(Message("console", ContextKey("console", "c"), User("u"), "hi", "1"), "conv")
 

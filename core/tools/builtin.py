@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.calculator import CalcError, calculate, format_number
-from core.tools import Tool, ToolContext, ToolError
+from core.tools.calculator import CalcError, calculate, format_number
+from core.tools.toolbox import Tool, ToolContext, ToolError
 
 
 def current_time_tool(default_zone: str) -> Tool:

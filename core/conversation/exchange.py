@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from core.intake import current_claim
-from core.limits import RateLimiter, TokenBudget
+from core.conversation.intake import current_claim
 from core.model import ContextKey, Message, Turn
+from core.policies.limits import RateLimiter, TokenBudget
+from core.policies.usage import UsageBook
 from core.protocols import Usage
 from core.storage import CacheEntry, Place, Store, TurnLock, TurnReads, TurnState, TurnWrites
-from core.usage import UsageBook
 
 log = logging.getLogger(__name__)
 

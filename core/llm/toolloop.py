@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from core.model import ToolCall, Turn
 from core.protocols import LLM, Usage
-from core.streaming import StreamingReply
-from core.tools import Toolbox, ToolContext
+from core.streaming.reply import StreamingReply
+from core.tools.toolbox import Toolbox, ToolContext
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ stop an answer when they fail.
 
 Store round trips of a turn, the conversation lock included: ONE read (the lock, history,
 settings, the channel's defaults, the rate-limit bucket, today's usage, a cached first
-answer) and ONE write (the turn, usage counters, the cache, the lock's release), both through
-`core/exchange.py`, which the intent turn shares. A first turn whose persona or model is not
-the default reads the cache once more. The summary runs afterwards, in the background.
+answer) and ONE write (the turn, usage counters, the cache, the lock's release), both
+through `core/conversation/exchange.py`, which the intent turn shares. A first turn whose
+persona or model is not the default reads the cache once more. The summary runs afterwards,
+in the background.
 """
 
 from __future__ import annotations
@@ -20,21 +21,21 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from core.cache import AnswerCache
 from core.config import Settings
-from core.exchange import Exchange, Policies
-from core.limits import RateLimiter, TokenBudget
-from core.memory import Summarizer, needs_summary
+from core.conversation.exchange import Exchange, Policies
+from core.conversation.memory import Summarizer, needs_summary
+from core.conversation.prompt import build_prompt
+from core.llm.moderation import Moderator, Verdict
+from core.llm.tokens import TokenCounter
+from core.llm.toolloop import LoopStats, run_model
 from core.model import ContextKey, Conversation, Message, Turn
-from core.moderation import Moderator, Verdict
-from core.prompt import build_prompt
+from core.policies.cache import AnswerCache
+from core.policies.limits import RateLimiter, TokenBudget
+from core.policies.usage import UsageBook
 from core.protocols import LLM, LLMError, Responder, StreamCut, Usage
 from core.storage import Store, TurnLock
-from core.streaming import DeliveryError, StreamingReply, reply
-from core.tokens import TokenCounter
-from core.toolloop import LoopStats, run_model
-from core.tools import Toolbox, ToolContext
-from core.usage import UsageBook
+from core.streaming.reply import DeliveryError, StreamingReply, reply
+from core.tools.toolbox import Toolbox, ToolContext
 
 log = logging.getLogger(__name__)
 

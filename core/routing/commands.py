@@ -10,12 +10,12 @@ from collections.abc import Container, Iterable, Sequence
 from core.config import Settings
 from core.model import ContextKey, Message
 from core.plugins import PluginCommand, Plugins
+from core.policies.usage import UsageBook
 from core.protocols import Handler, Responder
-from core.router import Route, any_command, command
+from core.routing.router import Route, any_command, command
 from core.sections import IntentSettings
 from core.storage import Store
-from core.streaming import reply
-from core.usage import UsageBook
+from core.streaming.reply import reply
 
 log = logging.getLogger(__name__)
 

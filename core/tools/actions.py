@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from core.sections import ActionSettings
-from core.tools import Tool, ToolContext, ToolError
+from core.tools.toolbox import Tool, ToolContext, ToolError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.llm.tokens import TokenCounter
 from core.model import Turn
-from core.tokens import TokenCounter
 
 SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
 

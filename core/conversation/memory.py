@@ -15,11 +15,11 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from core.llm.tokens import TokenCounter
 from core.model import ContextKey, Turn
 from core.protocols import LLM, Usage
 from core.sections import MemorySettings
 from core.storage import Store
-from core.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 

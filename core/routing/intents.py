@@ -14,19 +14,19 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from core.actions import ActionError, HttpActions, action_payload
-from core.cache import AnswerCache
 from core.config import Settings
-from core.exchange import Exchange, Policies
-from core.limits import RateLimiter
+from core.conversation.exchange import Exchange, Policies
 from core.model import ContextKey, IntentMatch, Message, Turn
 from core.plugins import IntentHandler, PluginError, Plugins
+from core.policies.cache import AnswerCache
+from core.policies.limits import RateLimiter
 from core.protocols import Responder
-from core.router import Route
+from core.routing.router import Route
 from core.sections import IntentSettings
 from core.storage import Store
-from core.streaming import reply
-from core.tools import ToolContext
+from core.streaming.reply import reply
+from core.tools.actions import ActionError, HttpActions, action_payload
+from core.tools.toolbox import ToolContext
 
 log = logging.getLogger(__name__)
 

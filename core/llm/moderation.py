@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from openai import AsyncOpenAI
 
-from core.llm import describe_error
+from core.llm.openai_chat import describe_error
 from core.sections import ModerationSettings
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from datetime import datetime
 
 from core.config import Settings
 from core.model import Message
+from core.policies.usage import UsageBook, describe_wait
 from core.protocols import Handler, Responder
 from core.sections import LimitsSettings
 from core.storage import RateResult, RateTake, UserPeriod
-from core.streaming import reply
-from core.usage import UsageBook, describe_wait
+from core.streaming.reply import reply
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from core.model import Message
 from core.protocols import Handler, Responder
-from core.streaming import reply
+from core.streaming.reply import reply
 
 # U+200B zero-width space; U+202A-U+202E embeddings and overrides; U+2066-U+2069 isolates.
 # Kept: U+200C ZWNJ, U+200D ZWJ, U+200E LRM, U+200F RLM.

@@ -15,7 +15,7 @@ import logging
 
 from core.model import MessageRef
 from core.protocols import Responder
-from core.splitting import open_fence, split_text, take_part
+from core.streaming.splitting import open_fence, split_text, take_part
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import asyncio
 import logging
 import time
 
+from core.conversation.turns import current_turn, new_turn_id
 from core.model import Message
 from core.protocols import Handler, Responder
-from core.streaming import reply
-from core.turns import current_turn, new_turn_id
+from core.streaming.reply import reply
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from core.config import LLMSettings
-from core.idle import IdleTimeout
+from core.llm.idle import IdleTimeout
 from core.model import ToolCall, Turn
 from core.protocols import Completion, LLMError, LLMEvent, StreamCut, ToolSpec, Usage
 

@@ -1,0 +1,1 @@
+"""The model: the OpenAI-compatible client, token counting, the tool loop, moderation."""

@@ -1,0 +1,1 @@
+"""Who may ask how much: access lists, the rate limit, the budget, usage, the cache."""

@@ -1,0 +1,1 @@
+"""Which handler answers a message: the router, commands, intents, middlewares."""

@@ -1,0 +1,1 @@
+"""Answers as they are written: throttled sends and edits, cut to the platform's limit."""

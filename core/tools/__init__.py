@@ -1,0 +1,1 @@
+"""Tools the model may call: the toolbox, the built-ins, HTTP actions."""
