@@ -1,9 +1,7 @@
-"""The store contract's fixture: `stores`, one per store kind, each test run against all.
-
-A kind is in the list only when its code exists: `memory` once `stores/memory.py` does,
-`cluster` once `tests/redis_cluster.py` does; `redis` (the test Redis of tests/conftest.py)
-and `sentinel` (a private Sentinel group, started once per session) always. A kind whose
-module exists but fails to import fails its own tests, named by the kind; the others run.
+"""The store contract's fixture: `stores`, one per store kind, each test run against all:
+`memory` (stores/memory.py), `redis` (the test Redis of tests/conftest.py), `cluster` (a
+private 3-master Redis Cluster) and `sentinel` (a private Sentinel group), each started once
+per session. A failing test names its kind in its id.
 
 `await stores.new(lock_ttl=0.5)` makes a store (limits by keyword); every store of one test
 shares one backend (the same key prefix on the same Redis, or one `MemoryBackend`), so a
@@ -16,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -35,19 +32,7 @@ Close = Callable[[], Awaitable[None]]
 Opener = Callable[[StoreLimits, float], Awaitable[tuple[Any, Close]]]
 
 
-def _exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # its package is missing
-        return False
-
-
-KINDS = [
-    *(["memory"] if _exists("stores.memory") else []),
-    "redis",
-    *(["cluster"] if _exists("tests.redis_cluster") else []),
-    "sentinel",
-]
+KINDS = ["memory", "redis", "cluster", "sentinel"]
 
 
 class Clock:

@@ -361,6 +361,17 @@ def render_graph() -> str:
     lines += ["```mermaid", "flowchart LR"]
     lines += [f"  {a} -->|{n}| {b}" for (a, b), n in sorted(edges.items())]
     lines += ["```", ""]
+    inner: dict[tuple[str, str], int] = {}
+    for module, deps in every.items():
+        for dep in deps:
+            if module.startswith("core.") and dep.startswith("core."):
+                pair = (_core_part(module), _core_part(dep))
+                if pair[0] != pair[1]:
+                    inner[pair] = inner.get(pair, 0) + 1
+    lines += ["Inside `core/`, between its folders and its top-level modules (the model, the"]
+    lines += ["ports, config, plugins):", "", "```mermaid", "flowchart LR"]
+    lines += [f"  {a} -->|{n}| {b}" for (a, b), n in sorted(inner.items())]
+    lines += ["```", ""]
     loops = cycles(now)
     lines.append(
         "Import cycles at import time: "
@@ -380,6 +391,12 @@ def render_graph() -> str:
         lines.append(f"| `{module}` | {', '.join(shown) or '—'} |")
     lines += ["", GRAPH_END]
     return "\n".join(lines)
+
+
+def _core_part(module: str) -> str:
+    """`core.llm.tokens` -> `llm/`; `core.model` -> `model`: a node of the core's graph."""
+    parts = module.split(".")
+    return f"{parts[1]}/" if len(parts) > 2 else parts[1]
 
 
 def _current_graph_section() -> str:
