@@ -71,7 +71,7 @@ class History(Kept):
 
 @dataclass(slots=True)
 class Meta(Kept):
-    """Settings (summary, persona, model) and the last append's token (APPEND's `written`)."""
+    """Settings (summary, persona, model) and the last append's token (WRITE_TURN's `written`)."""
 
     settings: dict[str, str] = field(default_factory=dict)
     written: str = ""
@@ -340,7 +340,7 @@ class MemoryStore:
         ttl = self.limits.ttl_seconds
         if writes.turns:
             meta = b.live(b.meta, key.id) or Meta()
-            if meta.written != writes.token:  # APPEND: the last append's token
+            if meta.written != writes.token:  # WRITE_TURN: the last append's token
                 history = b.history[key.id] = b.live(b.history, key.id) or History()
                 history.turns.extend(map(_stored, writes.turns))
                 del history.turns[: -self.limits.max_turns]

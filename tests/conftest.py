@@ -103,12 +103,19 @@ CLUSTER = os.environ.get("CHATBOT_TEST_REDIS_MODE", "standalone") == "cluster"
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The Redis every test uses (see the module docstring)."""
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The Redis every test uses (see the module docstring): a Cluster node's URL in cluster
+    mode."""
     if CLUSTER:
-        with cluster_running() as cluster:
-            yield cluster.url
+        yield request.getfixturevalue("redis_cluster").url
         return
+    yield request.getfixturevalue("standalone_redis_url")
+
+
+@pytest.fixture(scope="session")
+def standalone_redis_url() -> Iterator[str]:
+    """A standalone Redis, also in cluster mode: for tests of the standalone store's own wire
+    behaviour (round trips counted on one connection, replies held back)."""
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return

@@ -24,6 +24,8 @@ def bot_process_env(**extra: str) -> dict[str, str]:
            if not k.startswith(("OPENAI_", "REDIS_", "SLACK_", "TELEGRAM_", "DISCORD_",
                                 "CHATBOT_"))}  # fmt: skip
     env.update(extra, PYTHONPATH=str(Path(__file__).parents[1]))
+    if "REDIS_URL" in extra and os.environ.get("CHATBOT_TEST_REDIS_MODE") == "cluster":
+        env["CHATBOT_REDIS__MODE"] = "cluster"  # the suite's Redis is a Cluster node
     return env
 
 

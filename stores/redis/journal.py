@@ -64,8 +64,10 @@ def message_from_json(raw: str | bytes) -> Message | None:
 class RedisJournal:
     """Entries `platform:channel:message_id` -> {owner, since, message} in each
     conversation's journal hash (its slot: the entry rides in the turn's read and leaves in
-    its MULTI), and per owner a set of the journals where it has entries, so recovery finds a
-    dead owner's entries without scanning."""
+    its write), and per owner an index, one member per entry (`<journal>\n<entry>`), so
+    recovery finds a dead owner's entries without scanning. Every heartbeat also re-registers
+    the owner in the owners set, so an owner that recovery pruned while it was silent (Redis
+    away, a stalled loop) is found again."""
 
     def __init__(self, redis: Any, keys: KeyBuilder, *, heartbeat_ttl: float = 15.0) -> None:
         self.redis = redis
@@ -78,34 +80,44 @@ class RedisJournal:
     def entry_id(message: Message) -> str:
         return f"{message.platform}:{message.key.channel}:{message.message_id}"
 
+    def _member(self, key: ContextKey, message: Message) -> str:
+        return f"{self.keys.journal(key)}\n{self.entry_id(message)}"
+
     def queue_begin(self, pipe: Any, key: ContextKey, message: Message) -> None:
         """Two commands: record `message` as being answered, and where (this owner's index)."""
         payload = json.dumps(
             {"owner": self.owner, "since": time.time(), "message": message_to_json(message)}
         )
-        journal = self.keys.journal(key)
-        pipe.hset(journal, self.entry_id(message), payload)
-        pipe.sadd(self.keys.journal_index(self.owner), journal)
+        pipe.hset(self.keys.journal(key), self.entry_id(message), payload)
+        pipe.sadd(self.keys.journal_index(self.owner), self._member(key, message))
 
     def queue_end_entry(self, pipe: Any, key: ContextKey, message: Message) -> None:
-        """`message` is answered (in the conversation's slot: the turn's MULTI)."""
+        """`message` is answered (in the conversation's slot: the turn's write)."""
         pipe.hdel(self.keys.journal(key), self.entry_id(message))
 
-    def queue_end_index(self, pipe: Any, key: ContextKey) -> None:
-        """This owner has no entry left in the conversation's journal (one turn at a time per
-        conversation: the one that ended was its only one)."""
-        pipe.srem(self.keys.journal_index(self.owner), self.keys.journal(key))
+    def queue_end_index(self, pipe: Any, key: ContextKey, message: Message) -> None:
+        """`message`'s member leaves this owner's index. Only once its entry is gone: an index
+        member without an entry is cleaned by recovery, an entry without one is lost."""
+        pipe.srem(self.keys.journal_index(self.owner), self._member(key, message))
+
+    async def forget_index(self, key: ContextKey, message: Message) -> None:
+        """`message`'s index member, once its entry is gone (logged, never raised)."""
+        try:
+            await self.redis.srem(self.keys.journal_index(self.owner), self._member(key, message))
+        except FAILURES as exc:
+            log.debug("journal index not updated: %s", type(exc).__name__)
 
     async def forget(self, key: ContextKey, message: Message) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self.queue_end_entry(pipe, key, message)
-            self.queue_end_index(pipe, key)
-            await pipe.execute()
+        """Drop `message`'s entry, then its index member (logged, never raised)."""
+        try:
+            await self.redis.hdel(self.keys.journal(key), self.entry_id(message))
+            await self.redis.srem(self.keys.journal_index(self.owner), self._member(key, message))
+        except FAILURES as exc:
+            log.warning("journal entry not removed: %s", type(exc).__name__)
 
     async def start(self) -> None:
         """Announce this process as alive and keep it so."""
         try:
-            await self.redis.sadd(self.keys.journal_owners(), self.owner)
             await self._beat()
         except FAILURES as exc:
             log.warning("journal heartbeat not written: %s", type(exc).__name__)
@@ -120,7 +132,10 @@ class RedisJournal:
             await self.redis.delete(self.keys.owner(self.owner))
 
     async def _beat(self) -> None:
-        await self.redis.set(self.keys.owner(self.owner), "1", px=int(self.heartbeat_ttl * 1000))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.owner(self.owner), "1", px=int(self.heartbeat_ttl * 1000))
+            pipe.sadd(self.keys.journal_owners(), self.owner)
+            await pipe.execute()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -133,79 +148,92 @@ class RedisJournal:
     async def claim(self, journal: str, entry: str | bytes) -> bool:
         """Take one entry: True for exactly one claimant, also when the claim's reply came
         late and redis-py sent it again (the entry is gone by then: the claim key says whose
-        it was). Raises RedisError/OSError."""
+        it was). Raises what Redis raises (`FAILURES`)."""
         name = _text(entry)
         token = secrets.token_hex(8)  # per claim: only this claim's resend may match it
-        claimed_by = f"{journal}:claimed:{name}"
+        # the claim key shares the journal's slot: its hash tag, or the whole name as the tag
+        tagged = journal if "{" in journal else f"{{{journal}}}"
+        claimed_by = f"{tagged}:claimed:{name}"
         return bool(await self.redis.eval(JOURNAL_CLAIM, 2, journal, claimed_by, name, token))
 
     async def claim_orphans(self, platforms: Collection[str]) -> list[Message]:
-        """Take the entries of `platforms` whose owner is gone; each goes to one claimant."""
+        """Take the entries of `platforms` whose owner is gone; each goes to one claimant.
+        A Redis failure skips that owner or journal (logged), never what was claimed."""
+        claimed: list[Message] = []
         try:
-            return await self._claim_orphans(platforms)
+            owners = {_text(o) for o in await self.redis.smembers(self.keys.journal_owners())}
         except FAILURES as exc:
             log.warning("journal unreadable: %s", type(exc).__name__)
-            return []
-
-    async def _claim_orphans(self, platforms: Collection[str]) -> list[Message]:
-        claimed: list[Message] = []
-        owners = {_text(o) for o in await self.redis.smembers(self.keys.journal_owners())}
+            owners = set()
         for owner in owners - {self.owner}:
-            if await self.redis.exists(self.keys.owner(owner)):
-                continue  # a live process is answering its entries
-            index = self.keys.journal_index(owner)
-            left = 0
-            for journal in {_text(j) for j in await self.redis.smembers(index)}:
-                kept = await self._claim_in(journal, {owner}, platforms, claimed)
-                if kept:
-                    left += 1
-                else:
-                    await self.redis.srem(index, journal)
-            if not left:
-                await self.redis.srem(self.keys.journal_owners(), owner)
-        if not self.cluster_mode:
-            await self._claim_in(self.keys.legacy_journal(), None, platforms, claimed)
+            try:
+                await self._claim_owner(owner, platforms, claimed)
+            except FAILURES as exc:
+                log.warning("journal of a dead process not read: %s", type(exc).__name__)
+        try:
+            await self._claim_in(self.keys.legacy_journal(), platforms, claimed)
+        except FAILURES as exc:
+            log.warning("journal of release 0.1 not read: %s", type(exc).__name__)
         return claimed
 
-    @property
-    def cluster_mode(self) -> bool:
-        """Release 0.1's single journal hash cannot exist on a Cluster (it was not supported)."""
-        return type(self.redis).__name__ == "RedisCluster"
+    async def _claim_owner(
+        self, owner: str, platforms: Collection[str], claimed: list[Message]
+    ) -> None:
+        """A dead owner's entries, through its index; the index and the owner go once empty."""
+        if await self.redis.exists(self.keys.owner(owner)):
+            return  # a live process is answering its entries
+        index = self.keys.journal_index(owner)
+        left = 0
+        for raw in await self.redis.smembers(index):
+            journal, _, entry = _text(raw).partition("\n")
+            value = await self.redis.hget(journal, entry)
+            if value is not None and _owner(value) != owner:
+                value = None  # answered, and journaled again by the process answering it
+            if value is not None and _platform(entry) not in platforms:
+                left += 1  # another platform's bot answers it
+                continue
+            if value is not None and await self.claim(journal, entry):
+                message = _message(value)
+                if message is not None:
+                    claimed.append(message)
+            await self.redis.srem(index, raw)
+        if not left:
+            await self.redis.srem(self.keys.journal_owners(), owner)
 
     async def _claim_in(
-        self,
-        journal: str,
-        owners: set[str] | None,
-        platforms: Collection[str],
-        claimed: list[Message],
-    ) -> int:
-        """Claim the dead owners' entries of one journal hash (`owners` None: any dead owner);
-        how many of theirs are left (other platforms)."""
-        left = 0
+        self, journal: str, platforms: Collection[str], claimed: list[Message]
+    ) -> None:
+        """Claim the dead owners' entries of one journal hash (release 0.1's single one)."""
         alive: dict[str, bool] = {}
         for raw_entry, raw_value in (await self.redis.hgetall(journal)).items():
             try:
-                value = json.loads(raw_value)
-                owner = value["owner"]
+                owner = json.loads(raw_value)["owner"]
             except (ValueError, KeyError, TypeError):
                 await self.redis.hdel(journal, raw_entry)
                 continue
-            if owner == self.owner or (owners is not None and owner not in owners):
+            if owner == self.owner or _platform(raw_entry) not in platforms:
                 continue
-            if owners is None:
-                if owner not in alive:
-                    alive[owner] = bool(await self.redis.exists(self.keys.owner(owner)))
-                if alive[owner]:
-                    continue
-            if _platform(raw_entry) not in platforms:
-                left += 1
-                continue
-            if not await self.claim(journal, raw_entry):
-                continue  # another replica claimed it first
-            message = message_from_json(value["message"])
+            if owner not in alive:
+                alive[owner] = bool(await self.redis.exists(self.keys.owner(owner)))
+            if alive[owner] or not await self.claim(journal, raw_entry):
+                continue  # a live process answers it, or another replica claimed it first
+            message = _message(raw_value)
             if message is not None:
                 claimed.append(message)
-        return left
+
+
+def _owner(raw_value: str | bytes) -> str:
+    try:
+        return str(json.loads(raw_value)["owner"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _message(raw_value: str | bytes) -> Message | None:
+    try:
+        return message_from_json(json.loads(raw_value)["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _text(value: str | bytes) -> str:

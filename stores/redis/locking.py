@@ -89,7 +89,8 @@ class ConversationLocks:
         In-process waiters queue on a FIFO asyncio.Lock; across processes a Redis lock with a
         TTL (extended while the holder runs) holds. Without Redis, the local lock still
         holds. `lazy`: the Redis lock is not taken here but by the first pipeline that
-        `queue_take`s it (then `taken`), and left by the one that `queue_release`s it.
+        `queue_take`s it (then `taken`), and left by the write that carries its token (then
+        `released`).
         """
         local, users = self._local_locks.get(name, (asyncio.Lock(), 0))
         self._local_locks[name] = (local, users + 1)
@@ -196,13 +197,6 @@ class ConversationLocks:
             with contextlib.suppress(*FAILURES):
                 self._count()
                 await self.redis.eval(RELEASE, 1, held.name, held.token)
-
-    def queue_release(self, pipe: Any, held: RedisTurnLock | None) -> bool:
-        """Queue the lock's release (compare-and-delete) in `pipe` when it is held."""
-        if held is None or held.state != "held":
-            return False
-        pipe.eval(RELEASE, 1, held.name, held.token)
-        return True
 
     @staticmethod
     def released(held: RedisTurnLock) -> None:

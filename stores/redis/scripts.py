@@ -7,7 +7,9 @@ first one may have run, and the second must then change nothing
 (tests/reliability/test_redis_slow_reply.py).
 
 script: KEYS / ARGV -> reply
-- `APPEND`: history, meta / turns to keep, idle TTL s, token, turn 1..n (JSON) -> 1, 0 resent
+- `WRITE_TURN`: history, meta, conversation usage, journal, pending set, lock / write token,
+  turns to keep, idle TTL s, usage token ('' none), prompt, completion, journal entry ('' none),
+  place ('' none), lock token ('' none), turn 1..n (JSON) -> 1 appended, 0 resent or no turns
 - `RECORD`: counter hashes 1..n (one slot) / prompt, completion, total, each key's TTL s,
   token -> 1 added, 0 resent
 - `TOKEN_BUCKET`: the user's bucket / capacity, refill per ms, cost, token
@@ -27,17 +29,35 @@ from __future__ import annotations
 
 from redis.asyncio.lock import Lock
 
-# One command instead of four (RPUSH, LTRIM, two EXPIRE) in the turn's MULTI.
-APPEND = """
-if redis.call('HGET', KEYS[2], 'written') == ARGV[3] then return 0 end
-for first = 4, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
+# Everything a turn writes in its conversation's slot, atomically, in one command: on a
+# Cluster it needs no MULTI (redis-py's cluster transactions resolve each queued command's
+# slot on a private event loop in a worker thread, blocking the bot's loop meanwhile).
+WRITE_TURN = """
+local appended = 0
+if #ARGV >= 10 and redis.call('HGET', KEYS[2], 'written') ~= ARGV[1] then
+  for first = 10, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
+    redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
+  end
+  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+  redis.call('HSET', KEYS[2], 'written', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  appended = 1
 end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
-redis.call('HSET', KEYS[2], 'written', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
+if ARGV[4] ~= '' then
+  local written = redis.call('HGET', KEYS[3], 'written') or ''
+  if not string.find(written, ARGV[4], 1, true) then
+    redis.call('HSET', KEYS[3], 'written', string.sub(ARGV[4] .. ' ' .. written, 1, 16 * 17))
+    redis.call('HINCRBY', KEYS[3], 'prompt', ARGV[5])
+    redis.call('HINCRBY', KEYS[3], 'completion', ARGV[6])
+    redis.call('HINCRBY', KEYS[3], 'total', tonumber(ARGV[5]) + tonumber(ARGV[6]))
+    redis.call('EXPIRE', KEYS[3], ARGV[3])
+  end
+end
+if ARGV[7] ~= '' then redis.call('HDEL', KEYS[4], ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('ZREM', KEYS[5], ARGV[8]) end
+if ARGV[9] ~= '' and redis.call('GET', KEYS[6]) == ARGV[9] then redis.call('DEL', KEYS[6]) end
+return appended
 """
 
 # Usage counters: a conversation's, or a user's day and month (one slot: the user's tag).

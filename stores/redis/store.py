@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -43,12 +43,12 @@ from stores.redis.journal import RedisJournal
 from stores.redis.keys import KeyBuilder
 from stores.redis.locking import ConversationLocks, RedisTurnLock
 from stores.redis.scripts import (
-    APPEND,
     APPLY_SUMMARY,
     CLAIM_PLACE,
     FIRST_SEEN,
     RECORD,
     TOKEN_BUCKET,
+    WRITE_TURN,
 )
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class RedisStore:
         self._count = on_round_trip or (lambda: None)
         self.locks = ConversationLocks(redis, limits, self.health, self._count)  # type: ignore[arg-type]
         self.journal = RedisJournal(redis, keys, heartbeat_ttl=heartbeat_ttl)
+        self._after: set[asyncio.Task[None]] = set()
 
     async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation:
         """History and settings in one round trip; an empty conversation when Redis is away."""
@@ -189,56 +190,65 @@ class RedisStore:
         )
 
     async def write_turn(self, writes: TurnWrites, *, lock: TurnLock | None = None) -> bool:
-        """Everything `writes` names in ONE round trip, releasing a held `lock`: a MULTI/EXEC
-        (on Cluster, the conversation's slot in a MULTI and the rest in a pipeline sent at the
-        same time). False when Redis failed (logged; the turn goes unrecorded, as without
-        Redis)."""
+        """Everything `writes` names in ONE round trip, releasing a held `lock`.
+
+        The conversation's part is one script (`WRITE_TURN`); with the user's counters, the
+        cache and the journal's index it goes in one MULTI/EXEC on a standalone Redis. On a
+        Cluster those live in other slots: they go in the same pipeline, without MULTI (each
+        is idempotent), and the journal's index member leaves after the script landed. True
+        when the conversation's part landed; False when Redis failed (logged; the turn goes
+        unrecorded, as without Redis)."""
         held = _redis_lock(lock)
         if held is not None and held.state == "pending":
             await self.locks.acquire(held)  # nothing was read under it: take it before writing
+        releasing = held is not None and held.state == "held"
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self._queue_conversation_writes(pipe, writes)
-                if not self.cluster:
-                    self._queue_other_writes(pipe, writes)
-                releasing = self.locks.queue_release(pipe, held)  # last: all else is written
-                if not self.cluster:
-                    self._count()
-                    await pipe.execute()
-                else:
-                    async with self.redis.pipeline(transaction=False) as others:
-                        self._queue_other_writes(others, writes)
-                        self._count()
-                        await asyncio.gather(pipe.execute(), _execute(others))
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
+                self._queue_turn_script(pipe, writes, held.token if releasing and held else "")
+                self._queue_other_writes(pipe, writes)
+                if writes.answered is not None and not self.cluster:
+                    self.journal.queue_end_index(pipe, writes.conversation, writes.answered)
+                self._count()
+                results = await pipe.execute(raise_on_error=not self.cluster)
         except FAILURES as exc:
             self.health.failed(exc, "saving a turn")
             return False
+        if isinstance(results[0], Exception):  # Cluster: the conversation's node failed it
+            self.health.failed(results[0], "saving a turn")
+            return False
         self.health.ok()
+        for failed in (r for r in results[1:] if isinstance(r, Exception)):
+            log.warning("a turn's usage or cache write failed: %s", type(failed).__name__)
         if releasing:
             assert held is not None
             self.locks.released(held)
+        if writes.answered is not None and self.cluster:
+            self._later(self.journal.forget_index(writes.conversation, writes.answered))
         return True
 
-    def _queue_conversation_writes(self, pipe: Any, writes: TurnWrites) -> None:
-        """What lives in the conversation's slot (one MULTI on Cluster too)."""
+    def _queue_turn_script(self, pipe: Any, writes: TurnWrites, lock_token: str) -> None:
+        """`WRITE_TURN`: what lives in the conversation's slot, in one atomic command."""
         key = writes.conversation
-        if writes.turns:
-            appended = (encode_turn(turn) for turn in writes.turns)
-            args = (self.limits.max_turns, self.limits.ttl_seconds, writes.token, *appended)
-            pipe.eval(APPEND, 2, self.keys.history(key), self.keys.meta(key), *args)
-        if writes.usage is not None:
-            u = writes.usage.usage
-            pipe.eval(
-                RECORD, 1, self.keys.usage(key), u.prompt_tokens, u.completion_tokens, u.total,
-                self.limits.ttl_seconds, writes.usage.token,
-            )  # fmt: skip
-        if writes.answered is not None:
-            self.journal.queue_end_entry(pipe, key, writes.answered)
-        if writes.leave is not None:
-            pipe.zrem(self.keys.pending(writes.leave.line), writes.leave.place)
+        usage = writes.usage
+        leave = writes.leave if writes.leave and writes.leave.line == key else None
+        keys = (
+            self.keys.history(key), self.keys.meta(key), self.keys.usage(key),
+            self.keys.journal(key), self.keys.pending(key), self.keys.lock(key),
+        )  # fmt: skip
+        args = (
+            writes.token, self.limits.max_turns, self.limits.ttl_seconds,
+            usage.token if usage else "",
+            usage.usage.prompt_tokens if usage else 0,
+            usage.usage.completion_tokens if usage else 0,
+            self.journal.entry_id(writes.answered) if writes.answered else "",
+            leave.place if leave else "",
+            lock_token,
+            *(encode_turn(turn) for turn in writes.turns),
+        )  # fmt: skip
+        pipe.eval(WRITE_TURN, len(keys), *keys, *args)
 
     def _queue_other_writes(self, pipe: Any, writes: TurnWrites) -> None:
-        """What lives elsewhere: the user's counters, the cache, the journal's index."""
+        """What lives elsewhere: the user's counters, the cache, a place in another line."""
         if writes.usage is not None:
             r, u = writes.usage, writes.usage.usage
             pipe.eval(
@@ -249,8 +259,14 @@ class RedisStore:
         if writes.cache is not None:
             c = writes.cache
             pipe.set(self.keys.cache(c.key), c.answer, ex=c.ttl)
-        if writes.answered is not None:
-            self.journal.queue_end_index(pipe, writes.conversation)
+        if writes.leave is not None and writes.leave.line != writes.conversation:
+            pipe.zrem(self.keys.pending(writes.leave.line), writes.leave.place)
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` after the turn, without it waiting (kept referenced until done)."""
+        task = asyncio.create_task(work, name="store-after-turn")
+        self._after.add(task)
+        task.add_done_callback(self._after.discard)
 
     async def cached(self, key: str) -> str | None:
         try:
@@ -285,7 +301,7 @@ class RedisStore:
             raise ValueError(f"unknown conversation setting {name!r}")
         meta = self.keys.meta(key)
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 if value:
                     pipe.hset(meta, name, value)
                 else:
@@ -340,7 +356,7 @@ class RedisStore:
     async def reset(self, key: ContextKey) -> None:
         """Forget the conversation's history and summary; keep persona and model choices."""
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 pipe.delete(self.keys.history(key))
                 pipe.hdel(self.keys.meta(key), "summary")
                 self._count()

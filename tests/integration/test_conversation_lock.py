@@ -172,11 +172,11 @@ async def test_a_take_whose_reply_was_lost_does_not_wait_for_itself(redis: Redis
 
 
 async def test_a_turn_cancelled_while_its_take_is_out_leaves_no_lock(
-    redis_url: str, key_prefix: str
+    standalone_redis_url: str, key_prefix: str
 ):
     """Redis took the lock but the reply never reached the turn (cancelled at shutdown):
     the release still runs, so the next turn in this conversation need not wait for the TTL."""
-    base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
+    base = UnixDomainSocketConnection if standalone_redis_url.startswith("unix") else Connection
     gate = asyncio.Event()
     holding = True
 
@@ -186,7 +186,7 @@ async def test_a_turn_cancelled_while_its_take_is_out_leaves_no_lock(
                 await gate.wait()
             return await super().read_response(*args, **kwargs)
 
-    client = make_client(redis_url, connection_class=HeldReplies)
+    client = make_client(standalone_redis_url, connection_class=HeldReplies)
     store = _store(client, key_prefix, 30)
     name = store.keys.lock(KEY)
     try:
@@ -199,7 +199,7 @@ async def test_a_turn_cancelled_while_its_take_is_out_leaves_no_lock(
                 await store.read_turn(TurnReads(KEY), lock=held)
 
         task = asyncio.create_task(turn())
-        watcher = Redis.from_url(redis_url)
+        watcher = Redis.from_url(standalone_redis_url)
         try:
             await wait_for(lambda: watcher.exists(name))  # Redis ran the take
             task.cancel()

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from core.model import Attachment, Command, ContextKey, Message, User
 from stores.redis.journal import RedisJournal, message_from_json, message_to_json
 from stores.redis.keys import KeyBuilder
+from tests.helpers import wait_for
 
 
 def _message(i: int = 1) -> Message:
@@ -55,9 +56,9 @@ async def test_orphans_of_a_dead_owner_are_claimed_once(redis: Redis, key_prefix
     assert taken == [f"m{i}" for i in range(5)]  # each exactly once across the claimants
     keys = KeyBuilder(key_prefix)
     assert await redis.hlen(keys.journal(telegram.key)) == 1  # telegram's stays for telegram
-    # the dead owner's index keeps only the journal still holding one of its entries
+    # the dead owner's index keeps only its entry still waiting (telegram's)
     assert await redis.smembers(keys.journal_index(dead.owner)) == {
-        keys.journal(telegram.key).encode()
+        f"{keys.journal(telegram.key)}\ntelegram:9:x".encode()
     }
     assert [m.message_id for m in await live.claim_orphans({"telegram"})] == ["x"]
     assert not await redis.exists(keys.journal_index(dead.owner))
@@ -86,3 +87,39 @@ async def test_entries_left_in_the_journal_of_release_0_1_are_still_answered(
     )
     assert [m.message_id for claim in claims for m in claim] == ["m7"]
     assert not await redis.exists(f"{key_prefix}:journal")
+
+
+async def test_an_owner_pruned_while_silent_is_registered_again_by_its_heartbeat(
+    redis: Redis, key_prefix: str
+):
+    """Redis was away longer than the heartbeat's TTL: a replica starting then prunes the
+    owner; its next heartbeat must register it again, or its entries are lost at a crash."""
+    keys = KeyBuilder(key_prefix)
+    owner = _journal(redis, key_prefix, heartbeat_ttl=0.3)
+    await owner.start()
+    await redis.delete(keys.owner(owner.owner))  # silent for a while
+    assert await _journal(redis, key_prefix).claim_orphans({"slack"}) == []
+    assert owner.owner.encode() not in await redis.smembers(keys.journal_owners())  # pruned
+    await wait_for(lambda: redis.sismember(keys.journal_owners(), owner.owner), timeout=3)
+    await owner.stop()
+
+
+async def test_an_entry_left_by_a_failed_write_is_still_found_after_a_later_turn(
+    redis: Redis, key_prefix: str
+):
+    """Turn 1's write failed (its entry stays); turn 2 of the same conversation is saved.
+    The index must still lead recovery to turn 1's message."""
+    keys = KeyBuilder(key_prefix)
+    dead = _journal(redis, key_prefix)
+    await dead.start()
+    first, second = _message(1), _message(2)
+    async with redis.pipeline(transaction=False) as pipe:
+        dead.queue_begin(pipe, first.key, first)
+        dead.queue_begin(pipe, second.key, second)
+        dead.queue_end_entry(pipe, second.key, second)
+        dead.queue_end_index(pipe, second.key, second)
+        await pipe.execute()
+    assert await redis.hlen(keys.journal(first.key)) == 1
+    await dead.stop()  # then it crashed
+    claims = await _journal(redis, key_prefix).claim_orphans({"slack"})
+    assert [m.message_id for m in claims] == ["m1"]

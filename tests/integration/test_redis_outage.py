@@ -35,6 +35,9 @@ async def test_answers_without_history_then_recovers(
     caplog: pytest.LogCaptureFixture,
 ):
     secrets = Secrets(openai_base_url=fake_openai.base_url, redis_url=redis_process.url)
+    settings = settings.model_copy(  # a private standalone server, in cluster mode too
+        update={"redis": settings.redis.model_copy(update={"mode": "standalone"})}
+    )
     async with AsyncExitStack() as stack:
         core = await build_core(stack, settings, secrets)
         await core.handler(user_message("before the outage"), RecordingResponder())

@@ -158,12 +158,12 @@ async def test_unknown_tool_name_is_a_config_error(key_prefix, tmp_path, secrets
 
 
 async def test_a_chat_turn_with_every_feature_is_two_round_trips(
-    build: CoreFactory, fake_openai: FakeOpenAI, redis_url: str
+    build: CoreFactory, fake_openai: FakeOpenAI, standalone_redis_url: str
 ):
     """Counted on the wire (every write of the client), as tests/integration/test_round_trips."""
-    base = UnixDomainSocketConnection if redis_url.startswith("unix") else Connection
+    base = UnixDomainSocketConnection if standalone_redis_url.startswith("unix") else Connection
     connection_class = counting(base)
-    client = Redis.from_url(redis_url, connection_class=connection_class)
+    client = Redis.from_url(standalone_redis_url, connection_class=connection_class)
     build.stack.push_async_callback(client.aclose)
     build.redis = client
     core = await build(
