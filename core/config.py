@@ -232,11 +232,23 @@ class ConsoleSettings(PlatformSettings):
     user: str = Field("console", description="the console user's id")
 
 
+class WebSettings(PlatformSettings):
+    """The web channel: a chat page and an HTTP + WebSocket API (docs/web.md). Each user's
+    conversations are their own under every scope: the user is part of the conversation."""
+
+    edit_interval: float | None = Field(0.05, ge=0, description="seconds between two deltas")
+    max_body: int = Field(65536, gt=0, description="bytes a request body may have (else 413)")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="CORS: other sites' origins allowed to call the API"
+    )
+
+
 class PlatformsSettings(Section):
     slack: SlackSettings = SlackSettings(scope=Scope.CHANNEL)
     telegram: TelegramSettings = TelegramSettings(scope=Scope.CHANNEL)
     discord: DiscordSettings = DiscordSettings(scope=Scope.CHANNEL)
     console: ConsoleSettings = ConsoleSettings(scope=Scope.CHANNEL)
+    web: WebSettings = WebSettings(scope=Scope.USER_IN_CHANNEL)
 
     def get(self, platform: str) -> PlatformSettings:
         """The settings of `platform`; unknown platforms get the shared defaults."""
@@ -332,6 +344,7 @@ class Secrets(BaseSettings):
     discord_bot_token: SecretStr | None = None
     discord_api_url: str | None = None
     discord_gateway_url: str | None = None
+    web_jwt_secret: SecretStr | None = None  # turns the web channel on in `chatbot run`
 
     def values(self) -> list[str]:
         """Every secret value that is set, for log redaction."""

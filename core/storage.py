@@ -170,6 +170,11 @@ class Store(Protocol):
         """A cached answer, else None (also when the backend is away)."""
         ...
 
+    async def remember(self, entry: CacheEntry) -> None:
+        """Keep an answer under `entry.key` for `entry.ttl` seconds, outside any turn (what
+        `cached` reads back: the web channel's answers to retried requests)."""
+        ...
+
     async def forget(self, key: ContextKey, message: Message) -> None:
         """Drop `message`'s journal entry on a path that writes nothing else (a refusal)."""
         ...

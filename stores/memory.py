@@ -29,6 +29,7 @@ from core.protocols import Usage
 from core.storage import (
     DAY_TTL,
     MONTH_TTL,
+    CacheEntry,
     PlaceState,
     RateResult,
     RateTake,
@@ -376,6 +377,11 @@ class MemoryStore:
     async def cached(self, key: str) -> str | None:
         entry = self.backend.live(self.backend.cache, key)
         return entry.value if entry is not None and entry.value else None
+
+    async def remember(self, entry: CacheEntry) -> None:
+        self.backend.cache[entry.key] = Text(
+            value=entry.answer, expires=self.backend.clock() + entry.ttl
+        )
 
     async def forget(self, key: ContextKey, message: Message) -> None:
         self.journal.end(key, message)

@@ -24,7 +24,8 @@ def bot_process_env(**extra: str) -> dict[str, str]:
            if not k.startswith(("OPENAI_", "REDIS_", "SLACK_", "TELEGRAM_", "DISCORD_",
                                 "CHATBOT_"))}  # fmt: skip
     env.update(extra, PYTHONPATH=str(Path(__file__).parents[1]))
-    if "REDIS_URL" in extra and os.environ.get("CHATBOT_TEST_REDIS_MODE") == "cluster":
+    cluster = os.environ.get("CHATBOT_TEST_REDIS_MODE") == "cluster"
+    if cluster and "REDIS_URL" in extra and "CHATBOT_REDIS__MODE" not in extra:
         env["CHATBOT_REDIS__MODE"] = "cluster"  # the suite's Redis is a Cluster node
     return env
 
@@ -141,10 +142,12 @@ async def journal_owners_gone(redis: Any, prefix: str) -> bool:
 
 
 async def journal_entries(redis: Any, prefix: str) -> list[bytes]:
-    """Every entry of the answer journal: each owner's index names the conversations'
-    journal hashes where it has entries (`stores/redis/journal.py`)."""
+    """Every entry of the answer journal: each owner's index has one member per entry,
+    `<journal hash>\n<entry>` (`stores/redis/journal.py`)."""
     entries: list[bytes] = []
     for owner in await redis.smembers(f"{prefix}:journal:owners"):
-        for journal in await redis.smembers(f"{prefix}:journal:owner:{owner.decode()}"):
-            entries += await redis.hvals(journal)
+        for member in await redis.smembers(f"{prefix}:journal:owner:{owner.decode()}"):
+            journal, _, entry = member.decode().partition("\n")
+            if (value := await redis.hget(journal, entry)) is not None:
+                entries.append(value)
     return entries

@@ -136,6 +136,7 @@ class Intake:
         self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight > 0 else None
         self.waiting = 0  # messages whose turn has come, waiting for a free slot
         self.queued = 0  # messages waiting for an earlier one of their conversation
+        self.claims = 0  # deliveries checked in the store (first seen or not)
 
     def __call__(self, message: Message, responder: Responder) -> Coroutine[Any, Any, None]:
         # Not `async def`: the place is taken now, when the adapter calls, not when the
@@ -203,6 +204,7 @@ class Intake:
             )
         else:
             first = await deduper.first_seen(message.platform, message.delivery_id)
+        self.claims += 1
         if not first:
             log.info("%s: delivery %s came again; answered once", message.platform,
                      message.delivery_id)  # fmt: skip

@@ -29,6 +29,7 @@ from core.protocols import Usage
 from core.storage import (
     DAY_TTL,
     MONTH_TTL,
+    CacheEntry,
     PlaceState,
     RateResult,
     Totals,
@@ -277,6 +278,16 @@ class RedisStore:
             return None
         self.health.ok()
         return _answer(raw)
+
+    async def remember(self, entry: CacheEntry) -> None:
+        """Keep an answer under `entry.key` on its own (logged, never raised)."""
+        try:
+            self._count()
+            await self.redis.set(self.keys.cache(entry.key), entry.answer, ex=entry.ttl)
+        except FAILURES as exc:
+            self.health.failed(exc, "remembering an answer")
+            return
+        self.health.ok()
 
     async def forget(self, key: ContextKey, message: Message) -> None:
         await self.journal.forget(key, message)

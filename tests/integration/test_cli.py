@@ -162,8 +162,9 @@ async def test_no_model_configured_says_what_to_set(tmp_path: Path):
 async def test_unreachable_redis_exits_1_naming_url_without_password(tmp_path: Path):
     port = free_port()
     env = _env(
-        tmp_path, OPENAI_API_KEY=SECRET_KEY, REDIS_URL=f"redis://:hunter2pw@127.0.0.1:{port}/0"
-    )
+        tmp_path, OPENAI_API_KEY=SECRET_KEY, REDIS_URL=f"redis://:hunter2pw@127.0.0.1:{port}/0",
+        CHATBOT_REDIS__MODE="standalone",
+    )  # fmt: skip
     code, _, err = await _chatbot("run", "--config", str(_config(tmp_path)), env=env, cwd=tmp_path)
     assert code == 1
     assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in err

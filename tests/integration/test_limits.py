@@ -74,6 +74,8 @@ async def test_rate_limit_is_shared_with_a_real_second_process(
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("CHATBOT_", "OPENAI_", "REDIS"))
     }
+    if os.environ.get("CHATBOT_TEST_REDIS_MODE") == "cluster":
+        env["CHATBOT_REDIS__MODE"] = "cluster"
     env.update(
         REDIS_URL=redis_url,
         OPENAI_API_KEY="sk-test-not-a-real-key",

@@ -299,7 +299,9 @@ async def test_cli_dry_run_then_apply(
 
 async def test_cli_unreachable_redis_exits_1_in_one_line(tmp_path: Path) -> None:
     port = free_port()
-    env = bot_process_env(REDIS_URL=f"redis://:hunter2pw@127.0.0.1:{port}/0")
+    env = bot_process_env(
+        REDIS_URL=f"redis://:hunter2pw@127.0.0.1:{port}/0", CHATBOT_REDIS__MODE="standalone"
+    )
     code, _, err = await _chatbot(
         "migrate", "--apply", "--config", str(_config(tmp_path, "x")), env=env, cwd=tmp_path
     )

@@ -1,0 +1,487 @@
+"""The web channel: a chat page and an HTTP + WebSocket API on the bot's one aiohttp server.
+
+A thin adapter like the others: a request becomes a `Message` (platform `web`; the JWT's
+`sub` is the user and the workspace, the client's conversation id the channel, so no scope
+ever mixes two users), and the core's reply stream becomes server-sent events, WebSocket
+frames or one JSON answer. The page is static (`adapters/web_static/`); the API is
+documented in docs/web.md. A client's message id is the delivery id: a retried request is
+answered once, and gets the first one's final text (kept for `redis.dedupe_ttl` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+from aiohttp import WSMsgType, web
+
+from core.config import Settings
+from core.model import ContextKey, Conversation, Message, MessageRef, User, parse_command
+from core.protocols import Handler, Responder
+from core.storage import CacheEntry
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("web_static")
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_ID = 128
+RETRY_WAIT = 60.0  # seconds a retry waits for the first request's answer in another process
+RETRY_POLL = 0.2
+
+
+class Conversations(Protocol):
+    """What the web channel reads and changes outside a turn (the store port's part)."""
+
+    async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation: ...
+
+    async def reset(self, key: ContextKey) -> None: ...
+
+    async def cached(self, key: str) -> str | None: ...
+
+    async def remember(self, entry: CacheEntry) -> None: ...
+
+
+class Unauthorized(Exception):
+    """No valid token: the message is safe to send to the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebUser:
+    id: str
+    name: str = ""
+
+
+class TokenCheck:
+    """`Authorization: Bearer <JWT>`: HS256 with `WEB_JWT_SECRET`, `sub` and `exp` required.
+    Without a secret (`chatbot web`, local only) every call is the one local user's."""
+
+    def __init__(self, secret: str | None, local_user: str = "local") -> None:
+        self.secret = secret
+        self.local_user = local_user
+
+    def user(self, token: str | None) -> WebUser:
+        if self.secret is None:
+            return WebUser(self.local_user, self.local_user)
+        if not token:
+            raise Unauthorized("a bearer token is required")
+        try:
+            claims = jwt.decode(
+                token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("the token is not valid") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise Unauthorized("the token has no user (sub)")
+        name = claims.get("name")
+        return WebUser(sub, name if isinstance(name, str) else "")
+
+    def from_request(self, request: web.Request) -> WebUser:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if header and scheme.lower() != "bearer":
+            raise Unauthorized("use Authorization: Bearer <token>")
+        return self.user(token.strip() or request.query.get("token"))
+
+
+Sink = Callable[[str, dict[str, str]], Awaitable[None]]
+"""Sends one event (`delta` or `done`) to the client; raises ConnectionError once it left."""
+
+
+class WebResponder:
+    """The core's reply stream as deltas; the whole answer is the final text of every part."""
+
+    limit = 1_000_000  # one part: the page renders any length
+    typing_interval = 0.0
+
+    def __init__(self, sink: Sink | None, edit_interval: float) -> None:
+        self.sink = sink
+        self.edit_interval = edit_interval
+        self.parts: dict[str, str] = {}  # in the order they were sent
+        self._shown = ""  # what the client has, as the concatenation of its deltas
+        self._ids = itertools.count(1)
+
+    def measure(self, text: str) -> int:
+        return len(text)
+
+    @property
+    def answer(self) -> str:
+        return "\n\n".join(text for text in self.parts.values() if text)
+
+    async def send(self, text: str, *, final: bool) -> MessageRef:
+        ref = MessageRef(str(next(self._ids)))
+        self.parts[ref.id] = text
+        await self._delta()
+        return ref
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+        self.parts[ref.id] = text
+        await self._delta()
+
+    async def delete(self, ref: MessageRef) -> None:
+        self.parts.pop(ref.id, None)  # the final text follows; `done` carries the truth
+
+    async def typing(self) -> None:
+        return None
+
+    async def _delta(self) -> None:
+        now = self.answer
+        if not now.startswith(self._shown) or now == self._shown:
+            return  # rewritten behind what was shown: `done` sends the whole text
+        piece, self._shown = now[len(self._shown) :], now
+        await self._emit("delta", piece)
+
+    async def done(self) -> None:
+        await self._emit("done", self.answer)
+
+    async def _emit(self, event: str, text: str) -> None:
+        if self.sink is None:
+            return
+        try:
+            await self.sink(event, {"text": text})
+        except (ConnectionError, RuntimeError):  # the client left: the answer is still saved
+            self.sink = None
+
+
+class WebAdapter:
+    """Mounts `/`, `/static/`, `/api/...` and `/api/ws` on the bot's aiohttp server."""
+
+    name = "web"
+
+    def __init__(
+        self,
+        handler: Handler,
+        conversations: Conversations,
+        settings: Settings,
+        *,
+        jwt_secret: str | None,
+        local_user: str = "local",
+    ) -> None:
+        self.handler = handler
+        self.conversations = conversations
+        self.settings = settings
+        self.web = settings.platforms.web
+        self.auth = TokenCheck(jwt_secret, local_user)
+        self.edit_interval = settings.edit_interval("web")
+        self._running: dict[str, asyncio.Future[str]] = {}  # retried ids in this process
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._open = False
+
+    # --- the Adapter protocol ---
+
+    def mount(self, app: web.Application) -> None:
+        app.middlewares.append(self._api_errors)
+        app.router.add_get("/", self._page)
+        app.router.add_static("/static/", STATIC, append_version=True)
+        app.router.add_get("/api/ws", self._socket)
+        app.router.add_get("/api/conversations/{cid}/messages", self._history)
+        app.router.add_post("/api/conversations/{cid}/messages", self._post)
+        app.router.add_delete("/api/conversations/{cid}", self._forget)
+        app.router.add_route("*", "/api/{tail:.*}", self._not_found)
+
+    async def start(self) -> None:
+        self._open = True
+
+    async def stop(self) -> None:
+        self._open = False
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"the bot is restarting")
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def ready(self) -> bool:
+        return self._open
+
+    def responder_for(self, message: Message) -> Responder:
+        """After a crash: answered into the history (the client reads it back there)."""
+        return WebResponder(None, self.edit_interval)
+
+    # --- requests ---
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return _error(404, "no such endpoint")
+
+    async def _history(self, request: web.Request) -> web.Response:
+        user, cid = self.auth.from_request(request), _conversation_id(request)
+        conversation = await self.conversations.load(self._key(user, cid))
+        messages = [
+            {"role": turn.role, "text": turn.content}
+            for turn in conversation.history
+            if turn.role in ("user", "assistant")
+        ]
+        return web.json_response({"messages": messages})
+
+    async def _forget(self, request: web.Request) -> web.Response:
+        user, cid = self.auth.from_request(request), _conversation_id(request)
+        await self.conversations.reset(self._key(user, cid))
+        return web.Response(status=204)
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        user, cid = self.auth.from_request(request), _conversation_id(request)
+        body = await self._json_body(request)
+        text, client_id = _message_fields(body)
+        if not self._open:
+            return _error(503, "the bot is restarting; try again in a moment")
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            answer = await self._answer(user, cid, text, client_id, None)
+            return web.json_response({"text": answer})
+        stream = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await stream.prepare(request)
+
+        async def sink(event: str, data: dict[str, str]) -> None:
+            payload = json.dumps(data, ensure_ascii=False)
+            await stream.write(f"event: {event}\ndata: {payload}\n\n".encode())
+
+        await self._answer(user, cid, text, client_id, sink)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await stream.write_eof()
+        return stream
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        user = self.auth.from_request(request)
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=self.web.max_body)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        sending = asyncio.Lock()
+
+        async def send(frame: dict[str, str]) -> None:
+            async with sending:
+                await ws.send_json(frame)
+
+        try:
+            async for frame in ws:
+                if frame.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    cid, text, client_id = _socket_message(frame.data)
+                except ValueError as exc:
+                    await send({"type": "error", "id": "", "error": str(exc)})
+                    continue
+                self._spawn(self._socket_turn(user, cid, text, client_id, send))
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+    async def _socket_turn(
+        self,
+        user: WebUser,
+        cid: str,
+        text: str,
+        client_id: str,
+        send: Callable[[dict[str, str]], Awaitable[None]],
+    ) -> None:
+        async def sink(event: str, data: dict[str, str]) -> None:
+            await send({"type": event, "id": client_id, **data})
+
+        try:
+            await self._answer(user, cid, text, client_id, sink)
+        except RetryPending as exc:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await send({"type": "error", "id": client_id, "error": str(exc)})
+
+    # --- the answer ---
+
+    async def _answer(
+        self, user: WebUser, cid: str, text: str, client_id: str, sink: Sink | None
+    ) -> str:
+        """Run the turn (detached from the request: a client that leaves does not cancel it)
+        and return the whole answer; a retried id gets the first request's answer."""
+        delivery = f"{user.id}:{cid}:{client_id}" if client_id else ""
+        running = self._running.get(delivery) if delivery else None
+        if running is not None:  # the first request is still being answered here
+            answer = await asyncio.shield(running)
+            await _replay(sink, answer)
+            return answer
+        responder = WebResponder(sink, self.edit_interval)
+        message = Message(
+            platform="web",
+            key=self._key(user, cid),
+            user=User(user.id, user.name or user.id),
+            text=text,
+            message_id=client_id or f"w{time.time_ns()}",
+            command=parse_command(text),
+            delivery_id=delivery,
+            order=f"{time.time_ns():020d}",
+        )
+        turn = self._spawn(self._turn(message, responder, delivery))
+        answer = await asyncio.shield(turn)
+        await responder.done()
+        return answer
+
+    async def _turn(self, message: Message, responder: WebResponder, delivery: str) -> str:
+        future: asyncio.Future[str] | None = None
+        if delivery:
+            future = asyncio.get_running_loop().create_future()
+            self._running[delivery] = future
+        try:
+            await self.handler(message, responder)
+            if not responder.parts and delivery:  # a retry another process is answering
+                answer = await self._first_answer(delivery)
+                await _replay(responder.sink, answer)
+                responder.parts["retry"] = answer
+                return answer
+            answer = responder.answer
+            if delivery:
+                ttl = self.settings.redis.dedupe_ttl
+                await self.conversations.remember(CacheEntry(_memo(delivery), answer, ttl))
+            return answer
+        except BaseException as exc:
+            if future is not None and not future.done():
+                future.set_exception(exc if isinstance(exc, Exception) else RetryPending())
+                future.exception()  # retrieved: no "never retrieved" warning
+            raise
+        finally:
+            if future is not None:
+                if not future.done():
+                    future.set_result(responder.answer)
+                self._running.pop(delivery, None)
+
+    async def _first_answer(self, delivery: str) -> str:
+        """The answer to a message id first sent to another process (or answered before)."""
+        deadline = time.monotonic() + RETRY_WAIT
+        while True:
+            answer = await self.conversations.cached(_memo(delivery))
+            if answer is not None:
+                return answer
+            if time.monotonic() >= deadline:
+                raise RetryPending()
+            await asyncio.sleep(RETRY_POLL)
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _key(self, user: WebUser, cid: str) -> ContextKey:
+        """The user is the workspace too: scoped any way, a conversation stays theirs."""
+        return ContextKey("web", channel=cid, user=user.id, workspace=user.id)
+
+    async def _json_body(self, request: web.Request) -> Any:
+        limit = self.web.max_body
+        declared = request.content_length or 0
+        if declared > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise web.HTTPBadRequest(reason="the body is not JSON") from None
+
+    # --- errors and CORS, for /api/ only ---
+
+    @web.middleware
+    async def _api_errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        origin = request.headers.get("Origin", "")
+        allowed = origin in self.web.allowed_origins
+        if request.method == "OPTIONS" and allowed:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers.update(_PREFLIGHT)
+        else:
+            try:
+                response = await handler(request)
+            except Unauthorized as exc:
+                response = _error(401, str(exc))
+            except RetryPending as exc:
+                response = _error(409, str(exc))
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = _error(exc.status, exc.reason)
+        if allowed and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+
+class RetryPending(Exception):
+    """A retried id whose first request has not been answered yet (in another process)."""
+
+    def __init__(self) -> None:
+        super().__init__("this message is still being answered; try again shortly")
+
+
+_PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept",
+    "Access-Control-Max-Age": "600",
+}
+
+
+async def _replay(sink: Sink | None, answer: str) -> None:
+    """The whole answer to a retry, as one delta (the `done` follows)."""
+    if sink is not None and answer:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await sink("delta", {"text": answer})
+
+
+def _memo(delivery: str) -> str:
+    return "web-answer:" + hashlib.sha256(delivery.encode()).hexdigest()[:40]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _conversation_id(request: web.Request) -> str:
+    cid = request.match_info["cid"]
+    if not CONVERSATION_ID.fullmatch(cid):
+        raise web.HTTPBadRequest(reason="a conversation id is 1-64 of A-Z a-z 0-9 _ -")
+    return cid
+
+
+def _message_fields(body: Any) -> tuple[str, str]:
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        raise web.HTTPBadRequest(reason='send {"text": "...", "id": "..."}')
+    client_id = body.get("id") or ""
+    if not isinstance(client_id, str) or len(client_id) > MAX_ID:
+        raise web.HTTPBadRequest(reason=f"id: a string of at most {MAX_ID} characters")
+    return body["text"], client_id
+
+
+def _socket_message(raw: str) -> tuple[str, str, str]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ValueError("a frame is JSON") from None
+    if not isinstance(data, dict) or data.get("type") != "message":
+        raise ValueError('send {"type": "message", "conversation": ..., "id": ..., "text": ...}')
+    cid, text, client_id = data.get("conversation"), data.get("text"), data.get("id") or ""
+    if not isinstance(cid, str) or not CONVERSATION_ID.fullmatch(cid):
+        raise ValueError("conversation: 1-64 of A-Z a-z 0-9 _ -")
+    if not isinstance(text, str):
+        raise ValueError("text: a string")
+    if not isinstance(client_id, str) or len(client_id) > MAX_ID:
+        raise ValueError(f"id: a string of at most {MAX_ID} characters")
+    return cid, text, client_id
