@@ -38,10 +38,18 @@ def freeze_startup_objects() -> None:
 class BotApp:
     """`chatbot run`: the core, every enabled platform, and the one HTTP server."""
 
-    def __init__(self, settings: Settings, secrets: Secrets, *, redis: Redis | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: Secrets,
+        *,
+        redis: Redis | None = None,
+        web_local: bool = False,
+    ):
         self.settings = settings
         self.secrets = secrets
         self._redis = redis
+        self._web_local = web_local  # `chatbot web`: the web channel alone
         self._stack = AsyncExitStack()
         self.core: Core | None = None
         self.adapters: list[Adapter] = []
@@ -58,7 +66,7 @@ class BotApp:
         try:
             core = await build_core(self._stack, self.settings, self.secrets, redis=self._redis)
             self.core = core
-            self.adapters = build_adapters(core)
+            self.adapters = build_adapters(core, web_local=self._web_local)
             app = web.Application(client_max_size=1024**2)
             for adapter in self.adapters:
                 adapter.mount(app)

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -57,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     test = actions.add_parser("test", help="print the intent and entities a text gives")
     test.add_argument("text", help="what a user might say")
     test.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+    web_cmd = commands.add_parser(
+        "web", help="the chat page on this machine for you alone (http://127.0.0.1:PORT/)"
+    )
+    web_cmd.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+    web_cmd.add_argument("--host", default="127.0.0.1", help="where to listen (default: local)")
+    web_cmd.add_argument("--port", type=int, help="port (default: server.port, 8080)")
+    token = commands.add_parser("token", help="print a web channel token (WEB_JWT_SECRET)")
+    token.add_argument("user", help="the user id (the token's `sub`)")
+    token.add_argument("--name", default="", help="a display name")
+    token.add_argument("--ttl", default="1h", help="how long it is valid: 3600, 30m, 1h, 7d")
+    token.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
     migrate = commands.add_parser(
         "migrate", help="move the Redis keys of release 0.1 to the 0.2 layout (a dry run unless "
         "--apply)"
@@ -87,13 +99,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "intents":
         return intents_test(settings, args.text)
     secrets = Secrets()
-    level = settings.log_level if args.command == "run" else "WARNING"
+    level = settings.log_level if args.command in ("run", "web") else "WARNING"
     setup_logging(level, secrets.values(), fmt=settings.log_format)
     if args.command == "migrate":
         return _migrate_command(settings, secrets, apply=args.apply)
+    if args.command == "token":
+        return print_token(secrets, args.user, name=args.name, ttl=args.ttl)
     try:
         if args.command == "chat":
             return asyncio.run(_chat(settings, secrets, memory=args.memory))
+        if args.command == "web":
+            settings, error = web_settings(settings, secrets, args.host, args.port)
+            if error:
+                print(f"error: {error}", file=sys.stderr)
+                return EXIT_CONFIG
+            return asyncio.run(_run(settings, secrets, web_local=True))
         return asyncio.run(_run(settings, secrets))
     except KeyboardInterrupt:
         return 0
@@ -193,7 +213,53 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-async def _run(settings: Settings, secrets: Secrets) -> int:
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def web_settings(
+    settings: Settings, secrets: Secrets, host: str, port: int | None
+) -> tuple[Settings, str]:
+    """`chatbot web`'s server address; an error when it would open the page without a token
+    to anyone but this machine."""
+    if host not in LOOPBACK and secrets.web_jwt_secret is None:
+        return settings, (
+            f"chatbot web serves one local user without a token: it listens on {host} only "
+            "with WEB_JWT_SECRET set (then every call needs a token: chatbot token USER)"
+        )
+    server = settings.server.model_copy(update={"host": host, "port": port or settings.server.port})
+    return settings.model_copy(update={"server": server}), ""
+
+
+def print_token(secrets: Secrets, user: str, *, name: str, ttl: str) -> int:
+    """`chatbot token USER`: a web channel token signed with WEB_JWT_SECRET."""
+    import jwt
+
+    if secrets.web_jwt_secret is None:
+        print("error: WEB_JWT_SECRET is not set", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        seconds = parse_ttl(ttl)
+    except ValueError as exc:
+        print(f"error: --ttl: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + seconds}
+    if name:
+        claims["name"] = name
+    print(jwt.encode(claims, secrets.web_jwt_secret.get_secret_value(), algorithm="HS256"))
+    return 0
+
+
+def parse_ttl(text: str) -> int:
+    """`3600`, `30m`, `1h`, `7d` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 3600, 30m, 1h or 7d")
+    return int(number) * units[unit]
+
+
+async def _run(settings: Settings, secrets: Secrets, *, web_local: bool = False) -> int:
     from bots import taskdump
     from bots.app import BotApp, freeze_startup_objects
 
@@ -203,7 +269,7 @@ async def _run(settings: Settings, secrets: Secrets) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = BotApp(settings, secrets)
+    app = BotApp(settings, secrets, web_local=web_local)
     starting = asyncio.create_task(app.start(), name="start")
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -218,6 +284,10 @@ async def _run(settings: Settings, secrets: Secrets) -> int:
     freeze_startup_objects()
     taskdump.install(loop)
     log.info("chatbot running; SIGTERM or Ctrl-C to stop; SIGUSR1 logs what every task awaits")
+    if web_local:
+        host = settings.server.host
+        shown = f"[{host}]" if ":" in host else host
+        print(f"the chat page: http://{shown}:{app.port}/ (Ctrl-C to stop)", flush=True)
     await stop.wait()
     log.info("shutting down")
     await app.stop()

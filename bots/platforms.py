@@ -12,10 +12,16 @@ from adapters.base import Adapter
 from bots.assembly import Core
 
 
-def build_adapters(core: Core) -> list[Adapter]:
-    """The adapters to run, in start order."""
+def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
+    """The adapters to run, in start order. `web_local` (`chatbot web`): the web channel
+    alone, for the one local user (without a token unless `WEB_JWT_SECRET` is set)."""
     adapters: list[Adapter] = []
     secrets, settings = core.secrets, core.settings
+    if web_local:
+        from adapters.web import WebAdapter
+
+        secret = _reveal(secrets.web_jwt_secret)
+        return [WebAdapter(core.handler, core.store, settings, jwt_secret=secret)]
     # --- slack ---
     if (
         settings.platforms.slack.enabled
@@ -62,6 +68,18 @@ def build_adapters(core: Core) -> list[Adapter]:
                 api_url=secrets.discord_api_url,
                 gateway_url=secrets.discord_gateway_url,
                 on_intake_restart=core.metrics.intake_restart,
+            )
+        )
+    # --- web ---
+    if settings.platforms.web.enabled and secrets.web_jwt_secret:
+        from adapters.web import WebAdapter
+
+        adapters.append(
+            WebAdapter(
+                core.handler,
+                core.store,
+                settings,
+                jwt_secret=secrets.web_jwt_secret.get_secret_value(),
             )
         )
     return adapters

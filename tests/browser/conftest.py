@@ -10,34 +10,15 @@ The tests see the server only through three fixtures:
   recording dialogs and console messages; an uncaught exception in the page fails the test.
   Chromium is /usr/bin/chromium (Debian's package); without it the tests skip.
 
-Until the real adapter exists, `web_app` below is a stand-in that implements the API contract
-with an in-memory history. To test the real app instead, rewrite `web_app` only, e.g.:
-
-    @pytest.fixture
-    async def web_app(settings, secrets, fake_openai) -> AsyncIterator[WebApp]:
-        app = <build the bot's aiohttp app with the web adapter, local mode, from
-               settings and secrets>
-        runner, port = await serve_locally(app)
-        try:
-            yield WebApp(
-                f"http://127.0.0.1:{port}/",
-                lambda text: fake_openai.push(Reply(text=text, tokens_per_second=12)),
-            )
-        finally:
-            await runner.cleanup()
-
-(`serve_locally` from tests/fakes/common.py, `Reply` from tests/fakes/openai_server.py; the
-fake OpenAI's default answer is also `echo: <text>`.) Then delete the stand-in.
+`web_app` is the bot itself: the web adapter in local mode over the real core, the test
+Redis and the fake OpenAI server.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import re
-from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +26,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from adapters.web import WebAdapter
+from bots.assembly import build_core
+from core.config import Secrets, Settings
 from tests.fakes.common import serve_locally
+from tests.fakes.openai_server import FakeOpenAI, Reply
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,84 +46,31 @@ class WebApp:
     set_next_answer: Callable[[str], None]
 
 
-# ---- the stand-in server ----------------------------------------------------------------
-
-CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-PIECE_DELAY = 0.12  # seconds between two deltas
-
-
-class StandIn:
-    """The web API's contract with canned answers streamed a word at a time."""
-
-    def __init__(self) -> None:
-        self.answers: deque[str] = deque()
-        self.history: dict[str, list[dict[str, str]]] = {}
-        self.answered: dict[tuple[str, str], str] = {}  # (cid, message id) -> answer
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/", self._index)
-        app.router.add_static("/static/", WEB_STATIC)
-        app.router.add_get("/api/conversations/{cid}/messages", self._messages)
-        app.router.add_post("/api/conversations/{cid}/messages", self._send)
-        app.router.add_delete("/api/conversations/{cid}", self._forget)
-        return app
-
-    async def _index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB_STATIC / "index.html")
-
-    @staticmethod
-    def _cid(request: web.Request) -> str:
-        cid = request.match_info["cid"]
-        if not CONVERSATION_ID.fullmatch(cid):
-            raise web.HTTPBadRequest(text='{"error": "bad conversation id"}')
-        return cid
-
-    async def _messages(self, request: web.Request) -> web.Response:
-        return web.json_response({"messages": self.history.get(self._cid(request), [])})
-
-    async def _forget(self, request: web.Request) -> web.Response:
-        cid = self._cid(request)
-        self.history.pop(cid, None)
-        self.answered = {key: text for key, text in self.answered.items() if key[0] != cid}
-        return web.Response(status=204)
-
-    async def _send(self, request: web.Request) -> web.StreamResponse:
-        cid = self._cid(request)
-        body: Any = await request.json()
-        text, message_id = body.get("text"), body.get("id")
-        if not isinstance(text, str) or not text.strip() or not isinstance(message_id, str):
-            raise web.HTTPBadRequest(text='{"error": "text and id are required"}')
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        known = self.answered.get((cid, message_id))
-        if known is not None:  # a retry: answered once, the same answer again
-            await _event(response, "done", known)
-            return response
-        answer = self.answers.popleft() if self.answers else f"echo: {text}"
-        history = self.history.setdefault(cid, [])
-        history.append({"role": "user", "text": text})
-        for piece in re.findall(r"\S+\s*|\s+", answer):
-            await asyncio.sleep(PIECE_DELAY)
-            await _event(response, "delta", piece)
-        history.append({"role": "assistant", "text": answer})
-        self.answered[(cid, message_id)] = answer
-        await _event(response, "done", answer)
-        return response
-
-
-async def _event(response: web.StreamResponse, name: str, text: str) -> None:
-    await response.write(f"event: {name}\ndata: {json.dumps({'text': text})}\n\n".encode())
+# ---- the real app ------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def web_app() -> AsyncIterator[WebApp]:
-    stand_in = StandIn()
-    runner, port = await serve_locally(stand_in.app())
-    try:
-        yield WebApp(f"http://127.0.0.1:{port}/", stand_in.answers.append)
-    finally:
-        await runner.cleanup()
+async def web_app(
+    settings: Settings, secrets: Secrets, fake_openai: FakeOpenAI, redis: Any
+) -> AsyncIterator[WebApp]:
+    """The bot's web adapter in local mode (`chatbot web`: no token) on the test Redis,
+    answering with the fake OpenAI server (its default answer: `echo: <text>`)."""
+    async with AsyncExitStack() as stack:
+        core = await build_core(stack, settings, secrets, redis=redis)
+        adapter = WebAdapter(core.handler, core.store, settings, jwt_secret=None)
+        app = web.Application()
+        adapter.mount(app)
+        await adapter.start()
+        runner, port = await serve_locally(app)
+        try:
+            yield WebApp(
+                f"http://127.0.0.1:{port}/",
+                lambda text: fake_openai.push(Reply(text=text, tokens_per_second=12)),
+            )
+        finally:
+            await adapter.stop()
+            await runner.cleanup()
+            await adapter.close()
 
 
 # ---- what the tests use -----------------------------------------------------------------
