@@ -42,15 +42,13 @@ class RoundTrips:
         for command in self.connection_class.writes:
             parts = [command] if isinstance(command, (bytes, str)) else list(command)  # type: ignore[call-overload]
             write = b"".join(p.encode() if isinstance(p, str) else p for p in parts)
-            if b":owner:" in write or any(h in write[:40] for h in HANDSHAKE):
+            if any(h in write[:40] for h in HANDSHAKE):
                 continue
-            if b":lock" in write and b"LRANGE" not in write and b"MULTI" not in write:
-                lock_only += 1
-                continue
-            if b":journal" in write and b":conv:" not in write:
-                continue  # crash recovery's periodic scan, not part of a turn
-            if b":seen:" in write:
+            if b"LRANGE" in write or b"MULTI" in write:
+                turn += 1  # a turn's read or write (the lock and the journal ride in them)
+            elif b":seen:" in write:
                 dedupe += 1
-            else:
-                turn += 1
+            elif b":lock" in write:
+                lock_only += 1
+            # else: heartbeats, order checks, crash recovery's scan: not part of a turn
         return turn, dedupe, lock_only
