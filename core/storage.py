@@ -25,8 +25,8 @@ from core.protocols import Usage
 
 
 def write_token() -> str:
-    """A fresh token for a write that a resend must not repeat (redis-py sends a command
-    again when its reply is late, though the first one may have run)."""
+    """A fresh token for a write that a resend must not repeat: a client may send a command
+    again when its reply is late, though the first one ran."""
     return secrets.token_hex(8)
 
 

@@ -274,13 +274,12 @@ class MemoryStore:
     # -- the turn ---------------------------------------------------------------------------
 
     async def read_turn(self, reads: TurnReads, *, lock: TurnLock | None = None) -> TurnState:
-        """Everything `reads` names at one instant. A lazy `lock` is taken first (waiting for
-        another store's turn), so the conversation read is the one after that turn."""
+        """As the Redis store's one pipeline: the journal entry, the rate-limit take, today's
+        usage and the cache probe at one instant, with a lazy `lock`'s take; when another
+        store holds the lock, the turn waits for it and only the conversation is read again
+        (after that turn)."""
         held = _memory_lock(lock)
-        if held is not None and held.state == "pending":
-            await self._acquire(held)
         key, b = reads.conversation, self.backend
-        conversation = self._conversation(key, reads.channel) if reads.history else None
         if reads.journal is not None:
             self.journal.begin(key, reads.journal)
         used = None
@@ -288,11 +287,16 @@ class MemoryStore:
             d = reads.budget
             counters = b.live(b.user_usage, (d.platform, d.user, d.period))
             used = counters.prompt + counters.completion if counters else 0
+        rate = self._take(reads.rate) if reads.rate is not None else None
+        cached = await self.cached(reads.cache) if reads.cache else None
+        if held is not None and held.state == "pending":
+            await self._acquire(held)
+        conversation = self._conversation(key, reads.channel) if reads.history else None
         return TurnState(
             conversation=conversation or Conversation(),
-            rate=self._take(reads.rate) if reads.rate is not None else None,
+            rate=rate,
             used_today=used,
-            cached=await self.cached(reads.cache) if reads.cache else None,
+            cached=cached,
         )
 
     def _conversation(self, key: ContextKey, channel: ContextKey | None) -> Conversation:
