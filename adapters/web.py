@@ -222,7 +222,7 @@ class WebAdapter:
 
     async def _history(self, request: web.Request) -> web.Response:
         user, cid = self.auth.from_request(request), _conversation_id(request)
-        conversation = await self.conversations.load(self._key(user, cid))
+        conversation = await self.conversations.load(self._conversation(user, cid))
         messages = [
             {"role": turn.role, "text": turn.content}
             for turn in conversation.history
@@ -232,7 +232,7 @@ class WebAdapter:
 
     async def _forget(self, request: web.Request) -> web.Response:
         user, cid = self.auth.from_request(request), _conversation_id(request)
-        await self.conversations.reset(self._key(user, cid))
+        await self.conversations.reset(self._conversation(user, cid))
         return web.Response(status=204)
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
@@ -251,6 +251,7 @@ class WebAdapter:
                 "X-Accel-Buffering": "no",
             }
         )
+        _allow_origin(request, stream, self.web.allowed_origins)  # sent before the middleware
         await stream.prepare(request)
 
         async def sink(event: str, data: dict[str, str]) -> None:
@@ -316,6 +317,9 @@ class WebAdapter:
         if running is not None:  # the first request is still being answered here
             answer = await asyncio.shield(running)
             await _replay(sink, answer)
+            if sink is not None:  # the client waits for its `done`, as after a turn
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await sink("done", {"text": answer})
             return answer
         responder = WebResponder(sink, self.edit_interval)
         message = Message(
@@ -382,6 +386,10 @@ class WebAdapter:
         """The user is the workspace too: scoped any way, a conversation stays theirs."""
         return ContextKey("web", channel=cid, user=user.id, workspace=user.id)
 
+    def _conversation(self, user: WebUser, cid: str) -> ContextKey:
+        """Where the core keeps that conversation: the key reduced by `platforms.web.scope`."""
+        return self._key(user, cid).scoped(self.settings.scope("web"))
+
     async def _json_body(self, request: web.Request) -> Any:
         limit = self.web.max_body
         declared = request.content_length or 0
@@ -419,9 +427,8 @@ class WebAdapter:
                 if exc.status < 400:
                     raise
                 response = _error(exc.status, exc.reason)
-        if allowed and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
+        if not response.prepared:
+            _allow_origin(request, response, self.web.allowed_origins)
         return response
 
 
@@ -444,6 +451,14 @@ async def _replay(sink: Sink | None, answer: str) -> None:
     if sink is not None and answer:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await sink("delta", {"text": answer})
+
+
+def _allow_origin(request: web.Request, response: web.StreamResponse, allowed: list[str]) -> None:
+    """CORS: the allowed origin a request came from may read the response."""
+    origin = request.headers.get("Origin", "")
+    if origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
 
 
 def _memo(delivery: str) -> str:
