@@ -236,6 +236,7 @@ class WebSettings(PlatformSettings):
     """The web channel: a chat page and an HTTP + WebSocket API (docs/web.md). Each user's
     conversations are their own under every scope: the user is part of the conversation."""
 
+    scope: Scope = Scope.USER_IN_CHANNEL  # also when a config gives `platforms.web` other keys
     edit_interval: float | None = Field(0.05, ge=0, description="seconds between two deltas")
     max_body: int = Field(65536, gt=0, description="bytes a request body may have (else 413)")
     allowed_origins: list[str] = Field(

@@ -117,3 +117,10 @@ def test_prompt_keeps_newest_turns_within_budget():
     kept = prompt.messages[1:-1]
     assert kept == history[-len(kept) :]
     assert kept[0].role == "user"
+
+
+def test_a_web_block_without_a_scope_keeps_each_user_apart():
+    from core.config import Settings
+
+    settings = Settings(platforms={"web": {"allowed_origins": ["https://example.com"]}})
+    assert settings.platforms.web.scope is Scope.USER_IN_CHANNEL
