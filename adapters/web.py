@@ -60,6 +60,7 @@ class Unauthorized(Exception):
 class WebUser:
     id: str
     name: str = ""
+    expires: float | None = None  # the token's `exp` (a WebSocket closes then)
 
 
 class TokenCheck:
@@ -87,7 +88,7 @@ class TokenCheck:
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("the token has no user (sub)")
         name = claims.get("name")
-        return WebUser(sub, name if isinstance(name, str) else "")
+        return WebUser(sub, name if isinstance(name, str) else "", float(claims["exp"]))
 
     def from_request(self, request: web.Request) -> WebUser:
         header = request.headers.get("Authorization", "")
@@ -268,6 +269,12 @@ class WebAdapter:
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=self.web.max_body)
         await ws.prepare(request)
         self._sockets.add(ws)
+        expiry = None
+        if user.expires is not None:  # a socket does not outlive its token
+            delay = max(0.0, user.expires - time.time())
+            expiry = asyncio.get_running_loop().call_later(
+                delay, lambda: self._spawn(ws.close(code=4001, message=b"the token expired"))
+            )
         sending = asyncio.Lock()
 
         async def send(frame: dict[str, str]) -> None:
@@ -286,6 +293,8 @@ class WebAdapter:
                 self._spawn(self._socket_turn(user, cid, text, client_id, send))
         finally:
             self._sockets.discard(ws)
+            if expiry is not None:
+                expiry.cancel()
         return ws
 
     async def _socket_turn(
@@ -395,9 +404,14 @@ class WebAdapter:
         declared = request.content_length or 0
         if declared > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(65536):  # what has arrived; b"" at the end
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             return json.loads(raw)
         except ValueError:

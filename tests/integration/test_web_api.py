@@ -629,3 +629,32 @@ async def _stderr_so_far(process: asyncio.subprocess.Process, reading: asyncio.F
     with contextlib.suppress(TimeoutError):
         return (await asyncio.wait_for(reading, 5)).decode()
     return ""
+
+
+async def test_a_body_that_arrives_in_two_pieces_is_read_whole(api: Api) -> None:
+    """A slow network delivers a request's body in parts: it is one message, not a 400."""
+    port = int(api.base.rsplit(":", 1)[1].split("/")[0])
+    body = json.dumps({"text": "a message in two parts " + "x" * 80}).encode()
+    head = (
+        f"POST /api/conversations/c1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token()}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + body[:40])
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the gap a slow network leaves between two segments
+    writer.write(body[40:])
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    status = response.split(b"\r\n", 1)[0]
+    assert b" 200 " in status, response[:300]
+    assert b"echo: a message in two parts" in response
+
+
+async def test_a_websocket_closes_when_its_token_expires(api: Api) -> None:
+    async with api.session.ws_connect(api.url(f"/api/ws?token={token(ttl=1.5)}")) as ws:
+        closed = await asyncio.wait_for(ws.receive(), timeout=10)
+    assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closed
+    assert ws.close_code == 4001
