@@ -142,12 +142,9 @@ async def journal_owners_gone(redis: Any, prefix: str) -> bool:
 
 
 async def journal_entries(redis: Any, prefix: str) -> list[bytes]:
-    """Every entry of the answer journal: each owner's index has one member per entry,
-    `<journal hash>\n<entry>` (`stores/redis/journal.py`)."""
+    """Every entry of the answer journal: one hash per process that registered as an owner
+    (`stores/redis/journal.py`)."""
     entries: list[bytes] = []
     for owner in await redis.smembers(f"{prefix}:journal:owners"):
-        for member in await redis.smembers(f"{prefix}:journal:owner:{owner.decode()}"):
-            journal, _, entry = member.decode().partition("\n")
-            if (value := await redis.hget(journal, entry)) is not None:
-                entries.append(value)
+        entries += await redis.hvals(f"{prefix}:journal:{{{owner.decode()}}}")
     return entries

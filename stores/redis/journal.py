@@ -1,8 +1,9 @@
 """The answer journal: messages being answered, kept in Redis so a crash loses none.
 
-A chat turn writes its message into its conversation's journal in the same pipeline as its
+A chat turn writes its message into its process's journal in the same pipeline as its
 history read, and removes it in the same MULTI/EXEC as its history write, so the journal
-costs no extra round trip and "answered" and "recorded" change together. Each process keeps
+costs no extra round trip and "answered" and "recorded" change together (on a Cluster the
+entry leaves just after the write landed). Each process keeps
 a heartbeat key alive; after a crash (SIGKILL, OOM, power loss) the heartbeat expires, and at
 its next start any process claims the dead owner's entries (HDEL is the atomic claim, so
 several replicas never take the same one) and answers them. Entries in release 0.1's single
@@ -62,17 +63,17 @@ def message_from_json(raw: str | bytes) -> Message | None:
 
 
 class RedisJournal:
-    """Entries `platform:channel:message_id` -> {owner, since, message} in each
-    conversation's journal hash (its slot: the entry rides in the turn's read and leaves in
-    its write), and per owner an index, one member per entry (`<journal>\n<entry>`), so
-    recovery finds a dead owner's entries without scanning. Every heartbeat also re-registers
-    the owner in the owners set, so an owner that recovery pruned while it was silent (Redis
-    away, a stalled loop) is found again."""
+    """Entries `platform:channel:message_id` -> {owner, since, message}, one hash per process
+    (`{prefix}:journal:{<owner>}`): an entry is one command in the turn's read and one in its
+    write, and recovery reads a dead process's hash whole. Every heartbeat also registers the
+    owner in the owners set, so an owner pruned while it was silent (Redis away, a stalled
+    loop) is found again."""
 
     def __init__(self, redis: Any, keys: KeyBuilder, *, heartbeat_ttl: float = 15.0) -> None:
         self.redis = redis
         self.keys = keys
         self.owner = secrets.token_hex(8)
+        self.key = keys.journal(self.owner)
         self.heartbeat_ttl = heartbeat_ttl
         self._beating: asyncio.Task[None] | None = None
 
@@ -80,38 +81,21 @@ class RedisJournal:
     def entry_id(message: Message) -> str:
         return f"{message.platform}:{message.key.channel}:{message.message_id}"
 
-    def _member(self, key: ContextKey, message: Message) -> str:
-        return f"{self.keys.journal(key)}\n{self.entry_id(message)}"
-
-    def queue_begin(self, pipe: Any, key: ContextKey, message: Message) -> None:
-        """Two commands: record `message` as being answered, and where (this owner's index)."""
+    def queue_begin(self, pipe: Any, message: Message) -> None:
+        """Record `message` as being answered (one command, riding in the turn's read)."""
         payload = json.dumps(
             {"owner": self.owner, "since": time.time(), "message": message_to_json(message)}
         )
-        pipe.hset(self.keys.journal(key), self.entry_id(message), payload)
-        pipe.sadd(self.keys.journal_index(self.owner), self._member(key, message))
+        pipe.hset(self.key, self.entry_id(message), payload)
 
-    def queue_end_entry(self, pipe: Any, key: ContextKey, message: Message) -> None:
-        """`message` is answered (in the conversation's slot: the turn's write)."""
-        pipe.hdel(self.keys.journal(key), self.entry_id(message))
+    def queue_end(self, pipe: Any, message: Message) -> None:
+        """`message` is answered (one command, riding in the turn's write)."""
+        pipe.hdel(self.key, self.entry_id(message))
 
-    def queue_end_index(self, pipe: Any, key: ContextKey, message: Message) -> None:
-        """`message`'s member leaves this owner's index. Only once its entry is gone: an index
-        member without an entry is cleaned by recovery, an entry without one is lost."""
-        pipe.srem(self.keys.journal_index(self.owner), self._member(key, message))
-
-    async def forget_index(self, key: ContextKey, message: Message) -> None:
-        """`message`'s index member, once its entry is gone (logged, never raised)."""
+    async def forget(self, message: Message) -> None:
+        """Drop `message`'s entry (logged, never raised)."""
         try:
-            await self.redis.srem(self.keys.journal_index(self.owner), self._member(key, message))
-        except FAILURES as exc:
-            log.debug("journal index not updated: %s", type(exc).__name__)
-
-    async def forget(self, key: ContextKey, message: Message) -> None:
-        """Drop `message`'s entry, then its index member (logged, never raised)."""
-        try:
-            await self.redis.hdel(self.keys.journal(key), self.entry_id(message))
-            await self.redis.srem(self.keys.journal_index(self.owner), self._member(key, message))
+            await self.redis.hdel(self.key, self.entry_id(message))
         except FAILURES as exc:
             log.warning("journal entry not removed: %s", type(exc).__name__)
 
@@ -158,7 +142,7 @@ class RedisJournal:
 
     async def claim_orphans(self, platforms: Collection[str]) -> list[Message]:
         """Take the entries of `platforms` whose owner is gone; each goes to one claimant.
-        A Redis failure skips that owner or journal (logged), never what was claimed."""
+        A Redis failure skips that owner (logged), never what was claimed."""
         claimed: list[Message] = []
         try:
             owners = {_text(o) for o in await self.redis.smembers(self.keys.journal_owners())}
@@ -167,7 +151,12 @@ class RedisJournal:
             owners = set()
         for owner in owners - {self.owner}:
             try:
-                await self._claim_owner(owner, platforms, claimed)
+                if await self.redis.exists(self.keys.owner(owner)):
+                    continue  # a live process is answering its entries
+                journal = self.keys.journal(owner)
+                await self._claim_in(journal, platforms, claimed)
+                if not await self.redis.exists(journal):
+                    await self.redis.srem(self.keys.journal_owners(), owner)
             except FAILURES as exc:
                 log.warning("journal of a dead process not read: %s", type(exc).__name__)
         try:
@@ -176,34 +165,11 @@ class RedisJournal:
             log.warning("journal of release 0.1 not read: %s", type(exc).__name__)
         return claimed
 
-    async def _claim_owner(
-        self, owner: str, platforms: Collection[str], claimed: list[Message]
-    ) -> None:
-        """A dead owner's entries, through its index; the index and the owner go once empty."""
-        if await self.redis.exists(self.keys.owner(owner)):
-            return  # a live process is answering its entries
-        index = self.keys.journal_index(owner)
-        left = 0
-        for raw in await self.redis.smembers(index):
-            journal, _, entry = _text(raw).partition("\n")
-            value = await self.redis.hget(journal, entry)
-            if value is not None and _owner(value) != owner:
-                value = None  # answered, and journaled again by the process answering it
-            if value is not None and _platform(entry) not in platforms:
-                left += 1  # another platform's bot answers it
-                continue
-            if value is not None and await self.claim(journal, entry):
-                message = _message(value)
-                if message is not None:
-                    claimed.append(message)
-            await self.redis.srem(index, raw)
-        if not left:
-            await self.redis.srem(self.keys.journal_owners(), owner)
-
     async def _claim_in(
         self, journal: str, platforms: Collection[str], claimed: list[Message]
     ) -> None:
-        """Claim the dead owners' entries of one journal hash (release 0.1's single one)."""
+        """Claim the dead owners' entries of one journal hash (a dead process's, or release
+        0.1's single one, where several owners' entries lie side by side)."""
         alive: dict[str, bool] = {}
         for raw_entry, raw_value in (await self.redis.hgetall(journal)).items():
             try:
@@ -220,13 +186,6 @@ class RedisJournal:
             message = _message(raw_value)
             if message is not None:
                 claimed.append(message)
-
-
-def _owner(raw_value: str | bytes) -> str:
-    try:
-        return str(json.loads(raw_value)["owner"])
-    except (ValueError, KeyError, TypeError):
-        return ""
 
 
 def _message(raw_value: str | bytes) -> Message | None:

@@ -3,12 +3,13 @@
 Cluster-safe layout: what one write must change together shares a hash tag (`{...}`), so it
 lands on one Redis Cluster slot and one MULTI/EXEC can carry it.
 - `{prefix}:conv:{<conversation id>}:*`: a conversation's history, settings, lock, usage,
-  pending messages, delivery claims and journal entries; a turn's whole MULTI.
+  pending messages and delivery claims; a turn's whole MULTI (or, on a Cluster, its script).
 - `{prefix}:usage:{<platform>:<user>}:<period>` and `{prefix}:rate:{<platform>:<user>}`: one
   user's usage counters and rate-limit bucket (the day's and month's counters change in one
   script).
 - everything else is one key per command: channel defaults, cached answers, heartbeats,
-  delivery ids seen outside a conversation, the journal's index of owners.
+  delivery ids seen outside a conversation, the journal's set of owners.
+- `{prefix}:journal:{<owner>}`: one process's answer journal (its own slot).
 
 Upgrading from the layout before 0.2 (usage keys without the user's tag): `chatbot migrate`.
 """
@@ -44,10 +45,6 @@ class KeyBuilder:
     def usage(self, key: ContextKey) -> str:
         """A hash: the conversation's token usage (prompt, completion, total)."""
         return self._base(key) + ":usage"
-
-    def journal(self, key: ContextKey) -> str:
-        """A hash: the conversation's messages being answered, entry id -> owner and message."""
-        return self._base(key) + ":journal"
 
     def pending(self, key: ContextKey) -> str:
         """A sorted set: the conversation's messages claimed and not answered yet, by order."""
@@ -89,9 +86,9 @@ class KeyBuilder:
         """A process's heartbeat (the journal keeps it alive): gone when the process died."""
         return f"{self.prefix}:owner:{id_part(owner)}"
 
-    def journal_index(self, owner: str) -> str:
-        """A set: the journal keys where `owner` has entries (recovery reads a dead owner's)."""
-        return f"{self.prefix}:journal:owner:{id_part(owner)}"
+    def journal(self, owner: str) -> str:
+        """A hash: the messages `owner` is answering, entry id -> owner, since and message."""
+        return f"{self.prefix}:journal:{{{id_part(owner)}}}"
 
     def journal_owners(self) -> str:
         """A set: the owners that ever journaled (recovery looks for the dead ones here)."""

@@ -7,9 +7,9 @@ first one may have run, and the second must then change nothing
 (tests/reliability/test_redis_slow_reply.py).
 
 script: KEYS / ARGV -> reply
-- `WRITE_TURN`: history, meta, conversation usage, journal, pending set, lock / write token,
-  turns to keep, idle TTL s, usage token ('' none), prompt, completion, journal entry ('' none),
-  place ('' none), lock token ('' none), turn 1..n (JSON) -> 1 appended, 0 resent or no turns
+- `WRITE_TURN`: history, meta, conversation usage, pending set, lock / write token, turns to
+  keep, idle TTL s, usage token ('' none), prompt, completion, place ('' none), lock token
+  ('' none), turn 1..n (JSON) -> 1 appended, 0 resent or no turns
 - `RECORD`: counter hashes 1..n (one slot) / prompt, completion, total, each key's TTL s,
   token -> 1 added, 0 resent
 - `TOKEN_BUCKET`: the user's bucket / capacity, refill per ms, cost, token
@@ -34,8 +34,8 @@ from redis.asyncio.lock import Lock
 # slot on a private event loop in a worker thread, blocking the bot's loop meanwhile).
 WRITE_TURN = """
 local appended = 0
-if #ARGV >= 10 and redis.call('HGET', KEYS[2], 'written') ~= ARGV[1] then
-  for first = 10, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
+if #ARGV >= 9 and redis.call('HGET', KEYS[2], 'written') ~= ARGV[1] then
+  for first = 9, #ARGV, 4000 do  -- unpack() has a limit of about 8000 values
     redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
   end
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
@@ -54,9 +54,8 @@ if ARGV[4] ~= '' then
     redis.call('EXPIRE', KEYS[3], ARGV[3])
   end
 end
-if ARGV[7] ~= '' then redis.call('HDEL', KEYS[4], ARGV[7]) end
-if ARGV[8] ~= '' then redis.call('ZREM', KEYS[5], ARGV[8]) end
-if ARGV[9] ~= '' and redis.call('GET', KEYS[6]) == ARGV[9] then redis.call('DEL', KEYS[6]) end
+if ARGV[7] ~= '' then redis.call('ZREM', KEYS[4], ARGV[7]) end
+if ARGV[8] ~= '' and redis.call('GET', KEYS[5]) == ARGV[8] then redis.call('DEL', KEYS[5]) end
 return appended
 """
 

@@ -3,10 +3,10 @@
 One read (a pipeline: the lock's take, history, settings, the channel's defaults, the
 rate-limit take, today's usage, a cached answer, the journal entry) and one write (a
 MULTI/EXEC: the turns, usage, the cache, the journal entry's and the delivery claim's
-release, the lock's release) per turn. On Redis Cluster the write's MULTI holds what lives
-in the conversation's slot, and what lives elsewhere (the user's usage counters, the cache,
-the journal's index) goes in a pipeline sent at the same time: still one round trip of
-latency, each part idempotent, but no longer one transaction (docs/operating.md).
+release, the lock's release) per turn. On Redis Cluster the conversation's part is one
+script in its slot, and what lives elsewhere (the user's usage counters, the cache) goes in
+the same pipeline: still one round trip of latency, each part idempotent, but no longer one
+transaction; the journal entry leaves just after (docs/operating.md#redis-cluster).
 When Redis is away the bot keeps answering without history: every call degrades to
 "nothing stored", a warning is logged once, and the next successful call logs the recovery.
 """
@@ -152,8 +152,8 @@ class RedisStore:
             pipe.hgetall(self.keys.meta(key))
             pipe.hgetall(self.keys.channel(reads.channel or key))
         if reads.journal is not None:
-            add("journal", 2)
-            self.journal.queue_begin(pipe, key, reads.journal)
+            add("journal")
+            self.journal.queue_begin(pipe, reads.journal)
         if reads.rate is not None:
             add("rate")
             take = reads.rate
@@ -194,9 +194,10 @@ class RedisStore:
         """Everything `writes` names in ONE round trip, releasing a held `lock`.
 
         The conversation's part is one script (`WRITE_TURN`); with the user's counters, the
-        cache and the journal's index it goes in one MULTI/EXEC on a standalone Redis. On a
-        Cluster those live in other slots: they go in the same pipeline, without MULTI (each
-        is idempotent), and the journal's index member leaves after the script landed. True
+        cache and the journal entry's removal it goes in one MULTI/EXEC on a standalone Redis.
+        On a Cluster those live in other slots: the counters and the cache go in the same
+        pipeline, without MULTI (each is idempotent), and the journal entry leaves once the
+        script landed (so an entry never goes while its turn is unrecorded). True
         when the conversation's part landed; False when Redis failed (logged; the turn goes
         unrecorded, as without Redis)."""
         held = _redis_lock(lock)
@@ -208,7 +209,7 @@ class RedisStore:
                 self._queue_turn_script(pipe, writes, held.token if releasing and held else "")
                 self._queue_other_writes(pipe, writes)
                 if writes.answered is not None and not self.cluster:
-                    self.journal.queue_end_index(pipe, writes.conversation, writes.answered)
+                    self.journal.queue_end(pipe, writes.answered)
                 self._count()
                 results = await pipe.execute(raise_on_error=not self.cluster)
         except FAILURES as exc:
@@ -224,7 +225,7 @@ class RedisStore:
             assert held is not None
             self.locks.released(held)
         if writes.answered is not None and self.cluster:
-            self._later(self.journal.forget_index(writes.conversation, writes.answered))
+            self._later(self.journal.forget(writes.answered))
         return True
 
     def _queue_turn_script(self, pipe: Any, writes: TurnWrites, lock_token: str) -> None:
@@ -234,14 +235,13 @@ class RedisStore:
         leave = writes.leave if writes.leave and writes.leave.line == key else None
         keys = (
             self.keys.history(key), self.keys.meta(key), self.keys.usage(key),
-            self.keys.journal(key), self.keys.pending(key), self.keys.lock(key),
+            self.keys.pending(key), self.keys.lock(key),
         )  # fmt: skip
         args = (
             writes.token, self.limits.max_turns, self.limits.ttl_seconds,
             usage.token if usage else "",
             usage.usage.prompt_tokens if usage else 0,
             usage.usage.completion_tokens if usage else 0,
-            self.journal.entry_id(writes.answered) if writes.answered else "",
             leave.place if leave else "",
             lock_token,
             *(encode_turn(turn) for turn in writes.turns),
@@ -290,7 +290,7 @@ class RedisStore:
         self.health.ok()
 
     async def forget(self, key: ContextKey, message: Message) -> None:
-        await self.journal.forget(key, message)
+        await self.journal.forget(message)
 
     async def usage(self, periods: Sequence[UserPeriod]) -> list[Totals]:
         """The users' counters in `periods` (one round trip; zeros when Redis is away)."""

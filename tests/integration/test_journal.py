@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 from redis.asyncio import Redis
 
@@ -42,9 +42,8 @@ async def test_orphans_of_a_dead_owner_are_claimed_once(redis: Redis, key_prefix
     telegram = Message("telegram", ContextKey("telegram", "9"), User("1"), "t", "x")
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(5):
-            message = _message(i)
-            dead.queue_begin(pipe, replace(message.key, thread=str(i)), message)
-        dead.queue_begin(pipe, telegram.key, telegram)
+            dead.queue_begin(pipe, _message(i))
+        dead.queue_begin(pipe, telegram)
         await pipe.execute()
     await dead.stop()  # its heartbeat is gone: as after a crash
 
@@ -55,13 +54,10 @@ async def test_orphans_of_a_dead_owner_are_claimed_once(redis: Redis, key_prefix
     taken = sorted(m.message_id for claim in claims for m in claim)
     assert taken == [f"m{i}" for i in range(5)]  # each exactly once across the claimants
     keys = KeyBuilder(key_prefix)
-    assert await redis.hlen(keys.journal(telegram.key)) == 1  # telegram's stays for telegram
-    # the dead owner's index keeps only its entry still waiting (telegram's)
-    assert await redis.smembers(keys.journal_index(dead.owner)) == {
-        f"{keys.journal(telegram.key)}\ntelegram:9:x".encode()
-    }
+    assert await redis.hkeys(dead.key) == [b"telegram:9:x"]  # telegram's stays for telegram
+    assert dead.owner.encode() in await redis.smembers(keys.journal_owners())
     assert [m.message_id for m in await live.claim_orphans({"telegram"})] == ["x"]
-    assert not await redis.exists(keys.journal_index(dead.owner))
+    assert not await redis.exists(dead.key)
     assert dead.owner.encode() not in await redis.smembers(keys.journal_owners())
     await live.stop()
 
@@ -70,7 +66,7 @@ async def test_entries_of_a_live_owner_are_left_alone(redis: Redis, key_prefix: 
     owner = _journal(redis, key_prefix)
     await owner.start()
     async with redis.pipeline(transaction=False) as pipe:
-        owner.queue_begin(pipe, _message().key, _message())
+        owner.queue_begin(pipe, _message())
         await pipe.execute()
     assert await _journal(redis, key_prefix).claim_orphans({"slack"}) == []
     await owner.stop()
@@ -108,18 +104,16 @@ async def test_an_entry_left_by_a_failed_write_is_still_found_after_a_later_turn
     redis: Redis, key_prefix: str
 ):
     """Turn 1's write failed (its entry stays); turn 2 of the same conversation is saved.
-    The index must still lead recovery to turn 1's message."""
-    keys = KeyBuilder(key_prefix)
+    Recovery must still answer turn 1's message."""
     dead = _journal(redis, key_prefix)
     await dead.start()
     first, second = _message(1), _message(2)
     async with redis.pipeline(transaction=False) as pipe:
-        dead.queue_begin(pipe, first.key, first)
-        dead.queue_begin(pipe, second.key, second)
-        dead.queue_end_entry(pipe, second.key, second)
-        dead.queue_end_index(pipe, second.key, second)
+        dead.queue_begin(pipe, first)
+        dead.queue_begin(pipe, second)
+        dead.queue_end(pipe, second)
         await pipe.execute()
-    assert await redis.hlen(keys.journal(first.key)) == 1
+    assert await redis.hlen(dead.key) == 1
     await dead.stop()  # then it crashed
     claims = await _journal(redis, key_prefix).claim_orphans({"slack"})
     assert [m.message_id for m in claims] == ["m1"]

@@ -194,7 +194,7 @@ async def test_a_journal_claim_whose_reply_was_late_is_still_ours(redis_process:
     client = make_client(redis_process.url, SOCKET_TIMEOUT)
     keys = KeyBuilder("slow")
     message = Message("slack", ContextKey("slack", "C1", "U1"), User("U1"), "hi", "m1")
-    journal, entry = keys.journal(message.key), RedisJournal.entry_id(message)
+    journal, entry = keys.journal("gone"), RedisJournal.entry_id(message)
     try:
         await client.hset(journal, entry, "{}")
         survivor = RedisJournal(client, keys)
