@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import jwt
 from aiohttp import WSMsgType, web
@@ -38,6 +39,16 @@ CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_ID = 128
 RETRY_WAIT = 60.0  # seconds a retry waits for the first request's answer in another process
 RETRY_POLL = 0.2
+SEND_TIMEOUT = 10.0  # seconds a client may take to read one event before it is dropped
+PER_SOCKET = 8  # messages in flight on one WebSocket
+MAX_SOCKETS = 1000
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # the page's own meta CSP cannot forbid framing; a header can
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class Conversations(Protocol):
@@ -95,7 +106,10 @@ class TokenCheck:
         scheme, _, token = header.partition(" ")
         if header and scheme.lower() != "bearer":
             raise Unauthorized("use Authorization: Bearer <token>")
-        return self.user(token.strip() or request.query.get("token"))
+        # a query token only where a header cannot be set (a browser's WebSocket): elsewhere
+        # it would end up in proxies' access logs
+        query = request.query.get("token") if request.path == "/api/ws" else None
+        return self.user(token.strip() or query)
 
 
 Sink = Callable[[str, dict[str, str]], Awaitable[None]]
@@ -152,9 +166,9 @@ class WebResponder:
         if self.sink is None:
             return
         try:
-            await self.sink(event, {"text": text})
-        except (ConnectionError, RuntimeError):  # the client left: the answer is still saved
-            self.sink = None
+            await asyncio.wait_for(self.sink(event, {"text": text}), SEND_TIMEOUT)
+        except (ConnectionError, RuntimeError, TimeoutError):
+            self.sink = None  # the client left or stopped reading: the answer is still saved
 
 
 class WebAdapter:
@@ -179,7 +193,7 @@ class WebAdapter:
         self.edit_interval = settings.edit_interval("web")
         self._running: dict[str, asyncio.Future[str]] = {}  # retried ids in this process
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._sockets: set[web.WebSocketResponse] = set()
+        self._sockets: dict[web.WebSocketResponse, Any] = {}  # -> its transport
         self._open = False
 
     # --- the Adapter protocol ---
@@ -199,8 +213,16 @@ class WebAdapter:
 
     async def stop(self) -> None:
         self._open = False
-        for ws in list(self._sockets):
-            await ws.close(code=1001, message=b"the bot is restarting")
+        await asyncio.gather(*(self._close(ws, t) for ws, t in list(self._sockets.items())))
+
+    @staticmethod
+    async def _close(ws: web.WebSocketResponse, transport: Any) -> None:
+        """Close a socket; one whose client stopped reading is cut after a moment."""
+        try:
+            await asyncio.wait_for(ws.close(code=1001, message=b"the bot is restarting"), 2.0)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if transport is not None:
+                transport.abort()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -216,7 +238,7 @@ class WebAdapter:
     # --- requests ---
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     async def _not_found(self, request: web.Request) -> web.Response:
         return _error(404, "no such endpoint")
@@ -259,16 +281,22 @@ class WebAdapter:
             payload = json.dumps(data, ensure_ascii=False)
             await stream.write(f"event: {event}\ndata: {payload}\n\n".encode())
 
-        await self._answer(user, cid, text, client_id, sink)
+        try:
+            await self._answer(user, cid, text, client_id, sink)
+        except RetryPending as exc:  # the stream has begun: the error goes in it
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await sink("error", {"error": str(exc)})
         with contextlib.suppress(ConnectionError, RuntimeError):
             await stream.write_eof()
         return stream
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
         user = self.auth.from_request(request)
+        if len(self._sockets) >= MAX_SOCKETS:
+            return _error(503, "too many open sockets; try again shortly")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=self.web.max_body)
         await ws.prepare(request)
-        self._sockets.add(ws)
+        self._sockets[ws] = request.transport
         expiry = None
         if user.expires is not None:  # a socket does not outlive its token
             delay = max(0.0, user.expires - time.time())
@@ -276,6 +304,7 @@ class WebAdapter:
                 delay, lambda: self._spawn(ws.close(code=4001, message=b"the token expired"))
             )
         sending = asyncio.Lock()
+        in_flight = [0]
 
         async def send(frame: dict[str, str]) -> None:
             async with sending:
@@ -290,9 +319,15 @@ class WebAdapter:
                 except ValueError as exc:
                     await send({"type": "error", "id": "", "error": str(exc)})
                     continue
-                self._spawn(self._socket_turn(user, cid, text, client_id, send))
+                if in_flight[0] >= PER_SOCKET:
+                    await send({"type": "error", "id": client_id,
+                                "error": f"at most {PER_SOCKET} messages in flight"})  # fmt: skip
+                    continue
+                in_flight[0] += 1
+                task = self._spawn(self._socket_turn(user, cid, text, client_id, send))
+                task.add_done_callback(lambda _: in_flight.__setitem__(0, in_flight[0] - 1))
         finally:
-            self._sockets.discard(ws)
+            self._sockets.pop(ws, None)
             if expiry is not None:
                 expiry.cancel()
         return ws
@@ -321,7 +356,8 @@ class WebAdapter:
     ) -> str:
         """Run the turn (detached from the request: a client that leaves does not cancel it)
         and return the whole answer; a retried id gets the first request's answer."""
-        delivery = f"{user.id}:{cid}:{client_id}" if client_id else ""
+        # JSON, not a join: ids may hold any character, and two users' keys must never meet
+        delivery = json.dumps([user.id, cid, client_id]) if client_id else ""
         running = self._running.get(delivery) if delivery else None
         if running is not None:  # the first request is still being answered here
             answer = await asyncio.shield(running)
@@ -419,6 +455,19 @@ class WebAdapter:
 
     # --- errors and CORS, for /api/ only ---
 
+    def _refused(self, request: web.Request, origin: str, allowed: bool) -> str:
+        """Why a request from a browser is refused: another site's page (a WebSocket or a
+        simple POST needs no preflight), or, without tokens, a host name that is not this
+        machine's (DNS rebinding). Non-browser clients send no Origin."""
+        if origin and not allowed and urlsplit(origin).netloc != request.host:
+            return "this origin may not call the API (platforms.web.allowed_origins)"
+        local = self.auth.secret is None
+        if local and (request.url.host or "") not in ("127.0.0.1", "localhost", "::1"):
+            return "without WEB_JWT_SECRET the API answers this machine only"
+        if request.method == "POST" and request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(reason="send the body as application/json")
+        return ""
+
     @web.middleware
     async def _api_errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -427,6 +476,9 @@ class WebAdapter:
             return await handler(request)
         origin = request.headers.get("Origin", "")
         allowed = origin in self.web.allowed_origins
+        refused = self._refused(request, origin, allowed)
+        if refused:
+            return _error(403, refused)
         if request.method == "OPTIONS" and allowed:
             response: web.StreamResponse = web.Response(status=204)
             response.headers.update(_PREFLIGHT)
@@ -441,6 +493,9 @@ class WebAdapter:
                 if exc.status < 400:
                     raise
                 response = _error(exc.status, exc.reason)
+            except Exception:
+                log.exception("web API request failed")
+                response = _error(500, "something went wrong; try again")
         if not response.prepared:
             _allow_origin(request, response, self.web.allowed_origins)
         return response
@@ -450,7 +505,10 @@ class RetryPending(Exception):
     """A retried id whose first request has not been answered yet (in another process)."""
 
     def __init__(self) -> None:
-        super().__init__("this message is still being answered; try again shortly")
+        super().__init__(
+            "this message is still being answered, or its answer is gone: try again shortly, "
+            "or read the conversation (GET its messages)"
+        )
 
 
 _PREFLIGHT = {

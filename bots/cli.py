@@ -221,7 +221,7 @@ def web_settings(
 ) -> tuple[Settings, str]:
     """`chatbot web`'s server address; an error when it would open the page without a token
     to anyone but this machine."""
-    if host not in LOOPBACK and secrets.web_jwt_secret is None:
+    if host not in LOOPBACK and not secrets.web_jwt_secret:  # unset or empty
         return settings, (
             f"chatbot web serves one local user without a token: it listens on {host} only "
             "with WEB_JWT_SECRET set (then every call needs a token: chatbot token USER)"
@@ -234,7 +234,7 @@ def print_token(secrets: Secrets, user: str, *, name: str, ttl: str) -> int:
     """`chatbot token USER`: a web channel token signed with WEB_JWT_SECRET."""
     import jwt
 
-    if secrets.web_jwt_secret is None:
+    if not secrets.web_jwt_secret:
         print("error: WEB_JWT_SECRET is not set", file=sys.stderr)
         return EXIT_CONFIG
     try:

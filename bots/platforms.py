@@ -6,10 +6,14 @@ their SDK lazily here so a missing optional platform never slows the others' sta
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import SecretStr
 
 from adapters.base import Adapter
 from bots.assembly import Core
+
+log = logging.getLogger(__name__)
 
 
 def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
@@ -20,7 +24,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
     if web_local:
         from adapters.web import WebAdapter
 
-        secret = _reveal(secrets.web_jwt_secret)
+        secret = _reveal(secrets.web_jwt_secret) or None  # empty: unset
         return [WebAdapter(core.handler, core.store, settings, jwt_secret=secret)]
     # --- slack ---
     if (
@@ -71,9 +75,11 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
             )
         )
     # --- web ---
-    if settings.platforms.web.enabled and secrets.web_jwt_secret:
+    if settings.platforms.web.enabled and secrets.web_jwt_secret:  # set and not empty
         from adapters.web import WebAdapter
 
+        if len(secrets.web_jwt_secret.get_secret_value()) < 32:
+            log.warning("WEB_JWT_SECRET is shorter than 32 bytes: tokens are easier to forge")
         adapters.append(
             WebAdapter(
                 core.handler,

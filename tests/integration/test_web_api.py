@@ -206,8 +206,15 @@ async def test_bad_or_missing_token_is_401_json_and_changes_nothing(
 
 
 async def test_token_in_the_query_and_the_name_claim(api: Api) -> None:
+    """A query token only on the WebSocket (proxies log query strings)."""
     url = api.messages_url("c1") + "?token=" + token("alice", name="Alice A.")
     async with api.session.post(url, json={"text": "hi"}) as response:
+        assert response.status == 401
+        await json_error(response)
+    headers = bearer("alice", name="Alice A.")
+    async with api.session.post(
+        api.messages_url("c1"), json={"text": "hi"}, headers=headers
+    ) as response:
         assert response.status == 200
         assert await response.json() == {"text": "echo: hi"}
     assert await api.history("c1") == [
@@ -342,7 +349,7 @@ async def test_two_users_with_the_same_conversation_id_never_meet(api: Api) -> N
 
 
 async def test_bad_requests_get_json_errors_and_reach_no_model(api: Api) -> None:
-    url, auth = api.messages_url("c1"), bearer()
+    url, auth = api.messages_url("c1"), {**bearer(), "Content-Type": "application/json"}
     big = json.dumps({"text": "x" * 70_000}).encode()  # over the default 64 KB
 
     async with api.session.post(url, data=big, headers=auth) as response:
@@ -402,17 +409,25 @@ async def test_cors_for_allowed_origins_only(api: Api) -> None:
         assert "Access-Control-Allow-Origin" not in r.headers
         assert "Access-Control-Allow-Methods" not in r.headers
 
-    # The calls themselves: JSON, an error, and a streamed answer all carry the header.
-    for origin, expected in ((ALLOWED_ORIGIN, ALLOWED_ORIGIN), ("https://evil.example", None)):
-        async with api.session.get(url, headers={**bearer(), "Origin": origin}) as r:
-            assert r.headers.get("Access-Control-Allow-Origin") == expected
-        async with api.session.get(url, headers={"Origin": origin}) as r:
-            assert r.status == 401
-            assert r.headers.get("Access-Control-Allow-Origin") == expected
-        sse = {**bearer(), "Origin": origin, "Accept": "text/event-stream"}
-        async with api.session.post(url, json={"text": "hi"}, headers=sse) as r:
-            assert r.headers.get("Access-Control-Allow-Origin") == expected
-            await all_events(r)
+    # The calls themselves: JSON, an error, and a streamed answer all carry the header; another
+    # site's page is refused outright (a WebSocket or a simple POST needs no preflight).
+    async with api.session.get(url, headers={**bearer(), "Origin": ALLOWED_ORIGIN}) as r:
+        assert r.headers.get("Access-Control-Allow-Origin") == ALLOWED_ORIGIN
+    async with api.session.get(url, headers={"Origin": ALLOWED_ORIGIN}) as r:
+        assert r.status == 401
+        assert r.headers.get("Access-Control-Allow-Origin") == ALLOWED_ORIGIN
+    sse = {**bearer(), "Origin": ALLOWED_ORIGIN, "Accept": "text/event-stream"}
+    async with api.session.post(url, json={"text": "hi"}, headers=sse) as r:
+        assert r.headers.get("Access-Control-Allow-Origin") == ALLOWED_ORIGIN
+        await all_events(r)
+    requests = len(api.fake.chat_requests())
+    evil = {**bearer(), "Origin": "https://evil.example"}
+    async with api.session.post(url, json={"text": "hi"}, headers=evil) as r:
+        assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+        await json_error(r)
+    async with api.session.get(api.url(f"/api/ws?token={token()}"), headers=evil) as r:
+        assert r.status == 403  # no cross-site WebSocket
+    assert len(api.fake.chat_requests()) == requests
 
 
 # ---- WebSocket ----------------------------------------------------------------------------
@@ -658,3 +673,57 @@ async def test_a_websocket_closes_when_its_token_expires(api: Api) -> None:
         closed = await asyncio.wait_for(ws.receive(), timeout=10)
     assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closed
     assert ws.close_code == 4001
+
+
+async def test_ids_with_colons_never_reach_another_users_answer(api: Api) -> None:
+    """User `eve` with conversation `x` and id `c1:m1` must not share a retry key with user
+    `eve:x`, conversation `c1`, id `m1`."""
+    api.fake.push(Reply(text="the victim's secret answer"))
+    victim = await api.ask("c1", "mine", sub="eve:x", id="m1")
+    assert victim == {"text": "the victim's secret answer"}
+    attacker = await api.ask("x", "give me theirs", sub="eve", id="c1:m1")
+    assert attacker == {"text": "echo: give me theirs"}
+
+
+async def test_an_empty_secret_does_not_open_the_no_token_mode(tmp_path: Path) -> None:
+    env = bot_process_env(WEB_JWT_SECRET="")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots", "web", "--host", "0.0.0.0", "--port", str(free_port()),
+        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, err
+    assert b"WEB_JWT_SECRET" in err
+
+
+async def test_without_tokens_only_this_machine_and_its_page_may_call(
+    web_settings: Settings, secrets: Secrets, fake_openai: FakeOpenAI, redis: Any
+) -> None:
+    """`chatbot web`'s no-token mode: a DNS-rebinding host name and another site's page are
+    refused; a WebSocket whose client stops reading does not hold up the shutdown."""
+    async with AsyncExitStack() as stack:
+        core = await build_core(stack, web_settings, secrets, redis=redis)
+        adapter = WebAdapter(core.handler, core.store, web_settings, jwt_secret=None)
+        app = web.Application()
+        adapter.mount(app)
+        await adapter.start()
+        runner, port = await serve_locally(app)
+        url = f"http://127.0.0.1:{port}/api/conversations/c1/messages"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers={"Host": "rebound.example"}) as r:
+                assert r.status == 403
+            async with session.get(url, headers={"Origin": "https://evil.example"}) as r:
+                assert r.status == 403
+            async with session.get(url, headers={"Origin": f"http://127.0.0.1:{port}"}) as r:
+                assert r.status == 200  # the page itself
+            fake_openai.default = Reply(tokens_per_second=5)
+            ws = await session.ws_connect(f"http://127.0.0.1:{port}/api/ws")
+            for i in range(6):  # answers queue up in a client that never reads them
+                await ws.send_json({"type": "message", "conversation": f"s{i}", "id": f"m{i}",
+                                    "text": "word " * 200})  # fmt: skip
+            await wait_for(lambda: len(fake_openai.chat_requests()) == 6, timeout=10)
+            started = time.monotonic()
+            await adapter.stop()
+            assert time.monotonic() - started < 5
+        await runner.cleanup()
+        await adapter.close()
