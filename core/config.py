@@ -32,6 +32,7 @@ from core.sections import (
     LimitsSettings,
     MemorySettings,
     ModerationSettings,
+    PrivacySettings,
     ToolsSettings,
     check_references,
 )
@@ -292,6 +293,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     moderation: ModerationSettings = ModerationSettings()
     cache: CacheSettings = CacheSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,5 +1,5 @@
 """Config sections of the conversation-intelligence features (see docs/features.md):
-intents, HTTP actions, tools, plugins, long memory, limits, moderation, cache.
+intents, HTTP actions, tools, plugins, long memory, limits, moderation, cache, privacy.
 
 Kept apart from `core/config.py` so each stays small; `Settings` gathers them.
 """
@@ -7,7 +7,7 @@ Kept apart from `core/config.py` so each stays small; `Settings` gathers them.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -154,6 +154,58 @@ class CacheSettings(_Section):
     enabled: bool = False
     ttl_seconds: int = Field(3600, gt=0)
     first_turn: bool = Field(True, description="cache the model's answer to a first message")
+
+
+MaskKind = Literal["email", "phone", "card", "iban", "secret"]
+MASK_KINDS: tuple[MaskKind, ...] = get_args(MaskKind)
+_PATTERN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+class PrivacySettings(_Section):
+    """Sensitive data in a user's message is replaced by placeholders (`<EMAIL_1>`) before the
+    text reaches the model, the history, the cache and the logs (core/policies/masking.py)."""
+
+    mask: list[MaskKind] = Field(
+        default_factory=list, description="built-in kinds to mask; empty: masking off"
+    )
+    patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="the operator's own kinds: name -> regex; matches become <NAME_n>",
+    )
+    phone_region: str | None = Field(
+        None,
+        description="region of numbers written without + (DE, US, ...); None: only +numbers",
+    )
+    profile_ttl_days: int = Field(400, description="days a user's usage and settings are kept")
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            if not _PATTERN_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r}: a name is a letter, then letters, digits or _ (it becomes the "
+                    "placeholder <NAME_n>)"
+                )
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name}: {pattern!r} is not a valid regex: {exc}") from None
+            if compiled.fullmatch(""):
+                raise ValueError(f"{name}: {pattern!r} matches the empty text")
+        return patterns
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, region: str | None) -> str | None:
+        if region is None:
+            return None
+        import phonenumbers  # only when set: the config stays light to import
+
+        code = region.strip().upper()
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{region!r} is not a region code phonenumbers knows (DE, US, FR...)")
+        return code
 
 
 def check_references(
