@@ -27,6 +27,7 @@ from core.model import ContextKey
 from core.plugins import Plugins, load_plugins
 from core.policies.cache import AnswerCache
 from core.policies.limits import AccessControl, RateLimiter, TokenBudget
+from core.policies.masking import Masker
 from core.policies.usage import UsageBook
 from core.protocols import Handler
 from core.routing.commands import BuiltinCommands
@@ -160,6 +161,7 @@ async def build_core(
     )
     stack.push_async_callback(memory.close)
     journal = store.journal
+    masker = Masker(settings.privacy)
     features = Features(
         toolbox=toolbox or None,
         usage=usage,
@@ -170,6 +172,7 @@ async def build_core(
         memory=memory if settings.memory.summarize else None,
         journal=True,
         claims=True,
+        masker=masker if masker.enabled else None,
     )
     chat = ChatTurn(store, metered, settings, counter, features)
     intent_turn = IntentTurn(
@@ -181,6 +184,7 @@ async def build_core(
         cache=cache,
         limiter=features.limiter,
         claims=True,
+        masker=features.masker,
     )
     commands = BuiltinCommands(
         store, settings, usage=usage, plugins=plugins, intents=intents, tools=list(toolbox.tools)
@@ -194,7 +198,7 @@ async def build_core(
         return bool((await store.load(key)).history)
 
     intake = Intake(
-        Guarded(sanitized, log_text=settings.input.log_user_text),
+        Guarded(sanitized, log_text=settings.input.log_user_text, masker=features.masker),
         conversation=chat.conversation_key,
         deduper=store,
         has_history=has_history,

@@ -15,7 +15,7 @@ typed results; no store reply reaches them.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -114,6 +114,7 @@ class TurnReads:
     rate: RateTake | None = None
     budget: UserPeriod | None = None  # today's usage, for the daily budget
     cache: str | None = None  # a cache key to probe
+    masks: bool = False  # the conversation's placeholders (`privacy.mask`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class TurnState:
     rate: RateResult | None = None
     used_today: int | None = None
     cached: str | None = None
+    masks: Mapping[str, str] = field(default_factory=dict)  # value -> placeholder
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ class TurnWrites:
     usage: UsageRecord | None = None
     cache: CacheEntry | None = None
     leave: Place | None = None  # the delivery claim leaves the pending set
+    masks: tuple[tuple[str, str], ...] = ()  # new value -> placeholder pairs of this turn
     token: str = field(default_factory=write_token)
 
 

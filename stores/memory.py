@@ -71,6 +71,13 @@ class History(Kept):
 
 
 @dataclass(slots=True)
+class Masks(Kept):
+    """A conversation's masked values -> placeholders (the `masks` hash)."""
+
+    values: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Meta(Kept):
     """Settings (summary, persona, model) and the last append's token (WRITE_TURN's `written`)."""
 
@@ -135,6 +142,7 @@ class MemoryBackend:
         self.user_usage: dict[tuple[str, str, str], Counters] = {}  # platform, user, period
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.cache: dict[str, Text] = {}
+        self.masks: dict[str, Masks] = {}
         self.seen: dict[tuple[str, ...], Text] = {}  # (ns, id) or (conversation, ns, id)
         self.pending: dict[str, Pending] = {}
         self.locks: dict[str, Text] = {}
@@ -292,11 +300,13 @@ class MemoryStore:
         if held is not None and held.state == "pending":
             await self._acquire(held)
         conversation = self._conversation(key, reads.channel) if reads.history else None
+        masks = b.live(b.masks, key.id) if reads.masks else None
         return TurnState(
             conversation=conversation or Conversation(),
             rate=rate,
             used_today=used,
             cached=cached,
+            masks=dict(masks.values) if masks else {},
         )
 
     def _conversation(self, key: ContextKey, channel: ContextKey | None) -> Conversation:
@@ -365,6 +375,10 @@ class MemoryStore:
         if writes.cache is not None:
             c = writes.cache
             b.cache[c.key] = Text(value=c.answer, expires=now + c.ttl)
+        if writes.masks:
+            masks = b.masks[key.id] = b.live(b.masks, key.id) or Masks()
+            masks.values.update(writes.masks)
+            masks.expires = now + self.limits.ttl_seconds
         if writes.answered is not None:
             self.journal.end(key, writes.answered)
         if writes.leave is not None:
@@ -399,6 +413,7 @@ class MemoryStore:
         """Drop the history and the summary; persona and model stay (and the meta's TTL)."""
         b = self.backend
         b.history.pop(key.id, None)
+        b.masks.pop(key.id, None)
         if (meta := b.live(b.meta, key.id)) is not None:
             meta.settings.pop("summary", None)
 

@@ -31,6 +31,7 @@ from core.llm.toolloop import LoopStats, run_model
 from core.model import ContextKey, Conversation, Message, Turn
 from core.policies.cache import AnswerCache
 from core.policies.limits import RateLimiter, TokenBudget
+from core.policies.masking import Masker
 from core.policies.usage import UsageBook
 from core.protocols import LLM, LLMError, Responder, StreamCut, Usage
 from core.storage import Store, TurnLock
@@ -71,9 +72,12 @@ class Features:
     memory: Summarizer | None = None
     journal: bool = False  # messages being answered are journaled (a crash loses none)
     claims: bool = False  # the message's delivery claim leaves in the turn's write
+    masker: Masker | None = None  # `privacy.mask`
 
     def policies(self) -> Policies:
-        return Policies(self.limiter, self.budget, self.usage, self.journal, self.claims)
+        return Policies(
+            self.limiter, self.budget, self.usage, self.journal, self.claims, self.masker
+        )
 
 
 class ChatTurn:
@@ -108,7 +112,10 @@ class ChatTurn:
         key = self.conversation_key(message)
         moderator = self.features.moderator
         # Moderation runs while the turn waits for the lock and reads Redis.
-        screening = asyncio.create_task(moderator.check(message.text)) if moderator else None
+        screening = None
+        if moderator is not None:  # the moderation endpoint is a model provider too: masked
+            screened = self.exchange.mask(message.text).text
+            screening = asyncio.create_task(moderator.check(screened))
         try:
             async with self.store.lock(key, lazy=True) as held:
                 try:
@@ -132,14 +139,16 @@ class ChatTurn:
         held: TurnLock,
     ) -> tuple[TurnResult, tuple[list[Turn], str, str] | None]:
         f = self.features
-        user_turn = Turn("user", _with_attachments(message), message.user.name)
+        said = _with_attachments(message)
         default_key = ""
         if f.cache is not None and f.cache.first_turns:
             # The likely key (default persona and model) is read speculatively: no extra trip.
-            default_key = f.cache.chat_key(
-                self._persona(None), self._model(None), user_turn.content
-            )
+            # A first turn's placeholders are numbered afresh, as they are here.
+            first_said = self.exchange.mask(said).text
+            default_key = f.cache.chat_key(self._persona(None), self._model(None), first_said)
         opened = await self.exchange.open(message, key, lock=held, cache=default_key)
+        masked = self.exchange.mask(said, opened)  # what the model, history and cache see
+        user_turn = Turn("user", masked.text, message.user.name)
         refusal = opened.refusal
         if refusal is None and screening is not None and f.moderator is not None:
             refusal = f.moderator.refusal(await screening)
@@ -159,7 +168,9 @@ class ChatTurn:
             if cached is not None:
                 await reply(responder, cached)
                 served = (user_turn, Turn("assistant", cached))
-                await self.exchange.close(message, key, served, lock=held, opened=opened)
+                await self.exchange.close(
+                    message, key, served, lock=held, opened=opened, masks=masked.added
+                )
                 return TurnResult(cached, False, 0, cached=True), None
         prompt = build_prompt(
             system=self.settings.personas[persona].system_prompt,
@@ -183,8 +194,9 @@ class ChatTurn:
             entry = f.cache.entry(cache_key, answer)
         turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
         await self.exchange.close(
-            message, key, turns, lock=held, opened=opened, usage=usage, cache=entry
-        )
+            message, key, turns, lock=held, opened=opened, usage=usage, cache=entry,
+            masks=masked.added,
+        )  # fmt: skip
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
         memory = f.memory

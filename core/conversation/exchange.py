@@ -10,13 +10,14 @@ journal entry's removal.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from core.conversation.intake import current_claim
 from core.model import ContextKey, Message, Turn
 from core.policies.limits import RateLimiter, TokenBudget
+from core.policies.masking import Masked, Masker
 from core.policies.usage import UsageBook
 from core.protocols import Usage
 from core.storage import CacheEntry, Place, Store, TurnLock, TurnReads, TurnState, TurnWrites
@@ -33,6 +34,7 @@ class Policies:
     usage: UsageBook | None = None
     journal: bool = False  # record the message as being answered until its turn is saved
     claims: bool = False  # the message's delivery claim leaves in the turn's write
+    masker: Masker | None = None  # `privacy.mask`: sensitive values become placeholders
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +77,29 @@ class Exchange:
             rate=limiter.take(message) if limiter is not None else None,
             budget=budget.today(message, now) if budget is not None and now else None,
             cache=cache or None,
+            masks=self.masking,
         )
         state = await self.store.read_turn(reads, lock=lock)
         refusal = limiter.refusal(state.rate) if limiter is not None else None
         if refusal is None and budget is not None and now is not None:
             refusal = budget.refusal(state.used_today, now)
         return Opened(state, refusal, now)
+
+    @property
+    def masking(self) -> bool:
+        return self.policies.masker is not None and self.policies.masker.enabled
+
+    def mask(
+        self, text: str, opened: Opened | None = None, also: Mapping[str, str] | None = None
+    ) -> Masked:
+        """`text` with its sensitive values as this conversation's placeholders (`<EMAIL_1>`
+        stays the same address across turns); unchanged when masking is off. Before the read
+        (`opened` None) the numbering starts afresh: for moderation, logs, a cache probe."""
+        masker = self.policies.masker
+        if masker is None or not masker.enabled:
+            return Masked(text, {})
+        known = opened.state.masks if opened is not None else {}
+        return masker.mask(text, {**known, **also} if also else known)
 
     async def close(
         self,
@@ -92,6 +111,7 @@ class Exchange:
         opened: Opened,
         usage: Usage | None = None,
         cache: CacheEntry | None = None,
+        masks: Mapping[str, str] | None = None,
     ) -> bool:
         """One write: the turns, the usage, the cache entry, the journal entry's and the
         delivery claim's release, and the lock's. Whether it landed."""
@@ -107,6 +127,7 @@ class Exchange:
             usage=record,
             cache=cache,
             leave=Place(claim.line, claim.place) if claim is not None else None,
+            masks=tuple(masks.items()) if masks else (),
         )
         saved = await self.store.write_turn(writes, lock=lock)
         if claim is not None:

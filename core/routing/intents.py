@@ -20,6 +20,7 @@ from core.model import ContextKey, IntentMatch, Message, Turn
 from core.plugins import IntentHandler, PluginError, Plugins
 from core.policies.cache import AnswerCache
 from core.policies.limits import RateLimiter
+from core.policies.masking import Masker
 from core.protocols import Responder
 from core.routing.router import Route
 from core.sections import IntentSettings
@@ -125,6 +126,7 @@ class IntentTurn:
         cache: AnswerCache | None,
         limiter: RateLimiter | None,
         claims: bool = False,
+        masker: Masker | None = None,
     ) -> None:
         self.matcher = matcher
         self.store = store
@@ -132,7 +134,7 @@ class IntentTurn:
         self.actions = actions
         self.handlers = dict(handlers)
         self.cache = cache
-        self.exchange = Exchange(store, Policies(limiter=limiter, claims=claims))
+        self.exchange = Exchange(store, Policies(limiter=limiter, claims=claims, masker=masker))
 
     def routes(self) -> list[Route]:
         """One route per intent, named `intent:<name>`, for plain (non-command) messages."""
@@ -171,10 +173,16 @@ class IntentTurn:
                 answer, fresh = await self._respond(intent, found, key, responder)
             await reply(responder, answer)
             entry = None
-            if fresh and cache_key and self.cache is not None:
+            said = self.exchange.mask(message.text, opened)
+            # an answer to a text with masked values is not shared through the cache
+            if fresh and cache_key and self.cache is not None and said.text == message.text:
                 entry = self.cache.entry(cache_key, answer)
-            turns = (Turn("user", message.text, message.user.name), Turn("assistant", answer))
-            await self.exchange.close(message, key, turns, lock=held, opened=opened, cache=entry)
+            shown = self.exchange.mask(answer, opened, also=said.added)
+            turns = (Turn("user", said.text, message.user.name), Turn("assistant", shown.text))
+            await self.exchange.close(
+                message, key, turns, lock=held, opened=opened, cache=entry,
+                masks={**said.added, **shown.added},
+            )  # fmt: skip
 
     async def _respond(
         self, intent: Intent, found: IntentMatch, key: ContextKey, responder: Responder

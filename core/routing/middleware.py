@@ -9,6 +9,7 @@ import time
 
 from core.conversation.turns import current_turn, new_turn_id
 from core.model import Message
+from core.policies.masking import Masker
 from core.protocols import Handler, Responder
 from core.streaming.reply import reply
 
@@ -20,9 +21,12 @@ BUG_APOLOGY = "Sorry, something went wrong on my side while answering. Please tr
 class Guarded:
     """Catches every error of a turn: logged with its turn id, a short apology in chat."""
 
-    def __init__(self, handler: Handler, *, log_text: bool = False) -> None:
+    def __init__(
+        self, handler: Handler, *, log_text: bool = False, masker: Masker | None = None
+    ) -> None:
         self.handler = handler
         self.log_text = log_text
+        self.masker = masker  # `privacy.mask`: logs get the masked text too
 
     async def __call__(self, message: Message, responder: Responder) -> None:
         token = current_turn.set(new_turn_id())
@@ -34,7 +38,8 @@ class Guarded:
             len(message.text),
         )
         if self.log_text:  # off by default: user text stays out of the logs
-            log.info("turn text %r", message.text[:500])
+            text = self.masker.mask(message.text, {}).text if self.masker else message.text
+            log.info("turn text %r", text[:500])
         try:
             await self.handler(message, responder)
         except asyncio.CancelledError:

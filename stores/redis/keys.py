@@ -46,6 +46,10 @@ class KeyBuilder:
         """A hash: the conversation's token usage (prompt, completion, total)."""
         return self._base(key) + ":usage"
 
+    def masks(self, key: ContextKey) -> str:
+        """A hash: the conversation's masked values -> their placeholders (`privacy.mask`)."""
+        return self._base(key) + ":masks"
+
     def pending(self, key: ContextKey) -> str:
         """A sorted set: the conversation's messages claimed and not answered yet, by order."""
         return self._base(key) + ":pending"

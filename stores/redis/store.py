@@ -167,6 +167,9 @@ class RedisStore:
         if reads.cache:
             add("cache")
             pipe.get(self.keys.cache(reads.cache))
+        if reads.masks:
+            add("masks")
+            pipe.hgetall(self.keys.masks(key))
         return slots
 
     def _state(
@@ -188,6 +191,7 @@ class RedisStore:
             rate=_rate(part("rate")),
             used_today=_int(used) if _asked(slots, results, "budget") else None,
             cached=_answer(part("cache")),
+            masks={_text(k): _text(v) for k, v in (part("masks") or {}).items()},
         )
 
     async def write_turn(self, writes: TurnWrites, *, lock: TurnLock | None = None) -> bool:
@@ -207,6 +211,10 @@ class RedisStore:
         try:
             async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 self._queue_turn_script(pipe, writes, held.token if releasing and held else "")
+                if writes.masks:  # the conversation's slot: on a Cluster, the same node
+                    masks = self.keys.masks(writes.conversation)
+                    pipe.hset(masks, mapping=dict(writes.masks))
+                    pipe.expire(masks, self.limits.ttl_seconds)
                 self._queue_other_writes(pipe, writes)
                 if writes.answered is not None and not self.cluster:
                     self.journal.queue_end(pipe, writes.answered)
@@ -368,7 +376,7 @@ class RedisStore:
         """Forget the conversation's history and summary; keep persona and model choices."""
         try:
             async with self.redis.pipeline(transaction=not self.cluster) as pipe:
-                pipe.delete(self.keys.history(key))
+                pipe.delete(self.keys.history(key), self.keys.masks(key))
                 pipe.hdel(self.keys.meta(key), "summary")
                 self._count()
                 await pipe.execute()
