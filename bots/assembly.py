@@ -125,6 +125,7 @@ async def build_core(
         lock_ttl=settings.redis.lock_ttl,
         lock_wait=settings.redis.lock_wait,
         dedupe_ttl=settings.redis.dedupe_ttl,
+        profile_ttl=settings.privacy.profile_ttl_days * 86400,
     )
     store: StateStore
     if in_memory:
@@ -153,7 +154,7 @@ async def build_core(
         actions = HttpActions(http, settings.actions)
     toolbox = build_toolbox(settings, actions, plugins)
     counter = TokenCounter(settings.context.tokenizer)
-    usage = UsageBook(settings.limits.timezone)
+    usage = UsageBook(settings.limits.timezone, month_ttl=settings.privacy.profile_ttl_days * 86400)
     limiter = RateLimiter(settings.limits)
     cache = AnswerCache(settings.cache) if settings.cache.enabled else None
     memory = Summarizer(

@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--name", default="", help="a display name")
     token.add_argument("--ttl", default="1h", help="how long it is valid: 3600, 30m, 1h, 7d")
     token.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+    privacy = commands.add_parser("privacy", help="what the bot keeps about people")
+    privacy_actions = privacy.add_subparsers(dest="action", required=True)
+    privacy_report = privacy_actions.add_parser(
+        "report", help="the kinds of data kept and for how long, from this configuration"
+    )
+    privacy_report.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
     migrate = commands.add_parser(
         "migrate", help="move the Redis keys of release 0.1 to the 0.2 layout (a dry run unless "
         "--apply)"
@@ -98,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "intents":
         return intents_test(settings, args.text)
+    if args.command == "privacy":
+        from bots.privacy import report
+
+        print(report(settings))
+        return 0
     secrets = Secrets()
     level = settings.log_level if args.command in ("run", "web") else "WARNING"
     setup_logging(level, secrets.values(), fmt=settings.log_format)

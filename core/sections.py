@@ -176,7 +176,12 @@ class PrivacySettings(_Section):
         None,
         description="region of numbers written without + (DE, US, ...); None: only +numbers",
     )
-    profile_ttl_days: int = Field(400, description="days a user's usage and settings are kept")
+    profile_ttl_days: int = Field(
+        70,
+        ge=31,
+        description="days a user's monthly usage and a channel's defaults are kept after their "
+        "last change (at least a month: the monthly budget needs it)",
+    )
 
     @field_validator("patterns")
     @classmethod

@@ -84,6 +84,8 @@ class UsageRecord:
     month: str
     usage: Usage
     token: str = field(default_factory=write_token)
+    day_ttl: int = DAY_TTL  # seconds the day's counters are kept
+    month_ttl: int = MONTH_TTL  # the month's (`privacy.profile_ttl_days`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,3 +16,4 @@ class StoreLimits:
     lock_ttl: float = 60.0
     lock_wait: float = 120.0
     dedupe_ttl: int = 86400
+    profile_ttl: int = 70 * 86400  # a channel's defaults (`privacy.profile_ttl_days`)

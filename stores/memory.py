@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from core.model import ContextKey, Conversation, Message, Turn
 from core.protocols import Usage
 from core.storage import (
-    DAY_TTL,
-    MONTH_TTL,
     CacheEntry,
     PlaceState,
     RateResult,
@@ -68,6 +66,13 @@ class Kept:
 @dataclass(slots=True)
 class History(Kept):
     turns: list[Turn] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Channel(Kept):
+    """A channel's defaults (persona, model)."""
+
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -138,7 +143,7 @@ class MemoryBackend:
         self.history: dict[str, History] = {}
         self.meta: dict[str, Meta] = {}
         self.conversation_usage: dict[str, Counters] = {}
-        self.channels: dict[tuple[str, str, str], dict[str, str]] = {}  # no expiry
+        self.channels: dict[tuple[str, str, str], Channel] = {}
         self.user_usage: dict[tuple[str, str, str], Counters] = {}  # platform, user, period
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.cache: dict[str, Text] = {}
@@ -314,7 +319,8 @@ class MemoryStore:
         history = b.live(b.history, key.id)
         meta = b.live(b.meta, key.id)
         settings = meta.settings if meta else {}
-        defaults = b.channels.get(_channel(channel or key), {})
+        found = b.live(b.channels, _channel(channel or key))
+        defaults = found.settings if found else {}
         return Conversation(
             history=list(history.turns) if history else [],
             summary=settings.get("summary", ""),
@@ -366,7 +372,10 @@ class MemoryStore:
             if _once(chat, record.token):
                 chat.add(record.usage, ttl, now)
             user = (record.platform, record.user)
-            periods = (((*user, record.day), DAY_TTL), ((*user, record.month), MONTH_TTL))
+            periods = (
+                ((*user, record.day), record.day_ttl),
+                ((*user, record.month), record.month_ttl),
+            )
             kept = [b.live(b.user_usage, name) or Counters() for name, _ in periods]
             if _once(kept[1], record.token):  # the last key keeps the tokens
                 for (name, period_ttl), counters in zip(periods, kept, strict=True):
@@ -428,7 +437,10 @@ class MemoryStore:
     async def set_channel_setting(self, channel: ContextKey, name: str, value: str) -> None:
         if name not in CHANNEL_FIELDS:
             raise ValueError(f"unknown channel setting {name!r}")
-        _set(self.backend.channels.setdefault(_channel(channel), {}), name, value)
+        b = self.backend
+        kept = b.channels[_channel(channel)] = b.live(b.channels, _channel(channel)) or Channel()
+        _set(kept.settings, name, value)
+        kept.expires = b.clock() + self.limits.profile_ttl
 
     async def apply_summary(
         self, key: ContextKey, summary: str, folded: Sequence[Turn], usage: Usage

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from core.model import Message
 from core.protocols import Usage
-from core.storage import Store, Totals, UsageRecord, UserPeriod
+from core.storage import MONTH_TTL, Store, Totals, UsageRecord, UserPeriod
 
 __all__ = ["Totals", "UsageBook", "describe_wait"]
 
@@ -21,9 +21,10 @@ __all__ = ["Totals", "UsageBook", "describe_wait"]
 class UsageBook:
     """Which periods usage is recorded in, and how it is read back."""
 
-    def __init__(self, timezone: str) -> None:
+    def __init__(self, timezone: str, *, month_ttl: int = MONTH_TTL) -> None:
         self.zone = ZoneInfo(timezone)
         self.timezone = timezone
+        self.month_ttl = month_ttl  # `privacy.profile_ttl_days`
 
     def now(self) -> datetime:
         return datetime.now(self.zone)
@@ -48,7 +49,9 @@ class UsageBook:
         if usage.total <= 0:
             return None
         day, month = self.periods(now)
-        return UsageRecord(message.platform, message.user.id, day, month, usage)
+        return UsageRecord(
+            message.platform, message.user.id, day, month, usage, month_ttl=self.month_ttl
+        )
 
     async def report(self, store: Store, message: Message) -> tuple[Totals, Totals]:
         """The user's usage today and this month (one round trip)."""

@@ -27,8 +27,6 @@ from redis.asyncio.cluster import RedisCluster
 from core.model import ContextKey, Conversation, Message, Turn
 from core.protocols import Usage
 from core.storage import (
-    DAY_TTL,
-    MONTH_TTL,
     CacheEntry,
     PlaceState,
     RateResult,
@@ -263,7 +261,7 @@ class RedisStore:
             pipe.eval(
                 RECORD, 2, self.keys.user_usage(r.platform, r.user, r.day),
                 self.keys.user_usage(r.platform, r.user, r.month),
-                u.prompt_tokens, u.completion_tokens, u.total, DAY_TTL, MONTH_TTL, r.token,
+                u.prompt_tokens, u.completion_tokens, u.total, r.day_ttl, r.month_ttl, r.token,
             )  # fmt: skip
         if writes.cache is not None:
             c = writes.cache
@@ -334,15 +332,20 @@ class RedisStore:
         self.health.ok()
 
     async def set_channel_setting(self, channel: ContextKey, name: str, value: str) -> None:
-        """Set (or clear) a channel default (persona, model); kept until changed."""
+        """Set (or clear) a channel default (persona, model); kept `profile_ttl` seconds after
+        its last change."""
         if name not in CHANNEL_FIELDS:
             raise ValueError(f"unknown channel setting {name!r}")
+        chan = self.keys.channel(channel)
         try:
-            self._count()
-            if value:
-                await self.redis.hset(self.keys.channel(channel), name, value)
-            else:
-                await self.redis.hdel(self.keys.channel(channel), name)
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
+                if value:
+                    pipe.hset(chan, name, value)
+                else:
+                    pipe.hdel(chan, name)
+                pipe.expire(chan, self.limits.profile_ttl)
+                self._count()
+                await pipe.execute()
         except FAILURES as exc:
             self.health.failed(exc, "saving a channel setting")
             raise

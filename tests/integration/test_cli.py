@@ -236,3 +236,19 @@ async def test_chat_in_memory_needs_no_redis_and_remembers_within_the_session(
     sent = [m["content"] for m in fake_openai.chat_requests()[-1].messages]
     assert "remember the fruit banana" in sent  # the history, kept in the process
     assert not (tmp_path / "data").exists()  # no embedded Redis was started
+
+
+async def test_privacy_report_names_each_kind_of_data_and_its_ttl(tmp_path: Path):
+    config = _config(
+        tmp_path, "privacy:\n  mask: [email, card]\n  profile_ttl_days: 40\n"
+        "context:\n  ttl_days: 3\n  tokenizer: estimate\n",
+    )  # fmt: skip
+    config.write_text(config.read_text().replace("context:\n  tokenizer: estimate\n", "", 1))
+    code, out, err = await _chatbot(
+        "privacy", "report", "--config", str(config), env=_env(tmp_path), cwd=tmp_path
+    )
+    assert code == 0, err
+    assert "3 days after the last turn (context.ttl_days)" in out
+    assert "40 days after the last change (privacy.profile_ttl_days)" in out
+    assert "delivery ids seen" in out and "1 day" in out
+    assert "Masked before the model, the history, the cache and the logs: email, card." in out

@@ -81,3 +81,21 @@ async def test_masking_off_changes_nothing(build: CoreFactory, fake_openai: Fake
     core = await build()
     await core.handler(user_message("ann@example.com"), RecordingResponder())
     assert _user_texts(fake_openai) == ["ann@example.com"]
+
+
+async def test_profile_data_is_kept_for_privacy_profile_ttl_days(
+    build: CoreFactory, fake_openai: FakeOpenAI, redis
+):
+    """The retention tiers: a user's monthly usage and a channel's defaults live
+    `privacy.profile_ttl_days` after their last change; the day's counters three days."""
+    core = await build(privacy={"profile_ttl_days": 40})
+    message = user_message("count me")
+    await core.handler(message, RecordingResponder())
+    keys = core.store.keys  # type: ignore[attr-defined]
+    assert core.usage is not None
+    day, month = core.usage.periods(core.usage.now())
+    month_ttl = await redis.ttl(keys.user_usage("console", message.user.id, month))
+    assert 40 * 86400 - 60 < month_ttl <= 40 * 86400
+    assert await redis.ttl(keys.user_usage("console", message.user.id, day)) > 3 * 86400 - 60
+    await core.store.set_channel_setting(message.key, "persona", "pirate")
+    assert 40 * 86400 - 60 < await redis.ttl(keys.channel(message.key)) <= 40 * 86400
