@@ -101,6 +101,39 @@ def build_toolbox(settings: Settings, actions: HttpActions | None, plugins: Plug
     return toolbox
 
 
+async def open_store(
+    stack: AsyncExitStack,
+    settings: Settings,
+    secrets: Secrets,
+    *,
+    redis: Redis | RedisCluster | None = None,
+    in_memory: bool = False,
+    on_round_trip: Callable[[], None] | None = None,
+) -> StateStore:
+    """The store the bot runs on: memory, or Redis (the given client, else `open_redis`)."""
+    limits = StoreLimits(
+        max_turns=settings.context.max_turns,
+        ttl_seconds=settings.context.ttl_seconds,
+        lock_ttl=settings.redis.lock_ttl,
+        lock_wait=settings.redis.lock_wait,
+        dedupe_ttl=settings.redis.dedupe_ttl,
+        profile_ttl=settings.privacy.profile_ttl_days * 86400,
+    )
+    if in_memory:
+        return MemoryStore(limits=limits)
+    description = "given client"
+    if redis is None:
+        redis, description = await open_redis(stack, settings, secrets)
+    return RedisStore(
+        redis,
+        KeyBuilder(settings.redis.key_prefix),
+        limits,
+        describe=description,
+        on_round_trip=on_round_trip,
+        heartbeat_ttl=settings.redis.heartbeat_ttl,
+    )
+
+
 async def build_core(
     stack: AsyncExitStack,
     settings: Settings,
@@ -119,29 +152,9 @@ async def build_core(
     plugins = load_plugins(settings.plugins)
     intents = gather_intents(settings, plugins)
     check_tools(settings, plugins)
-    limits = StoreLimits(
-        max_turns=settings.context.max_turns,
-        ttl_seconds=settings.context.ttl_seconds,
-        lock_ttl=settings.redis.lock_ttl,
-        lock_wait=settings.redis.lock_wait,
-        dedupe_ttl=settings.redis.dedupe_ttl,
-        profile_ttl=settings.privacy.profile_ttl_days * 86400,
+    store = await open_store(
+        stack, settings, secrets, redis=redis, in_memory=in_memory, on_round_trip=on_round_trip
     )
-    store: StateStore
-    if in_memory:
-        store, description = MemoryStore(limits=limits), "memory (this process only)"
-    else:
-        description = "given client"
-        if redis is None:
-            redis, description = await open_redis(stack, settings, secrets)
-        store = RedisStore(
-            redis,
-            KeyBuilder(settings.redis.key_prefix),
-            limits,
-            describe=description,
-            on_round_trip=on_round_trip,
-            heartbeat_ttl=settings.redis.heartbeat_ttl,
-        )
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else None
     client = make_client(settings.llm, api_key=api_key, base_url=secrets.openai_base_url)
     stack.push_async_callback(client.close)
@@ -220,7 +233,7 @@ async def build_core(
         inflight=inflight,
         handler=inflight,
         metrics=metrics,
-        redis_description=description,
+        redis_description=store.where,
         plugins=plugins,
         intents=intent_turn,
         toolbox=toolbox,

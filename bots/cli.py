@@ -24,6 +24,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from dotenv import load_dotenv
+from redis.exceptions import RedisError
 
 from adapters.base import AdapterStartError
 from bots.logs import setup_logging
@@ -75,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="the kinds of data kept and for how long, from this configuration"
     )
     privacy_report.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+    for action, what in (
+        ("export", "print everything kept about one person, as JSON"),
+        ("erase", "delete everything one person left (their turns in shared conversations)"),
+    ):
+        sub = privacy_actions.add_parser(action, help=what)
+        sub.add_argument("--platform", required=True, help="slack, telegram, discord, web, ...")
+        sub.add_argument("--user", required=True, help="the person's user id on that platform")
+        sub.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+        if action == "erase":
+            sub.add_argument("--yes", action="store_true", help="really delete (required)")
     migrate = commands.add_parser(
         "migrate", help="move the Redis keys of release 0.1 to the 0.2 layout (a dry run unless "
         "--apply)"
@@ -104,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "intents":
         return intents_test(settings, args.text)
-    if args.command == "privacy":
+    if args.command == "privacy" and args.action == "report":
         from bots.privacy import report
 
         print(report(settings))
@@ -114,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(level, secrets.values(), fmt=settings.log_format)
     if args.command == "migrate":
         return _migrate_command(settings, secrets, apply=args.apply)
+    if args.command == "privacy":
+        return _privacy_command(settings, secrets, args)
     if args.command == "token":
         return print_token(secrets, args.user, name=args.name, ttl=args.ttl)
     try:
@@ -222,6 +235,36 @@ async def _migrate(settings: Settings, secrets: Secrets, *, apply: bool) -> int:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _privacy_command(settings: Settings, secrets: Secrets, args: argparse.Namespace) -> int:
+    """`chatbot privacy export|erase --platform P --user U`."""
+    from bots import privacy
+    from core.storage import Person
+
+    person = Person(args.platform, args.user)
+    try:
+        if args.action == "export":
+            print(asyncio.run(privacy.export(settings, secrets, person)))
+            return 0
+        if not args.yes:
+            print(f"error: this deletes {args.user!r}'s data on {args.platform}: add --yes",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+        erased = asyncio.run(privacy.erase(settings, secrets, person))
+    except RedisStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_START
+    except (RedisError, OSError) as exc:
+        print(f"error: Redis failed ({type(exc).__name__}); run it again to finish",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_START
+    print(
+        f"erased {args.user!r} on {args.platform}: {erased.conversations} own conversation(s), "
+        f"{erased.turns} turn(s) from shared ones, {erased.usage} usage counter(s), "
+        f"{erased.cached} cached answer(s)"
+    )
+    return 0
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -1,11 +1,16 @@
-"""`chatbot privacy report`: what the bot keeps about people, where, and for how long, from
-the running configuration, for an operator's privacy notice (docs/privacy.md)."""
+"""`chatbot privacy report|export|erase`: what the bot keeps about people and for how long
+(for a privacy notice), and a person's data taken out or deleted (for an access or erasure
+request), through the store's port (docs/privacy.md)."""
 
 from __future__ import annotations
 
+import json
 import math
+from contextlib import AsyncExitStack
 
-from core.config import Settings
+from bots.assembly import open_store
+from core.config import Secrets, Settings
+from core.storage import Erased, Person
 
 
 def _days(seconds: float) -> str:
@@ -58,3 +63,32 @@ def report(settings: Settings) -> str:
         + ".",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+async def export(settings: Settings, secrets: Secrets, person: Person) -> str:
+    """`chatbot privacy export`: a person's data as JSON, for an access request."""
+    async with AsyncExitStack() as stack:
+        store = await open_store(stack, settings, secrets)
+        data = await store.person(person)
+    document = {
+        "platform": person.platform,
+        "user": person.user,
+        "conversations": {
+            conversation: [{"role": t.role, "text": t.content} for t in turns]
+            for conversation, turns in data.conversations.items()
+        },
+        "settings": data.settings,
+        "usage": {
+            period: {"prompt": t.prompt, "completion": t.completion, "total": t.total}
+            for period, t in sorted(data.usage.items())
+        },
+        "kept": "see `chatbot privacy report` for how long each kind is kept",
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+async def erase(settings: Settings, secrets: Secrets, person: Person) -> Erased:
+    """`chatbot privacy erase`: delete a person's data, for an erasure request."""
+    async with AsyncExitStack() as stack:
+        store = await open_store(stack, settings, secrets)
+        return await store.erase(person)

@@ -152,6 +152,8 @@ class Turn:
     name: str = ""  # the speaker's display name in shared channels
     tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that asked for tools
     tool_call_id: str = ""  # tool turns: the call this result answers
+    user: str = ""  # user turns: the speaker's platform id (never sent to the model); lets a
+    # person's own turns be exported and erased from a shared conversation
 
 
 @dataclass(slots=True)

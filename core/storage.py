@@ -106,6 +106,33 @@ class Place:
 
 
 @dataclass(frozen=True, slots=True)
+class Person:
+    """One person on one platform: whose data an export or an erasure is about."""
+
+    platform: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class PersonData:
+    """What the store keeps about one person (`chatbot privacy export`)."""
+
+    conversations: dict[str, list[Turn]]  # conversation id -> their turns and the answers
+    settings: dict[str, dict[str, str]]  # their own conversations' persona and model
+    usage: dict[str, Totals]  # period (`d2025-01-31`, `m2025-01`) -> their token usage
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """What an erasure removed (`chatbot privacy erase`)."""
+
+    conversations: int = 0  # their own conversations, deleted whole
+    turns: int = 0  # their turns and the answers to them, from conversations shared with others
+    usage: int = 0  # usage counters (per day, per month)
+    cached: int = 0  # cached answers to their messages
+
+
+@dataclass(frozen=True, slots=True)
 class TurnReads:
     """What a turn reads before it decides, in one round trip."""
 
@@ -142,6 +169,7 @@ class TurnWrites:
     cache: CacheEntry | None = None
     leave: Place | None = None  # the delivery claim leaves the pending set
     masks: tuple[tuple[str, str], ...] = ()  # new value -> placeholder pairs of this turn
+    person: Person | None = None  # who spoke: the conversation (and a cache entry) is theirs
     token: str = field(default_factory=write_token)
 
 
@@ -187,6 +215,17 @@ class Store(Protocol):
     async def usage(self, periods: Sequence[UserPeriod]) -> list[Totals]: ...
 
     async def reset(self, key: ContextKey) -> None: ...
+
+    async def person(self, person: Person) -> PersonData:
+        """Everything kept about `person`: their turns and the answers to them, the settings
+        of their own conversations, their usage."""
+        ...
+
+    async def erase(self, person: Person) -> Erased:
+        """Delete what `person` left: their own conversations whole; from a conversation
+        shared with others, their turns and the answers to them; their usage counters and
+        the cached answers to their messages. Nobody else's data."""
+        ...
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None: ...
 
@@ -257,5 +296,10 @@ class StateStore(Store, Deliveries, Protocol):
 
     @property
     def journal(self) -> AnswerJournal: ...
+
+    @property
+    def where(self) -> str:
+        """Where the state is, for logs and errors (never a password)."""
+        ...
 
     async def ping(self) -> bool: ...

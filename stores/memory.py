@@ -28,6 +28,9 @@ from core.model import ContextKey, Conversation, Message, Turn
 from core.protocols import Usage
 from core.storage import (
     CacheEntry,
+    Erased,
+    Person,
+    PersonData,
     PlaceState,
     RateResult,
     RateTake,
@@ -39,6 +42,8 @@ from core.storage import (
     UserPeriod,
 )
 from stores.limits import StoreLimits
+from stores.people import owned as _owned
+from stores.people import theirs as _theirs
 
 if TYPE_CHECKING:
     from core.storage import AnswerJournal, Deliveries, Store
@@ -148,6 +153,8 @@ class MemoryBackend:
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.cache: dict[str, Text] = {}
         self.masks: dict[str, Masks] = {}
+        # a person's conversations and cache keys (platform, user) -> ids (export, erasure)
+        self.people: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
         self.seen: dict[tuple[str, ...], Text] = {}  # (ns, id) or (conversation, ns, id)
         self.pending: dict[str, Pending] = {}
         self.locks: dict[str, Text] = {}
@@ -193,8 +200,9 @@ class MemoryBackend:
 
 
 def _stored(turn: Turn) -> Turn:
-    """A turn as the history keeps it (`encode_turn`: role, content, name; no tool calls)."""
-    return Turn(turn.role, turn.content, turn.name)
+    """A turn as the history keeps it (`encode_turn`: role, content, name, the speaker's id;
+    no tool calls)."""
+    return Turn(turn.role, turn.content, turn.name, user=turn.user)
 
 
 def _lua_number(value: float) -> float:
@@ -388,6 +396,13 @@ class MemoryStore:
             masks = b.masks[key.id] = b.live(b.masks, key.id) or Masks()
             masks.values.update(writes.masks)
             masks.expires = now + self.limits.ttl_seconds
+        if writes.person is not None and writes.turns:
+            conversations, cached = b.people.setdefault(
+                (writes.person.platform, writes.person.user), (set(), set())
+            )
+            conversations.add(key.id)
+            if writes.cache is not None:
+                cached.add(writes.cache.key)
         if writes.answered is not None:
             self.journal.end(key, writes.answered)
         if writes.leave is not None:
@@ -417,6 +432,50 @@ class MemoryStore:
         b = self.backend
         found = [b.live(b.user_usage, (p.platform, p.user, p.period)) for p in periods]
         return [Totals(c.prompt, c.completion) if c else Totals() for c in found]
+
+    async def person(self, person: Person) -> PersonData:
+        b = self.backend
+        conversations_of, _ = b.people.get((person.platform, person.user), (set(), set()))
+        conversations: dict[str, list[Turn]] = {}
+        settings: dict[str, dict[str, str]] = {}
+        for conversation in sorted(conversations_of):
+            history = b.live(b.history, conversation)
+            theirs = _theirs(history.turns if history else [], person.user)
+            if theirs:
+                conversations[conversation] = theirs
+            meta = b.live(b.meta, conversation)
+            if _owned(conversation, person.user) and meta is not None and meta.settings:
+                settings[conversation] = dict(meta.settings)
+        usage = {
+            period: Totals(counters.prompt, counters.completion)
+            for (platform, user, period), counters in list(b.user_usage.items())
+            if (platform, user) == (person.platform, person.user)
+            and b.live(b.user_usage, (platform, user, period)) is not None
+        }
+        return PersonData(conversations, settings, usage)
+
+    async def erase(self, person: Person) -> Erased:
+        b = self.backend
+        who = (person.platform, person.user)
+        conversations_of, cached = b.people.pop(who, (set(), set()))
+        owned = turns = 0
+        for conversation in conversations_of:
+            if _owned(conversation, person.user):
+                for table in (b.history, b.meta, b.conversation_usage, b.masks):
+                    table.pop(conversation, None)
+                owned += 1
+            elif (history := b.live(b.history, conversation)) is not None:
+                theirs = _theirs(history.turns, person.user)
+                turns += len(theirs)
+                gone = {id(turn) for turn in theirs}
+                history.turns = [turn for turn in history.turns if id(turn) not in gone]
+        for key in cached:
+            b.cache.pop(key, None)
+        periods = [name for name in b.user_usage if name[:2] == who]
+        for name in periods:
+            del b.user_usage[name]
+        b.buckets.pop(who, None)
+        return Erased(owned, turns, len(periods), len(cached))
 
     async def reset(self, key: ContextKey) -> None:
         """Drop the history and the summary; persona and model stay (and the meta's TTL)."""
@@ -562,6 +621,10 @@ class MemoryStore:
         self.backend.release_lock(held.name, held.token)
         self._holding.discard(held)
         held.state = "released"
+
+    @property
+    def where(self) -> str:
+        return "memory (this process only)"
 
     async def ping(self) -> bool:
         return True  # in this process: always there

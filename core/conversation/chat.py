@@ -148,7 +148,7 @@ class ChatTurn:
             default_key = f.cache.chat_key(self._persona(None), self._model(None), first_said)
         opened = await self.exchange.open(message, key, lock=held, cache=default_key)
         masked = self.exchange.mask(said, opened)  # what the model, history and cache see
-        user_turn = Turn("user", masked.text, message.user.name)
+        user_turn = Turn("user", masked.text, message.user.name, user=message.user.id)
         refusal = opened.refusal
         if refusal is None and screening is not None and f.moderator is not None:
             refusal = f.moderator.refusal(await screening)

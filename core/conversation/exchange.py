@@ -20,7 +20,16 @@ from core.policies.limits import RateLimiter, TokenBudget
 from core.policies.masking import Masked, Masker
 from core.policies.usage import UsageBook
 from core.protocols import Usage
-from core.storage import CacheEntry, Place, Store, TurnLock, TurnReads, TurnState, TurnWrites
+from core.storage import (
+    CacheEntry,
+    Person,
+    Place,
+    Store,
+    TurnLock,
+    TurnReads,
+    TurnState,
+    TurnWrites,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +137,7 @@ class Exchange:
             cache=cache,
             leave=Place(claim.line, claim.place) if claim is not None else None,
             masks=tuple(masks.items()) if masks else (),
+            person=Person(message.platform, message.user.id) if message.user.id else None,
         )
         saved = await self.store.write_turn(writes, lock=lock)
         if claim is not None:

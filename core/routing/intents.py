@@ -178,7 +178,8 @@ class IntentTurn:
             if fresh and cache_key and self.cache is not None and said.text == message.text:
                 entry = self.cache.entry(cache_key, answer)
             shown = self.exchange.mask(answer, opened, also=said.added)
-            turns = (Turn("user", said.text, message.user.name), Turn("assistant", shown.text))
+            asked = Turn("user", said.text, message.user.name, user=message.user.id)
+            turns = (asked, Turn("assistant", shown.text))
             await self.exchange.close(
                 message, key, turns, lock=held, opened=opened, cache=entry,
                 masks={**said.added, **shown.added},

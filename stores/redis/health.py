@@ -24,6 +24,11 @@ class RedisHealth:
         self.up = True
         self._describe = describe
 
+    @property
+    def describe(self) -> str:
+        """Where Redis is, as logged (a URL without its password, or the Sentinel service)."""
+        return self._describe
+
     def failed(self, exc: BaseException, doing: str) -> None:
         if self.up:
             log.warning(

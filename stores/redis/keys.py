@@ -30,7 +30,11 @@ class KeyBuilder:
         return key.id
 
     def _base(self, key: ContextKey) -> str:
-        return f"{self.prefix}:conv:{{{key.id}}}"
+        return self.conversation(key.id)
+
+    def conversation(self, conversation_id: str) -> str:
+        """The common start of a conversation's key names, from its id."""
+        return f"{self.prefix}:conv:{{{conversation_id}}}"
 
     def history(self, key: ContextKey) -> str:
         return self._base(key) + ":history"
@@ -77,6 +81,19 @@ class KeyBuilder:
     def legacy_user_usage(self, platform: str, user: str, period: str) -> str:
         """The same before 0.2, without the hash tag (what `chatbot migrate` moves)."""
         return f"{self.prefix}:usage:{id_part(platform)}:{id_part(user)}:{period}"
+
+    def person_conversations(self, platform: str, user: str) -> str:
+        """A set: the ids of the conversations a person spoke in (export and erasure)."""
+        return f"{self.prefix}:person:{self._user(platform, user)}:conversations"
+
+    def person_cache(self, platform: str, user: str) -> str:
+        """A set: the cache keys of answers to a person's messages (erasure)."""
+        return f"{self.prefix}:person:{self._user(platform, user)}:cache"
+
+    def user_usage_pattern(self, platform: str, user: str) -> str:
+        """A SCAN pattern matching every period of one user's usage counters."""
+        return f"{self.prefix}:usage:{self._user(platform, user)}:*"  # no glob characters:
+        # the parts are percent-escaped
 
     def bucket(self, platform: str, user: str) -> str:
         """A hash: one user's rate-limit token bucket (tokens, ts, taken)."""

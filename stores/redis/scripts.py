@@ -21,6 +21,8 @@ script: KEYS / ARGV -> reply
   pending TTL ms -> {first seen 0/1, the place just ahead or false}
 - `TAKE`: the conversation's lock / the turn's token, TTL ms -> 1 taken (or ours), 0 held
 - `RELEASE`: the conversation's lock / the turn's token -> 1 released, 0 not ours
+- `ERASE_TURNS`: a history / a user id -> how many turns it removed (theirs and the answer
+  after each)
 - `JOURNAL_CLAIM`: a journal hash, the entry's claim key / entry id, the claim's token
   -> 1 claimed by us, 0 another claimant was first
 """
@@ -182,4 +184,33 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', 3600)
 return 1
+"""
+
+# A person's turns (`u`: their id) and the answer right after each leave a shared history;
+# the rest stays in order, with the history's TTL.
+ERASE_TURNS = """
+local turns = redis.call('LRANGE', KEYS[1], 0, -1)
+local kept, removed, answer_next = {}, 0, false
+for i = 1, #turns do
+  local ok, turn = pcall(cjson.decode, turns[i])
+  if ok and turn['u'] == ARGV[1] then
+    removed = removed + 1
+    answer_next = true
+  elseif answer_next and ok and turn['r'] == 'assistant' then
+    removed = removed + 1
+    answer_next = false
+  else
+    answer_next = false
+    kept[#kept + 1] = turns[i]
+  end
+end
+if removed > 0 then
+  local ttl = redis.call('TTL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  for first = 1, #kept, 4000 do
+    redis.call('RPUSH', KEYS[1], unpack(kept, first, math.min(first + 3999, #kept)))
+  end
+  if ttl > 0 and #kept > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+end
+return removed
 """

@@ -28,6 +28,9 @@ from core.model import ContextKey, Conversation, Message, Turn
 from core.protocols import Usage
 from core.storage import (
     CacheEntry,
+    Erased,
+    Person,
+    PersonData,
     PlaceState,
     RateResult,
     Totals,
@@ -37,6 +40,8 @@ from core.storage import (
     TurnWrites,
     UserPeriod,
 )
+from stores.people import owned as _owned
+from stores.people import theirs as _theirs
 from stores.redis.health import FAILURES, RedisHealth, StoreLimits
 from stores.redis.journal import RedisJournal
 from stores.redis.keys import KeyBuilder
@@ -44,6 +49,7 @@ from stores.redis.locking import ConversationLocks, RedisTurnLock
 from stores.redis.scripts import (
     APPLY_SUMMARY,
     CLAIM_PLACE,
+    ERASE_TURNS,
     FIRST_SEEN,
     RECORD,
     TOKEN_BUCKET,
@@ -62,13 +68,15 @@ def encode_turn(turn: Turn) -> str:
     data = {"r": turn.role, "c": turn.content}
     if turn.name:
         data["n"] = turn.name
+    if turn.user:
+        data["u"] = turn.user
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_turn(raw: str | bytes) -> Turn | None:
     try:
         data = json.loads(raw)
-        return Turn(data["r"], data["c"], data.get("n", ""))
+        return Turn(data["r"], data["c"], data.get("n", ""), user=data.get("u", ""))
     except (ValueError, KeyError, TypeError):
         return None  # a corrupt entry is skipped, never fatal
 
@@ -96,6 +104,10 @@ class RedisStore:
         self.locks = ConversationLocks(redis, limits, self.health, self._count)  # type: ignore[arg-type]
         self.journal = RedisJournal(redis, keys, heartbeat_ttl=heartbeat_ttl)
         self._after: set[asyncio.Task[None]] = set()
+
+    @property
+    def where(self) -> str:
+        return self.health.describe
 
     async def load(self, key: ContextKey, *, channel: ContextKey | None = None) -> Conversation:
         """History and settings in one round trip; an empty conversation when Redis is away."""
@@ -268,6 +280,16 @@ class RedisStore:
             pipe.set(self.keys.cache(c.key), c.answer, ex=c.ttl)
         if writes.leave is not None and writes.leave.line != writes.conversation:
             pipe.zrem(self.keys.pending(writes.leave.line), writes.leave.place)
+        if writes.person is not None and writes.turns:  # theirs to export and erase
+            who = (writes.person.platform, writes.person.user)
+            kept = max(self.limits.ttl_seconds, self.limits.profile_ttl)
+            conversations = self.keys.person_conversations(*who)
+            pipe.sadd(conversations, writes.conversation.id)
+            pipe.expire(conversations, kept)
+            if writes.cache is not None:
+                cached = self.keys.person_cache(*who)
+                pipe.sadd(cached, writes.cache.key)
+                pipe.expire(cached, kept)
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` after the turn, without it waiting (kept referenced until done)."""
@@ -387,6 +409,57 @@ class RedisStore:
             self.health.failed(exc, "resetting a conversation")
             raise
         self.health.ok()
+
+    async def person(self, person: Person) -> PersonData:
+        """Read through the person's index of conversations (raises what Redis raises)."""
+        who = (person.platform, person.user)
+        conversations: dict[str, list[Turn]] = {}
+        settings: dict[str, dict[str, str]] = {}
+        for raw in await self.redis.smembers(self.keys.person_conversations(*who)):
+            conversation = _text(raw)
+            base = self.keys.conversation(conversation)
+            history = [t for r in await self.redis.lrange(base + ":history", 0, -1)
+                       if (t := decode_turn(r)) is not None]  # fmt: skip
+            theirs = _theirs(history, person.user)
+            if theirs:
+                conversations[conversation] = theirs
+            if _owned(conversation, person.user):
+                meta = await self.redis.hgetall(base + ":meta")
+                kept = {_text(k): _text(v) for k, v in meta.items()}
+                chosen = {k: v for k, v in kept.items() if k in SETTINGS_FIELDS}
+                if chosen:
+                    settings[conversation] = chosen
+        usage: dict[str, Totals] = {}
+        pattern = self.keys.user_usage_pattern(*who)
+        async for raw in self.redis.scan_iter(match=pattern, count=500):
+            key = _text(raw)
+            usage[key.rpartition(":")[2]] = _totals(await self.redis.hgetall(key))
+        return PersonData(conversations, settings, usage)
+
+    async def erase(self, person: Person) -> Erased:
+        """Delete through the person's index (raises what Redis raises; run it again to
+        finish: each step is idempotent)."""
+        who = (person.platform, person.user)
+        index = self.keys.person_conversations(*who)
+        owned = turns = 0
+        for raw in await self.redis.smembers(index):
+            conversation = _text(raw)
+            base = self.keys.conversation(conversation)
+            if _owned(conversation, person.user):
+                suffixes = (":history", ":meta", ":usage", ":masks")
+                await self.redis.delete(*(base + suffix for suffix in suffixes))
+                owned += 1
+            else:
+                turns += int(await self.redis.eval(ERASE_TURNS, 1, base + ":history", person.user))
+        cached_index = self.keys.person_cache(*who)
+        cached = [_text(raw) for raw in await self.redis.smembers(cached_index)]
+        for key in cached:  # one by one: on a Cluster each is in its own slot
+            await self.redis.delete(self.keys.cache(key))
+        usage = 0
+        async for raw in self.redis.scan_iter(match=self.keys.user_usage_pattern(*who), count=500):
+            usage += int(await self.redis.delete(raw))
+        await self.redis.delete(index, cached_index, self.keys.bucket(*who))
+        return Erased(owned, turns, usage, len(cached))
 
     async def first_seen(self, namespace: str, delivery_id: str) -> bool:
         """True the first time a delivery id is seen (claimed with a token and a TTL), across

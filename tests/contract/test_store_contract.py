@@ -14,6 +14,8 @@ from core.protocols import Usage
 from core.storage import (
     CacheEntry,
     Deliveries,
+    Erased,
+    Person,
     RateTake,
     Totals,
     TurnReads,
@@ -323,3 +325,57 @@ async def test_a_summary_folds_only_the_turns_still_at_the_head(stores: Stores):
     assert (texts(conversation.history), conversation.summary) == (
         ["q2", "a2", "q3", "a3"], "first"
     )  # fmt: skip
+
+
+# 11. a person's data: export and erasure
+
+ALICE, BOB = Person(PLATFORM, "alice"), Person(PLATFORM, "bob")
+SHARED = ContextKey(PLATFORM, "group-1")  # a channel's one conversation: no user part
+OWN = ContextKey(PLATFORM, "dm-alice", "alice")  # alice's own (a per-user scope)
+
+
+def said(who: Person, text: str) -> Turn:
+    return Turn("user", text, who.user.title(), user=who.user)
+
+
+async def speak(store: Any, key: ContextKey, who: Person, text: str, **writes: Any) -> None:
+    turns = (said(who, text), Turn("assistant", f"re: {text}"))
+    assert await store.write_turn(TurnWrites(key, turns, person=who, **writes))
+
+
+async def test_a_persons_data_is_exported_and_erased_and_nobody_elses(stores: Stores):
+    store = await stores.new()
+    alice_usage = UsageRecord(PLATFORM, "alice", DAY, MONTH, Usage(7, 3))
+    await speak(store, SHARED, ALICE, "alice in the group", usage=alice_usage)
+    await speak(store, SHARED, BOB, "bob in the group")
+    await speak(store, SHARED, ALICE, "alice again", cache=CacheEntry("c-alice", "re", 600))
+    await speak(store, OWN, ALICE, "alice alone")
+    await store.set_setting(OWN, "persona", "pirate")
+    bob_usage = UsageRecord(PLATFORM, "bob", DAY, MONTH, Usage(1, 1))
+    await speak(store, SHARED, BOB, "bob last", usage=bob_usage)
+
+    data = await store.person(ALICE)
+    assert {k: texts(v) for k, v in data.conversations.items()} == {
+        SHARED.id: ["alice in the group", "re: alice in the group", "alice again",
+                    "re: alice again"],
+        OWN.id: ["alice alone", "re: alice alone"],
+    }  # fmt: skip
+    assert data.settings == {OWN.id: {"persona": "pirate"}}
+    assert data.usage == {DAY: Totals(7, 3), MONTH: Totals(7, 3)}
+    assert texts((await store.person(BOB)).conversations[SHARED.id]) == [
+        "bob in the group", "re: bob in the group", "bob last", "re: bob last",
+    ]  # fmt: skip
+
+    erased = await store.erase(ALICE)
+    assert (erased.conversations, erased.turns, erased.usage, erased.cached) == (1, 4, 2, 1)
+    assert await history(store, SHARED) == [
+        "bob in the group", "re: bob in the group", "bob last", "re: bob last",
+    ]  # fmt: skip
+    assert await history(store, OWN) == []
+    assert (await store.load(OWN)).persona == ""
+    assert await store.cached("c-alice") is None
+    assert await store.usage([UserPeriod(PLATFORM, "alice", DAY)]) == [Totals()]
+    assert await store.usage([UserPeriod(PLATFORM, "bob", DAY)]) == [Totals(1, 1)]
+    empty = await store.person(ALICE)
+    assert (empty.conversations, empty.settings, empty.usage) == ({}, {}, {})
+    assert await store.erase(ALICE) == Erased()  # again: nothing left

@@ -6,13 +6,24 @@ import asyncio
 import json
 import signal
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bots.assembly import build_core
+from core.config import Secrets
+from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_process_env, journal_entries, journal_owners_gone, wait_for
+from tests.helpers import (
+    RecordingResponder,
+    bot_process_env,
+    journal_entries,
+    journal_owners_gone,
+    user_message,
+    wait_for,
+)
 from tests.redis_server import free_port
 
 SECRET_KEY = "sk-test-SECRET-abcdef123456"
@@ -252,3 +263,43 @@ async def test_privacy_report_names_each_kind_of_data_and_its_ttl(tmp_path: Path
     assert "40 days after the last change (privacy.profile_ttl_days)" in out
     assert "delivery ids seen" in out and "1 day" in out
     assert "Masked before the model, the history, the cache and the logs: email, card." in out
+
+
+async def test_privacy_export_and_erase_answer_a_persons_request(
+    tmp_path: Path, fake_openai: FakeOpenAI, redis_url: str, redis, key_prefix: str
+):
+    """An operator answers an access request (export) and an erasure request (erase) for one
+    person: the other person in the shared channel keeps their turns."""
+    config = _config(tmp_path, f"redis:\n  key_prefix: {key_prefix}\n")
+    env = _env(tmp_path, OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY=SECRET_KEY,
+               REDIS_URL=redis_url)  # fmt: skip
+    settings = make_settings(key_prefix, tmp_path)
+    async with AsyncExitStack() as stack:
+        core = await build_core(stack, settings, Secrets(openai_base_url=fake_openai.base_url),
+                                redis=redis)  # fmt: skip
+        for user, text in (("alice", "alice's question"), ("bob", "bob's question")):
+            await core.handler(user_message(text, user=user), RecordingResponder())
+    code, out, err = await _chatbot(
+        "privacy", "export", "--platform", "console", "--user", "alice",
+        "--config", str(config), env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    exported = json.loads(out)
+    texts = [t["text"] for turns in exported["conversations"].values() for t in turns]
+    assert texts == ["alice's question", "echo: alice's question"]
+    assert exported["usage"]  # her token usage, by period
+
+    code, _, err = await _chatbot(
+        "privacy", "erase", "--platform", "console", "--user", "alice",
+        "--config", str(config), env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 2 and "--yes" in err  # nothing deleted without it
+    code, out, err = await _chatbot(
+        "privacy", "erase", "--platform", "console", "--user", "alice", "--yes",
+        "--config", str(config), env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "2 turn(s) from shared ones" in out
+    conversation = core.chat.conversation_key(user_message("x"))
+    history = await redis.lrange(f"{key_prefix}:conv:{{{conversation.id}}}:history", 0, -1)
+    assert [json.loads(raw)["c"] for raw in history] == ["bob's question", "echo: bob's question"]

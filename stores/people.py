@@ -1,0 +1,26 @@
+"""Whose turns are whose: what an export shows and an erasure removes, the same in every
+store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.model import Turn, id_part
+
+
+def theirs(history: Sequence[Turn], user: str) -> list[Turn]:
+    """A person's turns in a history and the answer right after each."""
+    found: list[Turn] = []
+    for i, turn in enumerate(history):
+        if turn.user == user:
+            found.append(turn)
+            after = history[i + 1] if i + 1 < len(history) else None
+            if after is not None and after.role == "assistant":
+                found.append(after)
+    return found
+
+
+def owned(conversation: str, user: str) -> bool:
+    """A conversation that is the person's alone: its id ends with their user id (the
+    per-user scopes); a channel's shared conversation has no user part."""
+    return conversation.rpartition(":")[2] == id_part(user)
