@@ -330,6 +330,6 @@ def test_privacy_config_loads(tmp_path: Path):
     settings = load_settings(write(tmp_path, yaml), environ={})
     assert settings.privacy.mask == ["email", "card"]
     assert settings.privacy.phone_region == "DE"
-    assert settings.privacy.profile_ttl_days == 400
+    assert settings.privacy.profile_ttl_days == 70
     assert load_settings(None, environ={}).privacy == PrivacySettings()
     assert not Masker(load_settings(None, environ={}).privacy).enabled
