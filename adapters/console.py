@@ -101,6 +101,7 @@ class ConsoleChat:
             message_id=str(next(self._ids)),
             addressed=True,
             command=parse_command(line),
+            private=True,  # the terminal is the user's own
         )
 
     async def run(self) -> None:

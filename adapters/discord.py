@@ -297,6 +297,8 @@ class DiscordAdapter:
             channel = await msg.create_thread(name=_thread_name(msg.clean_content))
             reply_to, delivery = None, ""
         message = to_message(msg, channel, client.user.id, self._admins)
+        if is_dm:
+            message = replace(message, private=True)
         if delivery:  # the core dedupes it, after taking its place in line (before any await)
             message = replace(message, delivery_id=delivery, order=f"{msg.id:020d}")
         responder = ChannelResponder(channel, reply_to=reply_to, edit_interval=self._interval())

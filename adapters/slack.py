@@ -402,6 +402,8 @@ class SlackAdapter:
             text=command.args if command.name == "ask" else "",
             message_id=str(body.get("trigger_id", "")),
             command=command,
+            # a DM, or answers only the asker sees
+            private=body.get("channel_name") == "directmessage" or self.platform.ephemeral,
         )
         if self.platform.ephemeral:
             await self._answer(message, EphemeralResponder(respond))

@@ -16,7 +16,7 @@ from core.model import Command, ContextKey, Message, User, parse_command
 # Subtypes that carry a user's new words; every other subtype (edits, deletions, joins,
 # topic changes, bot_message…) is ignored.
 ANSWERED_SUBTYPES = {None, "file_share", "thread_broadcast"}
-SUBCOMMANDS = {"reset", "help", "persona", "model", "usage"}
+SUBCOMMANDS = {"reset", "help", "persona", "model", "usage", "mydata"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,8 @@ def to_message(
         message_id=str(event.get("ts", "")),
         addressed=True,
         command=parse_command(text),
+        # a DM (a message event's channel type, a slash command's channel name)
+        private=event.get("channel_type") == "im" or event.get("channel_name") == "directmessage",
     )
 
 

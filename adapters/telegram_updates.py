@@ -56,6 +56,7 @@ def to_message(
         message_id=str(tg.message_id),
         addressed=True,
         command=command,
+        private=private,
     )
 
 

@@ -376,6 +376,7 @@ class WebAdapter:
             command=parse_command(text),
             delivery_id=delivery,
             order=f"{time.time_ns():020d}",
+            private=True,  # a user's own conversation: nobody else reads it
         )
         turn = self._spawn(self._turn(message, responder, delivery))
         answer = await asyncio.shield(turn)

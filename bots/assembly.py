@@ -33,6 +33,7 @@ from core.protocols import Handler
 from core.routing.commands import BuiltinCommands
 from core.routing.intents import IntentMatcher, IntentTurn, gather_intents
 from core.routing.middleware import Guarded, InFlight
+from core.routing.mydata import MyData
 from core.routing.router import Router
 from core.routing.sanitize import Sanitized
 from core.sections import BUILTIN_TOOLS
@@ -203,7 +204,12 @@ async def build_core(
     commands = BuiltinCommands(
         store, settings, usage=usage, plugins=plugins, intents=intents, tools=list(toolbox.tools)
     )
-    routes = [*commands.routes(), commands.unknown_route(), *intent_turn.routes()]
+    routes = [
+        *commands.routes(),
+        MyData(store).route(),
+        commands.unknown_route(),
+        *intent_turn.routes(),
+    ]
     router = Router(routes, fallback=chat)
     guarded = AccessControl(router, settings)  # allow/deny lists before any route
     sanitized = Sanitized(metrics.handler(guarded), settings.input.max_chars)

@@ -101,6 +101,7 @@ class Message:
     # (zero-padded update_id, ts, snowflake): replicas answer one conversation in this order.
     order: str = ""
     follow_up: bool = False  # answered only in a conversation the bot is already part of
+    private: bool = False  # a DM, a private chat, the web, the terminal: only they see answers
 
     @property
     def thread(self) -> str:

@@ -120,6 +120,7 @@ def user_message(
     platform: str = "console",
     thread: str = "",
     message_id: str = "m1",
+    private: bool = False,
 ) -> Message:
     """A message as an adapter would build it."""
     return Message(
@@ -129,6 +130,7 @@ def user_message(
         text=text,
         message_id=message_id,
         command=parse_command(text),
+        private=private,
     )
 
 

@@ -80,6 +80,7 @@ class BuiltinCommands:
             f"• `/persona <name>`: change my persona ({', '.join(self.settings.personas)})",
             f"• `/model <name>`: change the model ({', '.join(self.settings.llm.models)})",
             "• `/usage`: your token usage today and this month",
+            "• `/mydata`: everything I keep about you, `/mydata erase` to delete it (in a DM)",
             "• `/help`: this message",
         ]
         lines += [f"• `{usage}`: {what}" for usage, what in self.extra_help]

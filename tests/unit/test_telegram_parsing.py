@@ -88,3 +88,10 @@ async def test_poller_waits_out_a_flood_wait_in_either_of_ptbs_forms(monkeypatch
     with pytest.raises(ConnectionAbortedError):
         await poller.run()
     assert bot.calls == 2
+
+
+def test_only_a_private_chat_is_private():
+    private = to_message(_update(text_message("hi", chat_id=42, kind="private")), BOT)
+    group = to_message(_update(text_message("/ask hi", chat_id=-5, kind="group")), BOT)
+    assert private is not None and private.private
+    assert group is not None and not group.private

@@ -1,0 +1,50 @@
+"""`/mydata` in the chat: a person sees and erases what the bot keeps about them, privately."""
+
+from __future__ import annotations
+
+import re
+
+from bots.assembly import Core
+from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import RecordingResponder, user_message
+
+
+async def ask(core: Core, text: str, **where: object) -> str:
+    responder = RecordingResponder()
+    await core.handler(user_message(text, **where), responder)  # type: ignore[arg-type]
+    return responder.shown
+
+
+async def test_mydata_shows_and_erases_only_the_askers_data(core: Core, fake_openai: FakeOpenAI):
+    await ask(core, "alice in the group", user="alice", channel="group")
+    await ask(core, "bob in the group", user="bob", channel="group")
+    await ask(core, "alice alone", user="alice", channel="dm-alice", private=True)
+
+    refused = await ask(core, "/mydata", user="alice", channel="group")
+    assert "private conversation" in refused and "alice in the group" not in refused
+
+    shown = await ask(core, "/mydata", user="alice", channel="dm-alice", private=True)
+    assert "alice in the group" in shown and "alice alone" in shown
+    assert "bob in the group" not in shown
+
+    asked = await ask(core, "/mydata erase", user="alice", channel="dm-alice", private=True)
+    code = re.search(r"/mydata erase ([0-9a-f]{6})", asked)
+    assert code is not None, asked
+    wrong = await ask(core, "/mydata erase 000000", user="alice", channel="dm-alice",
+                      private=True)  # fmt: skip
+    assert "wrong or has expired" in wrong
+    stolen = await ask(core, f"/mydata erase {code.group(1)}", user="bob", channel="dm-bob",
+                       private=True)  # fmt: skip
+    assert "wrong or has expired" in stolen  # a code is the asker's own
+    done = await ask(core, f"/mydata erase {code.group(1)}", user="alice", channel="dm-alice",
+                     private=True)  # fmt: skip
+    assert done.startswith("Done:"), done
+    again = await ask(core, f"/mydata erase {code.group(1)}", user="alice",
+                      channel="dm-alice", private=True)  # fmt: skip
+    assert "wrong or has expired" in again  # used once
+
+    group = core.chat.conversation_key(user_message("x", channel="group"))
+    left = [turn.content for turn in (await core.store.load(group)).history]
+    assert left == ["bob in the group", "echo: bob in the group"]
+    after = await ask(core, "/mydata", user="alice", channel="dm-alice", private=True)
+    assert "alice in the group" not in after and "alice alone" not in after
