@@ -138,16 +138,27 @@ def key_prefix() -> str:
 
 
 @pytest.fixture
-async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
-    """A client on the test Redis; every key under this test's prefix is deleted after."""
+async def redis(
+    redis_url: str, key_prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Redis]:
+    """A client on the test Redis; every key under this test's prefix is deleted after (in
+    cluster mode, also in the standalone Redis a test of the standalone wire used)."""
     client: Any = make_cluster_client(redis_url) if CLUSTER else make_client(redis_url)
     try:
         yield client
     finally:
-        keys = [key async for key in client.scan_iter(match=f"{key_prefix}*", count=500)]
-        for key in keys:  # one by one: on a Cluster they live in different slots
-            await client.delete(key)
+        await _delete_prefix(client, key_prefix)
         await client.aclose()
+        if CLUSTER and "standalone_redis_url" in request.fixturenames:
+            standalone = make_client(request.getfixturevalue("standalone_redis_url"))
+            await _delete_prefix(standalone, key_prefix)
+            await standalone.aclose()
+
+
+async def _delete_prefix(client: Any, prefix: str) -> None:
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
+    for key in keys:  # one by one: on a Cluster they live in different slots
+        await client.delete(key)
 
 
 @pytest.fixture

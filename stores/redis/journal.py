@@ -135,8 +135,9 @@ class RedisJournal:
         it was). Raises what Redis raises (`FAILURES`)."""
         name = _text(entry)
         token = secrets.token_hex(8)  # per claim: only this claim's resend may match it
-        # the claim key shares the journal's slot: its hash tag, or the whole name as the tag
-        tagged = journal if "{" in journal else f"{{{journal}}}"
+        # the claim key shares the journal's slot (its hash tag, or the whole name as the tag)
+        # and starts with the deployment's prefix like every key
+        tagged = journal if "{" in journal else f"{self.keys.prefix}:{{{journal}}}"
         claimed_by = f"{tagged}:claimed:{name}"
         return bool(await self.redis.eval(JOURNAL_CLAIM, 2, journal, claimed_by, name, token))
 
