@@ -402,8 +402,9 @@ class SlackAdapter:
             text=command.args if command.name == "ask" else "",
             message_id=str(body.get("trigger_id", "")),
             command=command,
-            # a DM, or answers only the asker sees
-            private=body.get("channel_name") == "directmessage" or self.platform.ephemeral,
+            # answers only the asker sees (a slash command's channel name cannot tell the bot's
+            # DM from one between two people)
+            private=self.platform.ephemeral,
         )
         if self.platform.ephemeral:
             await self._answer(message, EphemeralResponder(respond))

@@ -62,8 +62,7 @@ def to_message(
         message_id=str(event.get("ts", "")),
         addressed=True,
         command=parse_command(text),
-        # a DM (a message event's channel type, a slash command's channel name)
-        private=event.get("channel_type") == "im" or event.get("channel_name") == "directmessage",
+        private=event.get("channel_type") == "im",  # the bot's DM
     )
 
 

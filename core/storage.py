@@ -170,6 +170,7 @@ class TurnWrites:
     leave: Place | None = None  # the delivery claim leaves the pending set
     masks: tuple[tuple[str, str], ...] = ()  # new value -> placeholder pairs of this turn
     person: Person | None = None  # who spoke: the conversation (and a cache entry) is theirs
+    own: bool = False  # the conversation is that person's alone (a DM, a per-user scope)
     token: str = field(default_factory=write_token)
 
 

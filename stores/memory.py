@@ -42,7 +42,6 @@ from core.storage import (
     UserPeriod,
 )
 from stores.limits import StoreLimits
-from stores.people import owned as _owned
 from stores.people import theirs as _theirs
 
 if TYPE_CHECKING:
@@ -154,7 +153,7 @@ class MemoryBackend:
         self.cache: dict[str, Text] = {}
         self.masks: dict[str, Masks] = {}
         # a person's conversations and cache keys (platform, user) -> ids (export, erasure)
-        self.people: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+        self.people: dict[tuple[str, str], tuple[dict[str, bool], set[str]]] = {}  # own?
         self.seen: dict[tuple[str, ...], Text] = {}  # (ns, id) or (conversation, ns, id)
         self.pending: dict[str, Pending] = {}
         self.locks: dict[str, Text] = {}
@@ -398,9 +397,9 @@ class MemoryStore:
             masks.expires = now + self.limits.ttl_seconds
         if writes.person is not None and writes.turns:
             conversations, cached = b.people.setdefault(
-                (writes.person.platform, writes.person.user), (set(), set())
+                (writes.person.platform, writes.person.user), ({}, set())
             )
-            conversations.add(key.id)
+            conversations[key.id] = writes.own
             if writes.cache is not None:
                 cached.add(writes.cache.key)
         if writes.answered is not None:
@@ -435,7 +434,7 @@ class MemoryStore:
 
     async def person(self, person: Person) -> PersonData:
         b = self.backend
-        conversations_of, _ = b.people.get((person.platform, person.user), (set(), set()))
+        conversations_of, _ = b.people.get((person.platform, person.user), ({}, set()))
         conversations: dict[str, list[Turn]] = {}
         settings: dict[str, dict[str, str]] = {}
         for conversation in sorted(conversations_of):
@@ -444,7 +443,7 @@ class MemoryStore:
             if theirs:
                 conversations[conversation] = theirs
             meta = b.live(b.meta, conversation)
-            if _owned(conversation, person.user) and meta is not None and meta.settings:
+            if conversations_of[conversation] and meta is not None and meta.settings:
                 settings[conversation] = dict(meta.settings)
         usage = {
             period: Totals(counters.prompt, counters.completion)
@@ -457,10 +456,10 @@ class MemoryStore:
     async def erase(self, person: Person) -> Erased:
         b = self.backend
         who = (person.platform, person.user)
-        conversations_of, cached = b.people.pop(who, (set(), set()))
+        conversations_of, cached = b.people.pop(who, ({}, set()))
         owned = turns = 0
-        for conversation in conversations_of:
-            if _owned(conversation, person.user):
+        for conversation, own in conversations_of.items():
+            if own:
                 for table in (b.history, b.meta, b.conversation_usage, b.masks):
                     table.pop(conversation, None)
                 owned += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.model import Turn, id_part
+from core.model import Turn
 
 
 def theirs(history: Sequence[Turn], user: str) -> list[Turn]:
@@ -18,9 +18,3 @@ def theirs(history: Sequence[Turn], user: str) -> list[Turn]:
             if after is not None and after.role == "assistant":
                 found.append(after)
     return found
-
-
-def owned(conversation: str, user: str) -> bool:
-    """A conversation that is the person's alone: its id ends with their user id (the
-    per-user scopes); a channel's shared conversation has no user part."""
-    return conversation.rpartition(":")[2] == id_part(user)

@@ -190,12 +190,15 @@ class ChatTurn:
         if usage is None and stats.model_calls and answer and not failed:
             usage = Usage(prompt.tokens, self.counter.text(answer))  # the server sent none
         entry = None
+        unmasked = masked.text == said  # an answer to masked values is not shared
         if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
-            entry = f.cache.entry(cache_key, answer)
-        turns = [user_turn] + ([Turn("assistant", answer)] if answer else [])
+            entry = f.cache.entry(cache_key, answer) if unmasked else None
+        # the model may repeat a value a tool gave it: the history keeps placeholders only
+        kept = self.exchange.mask(answer, opened, also=masked.added)
+        turns = [user_turn] + ([Turn("assistant", kept.text)] if answer else [])
         await self.exchange.close(
             message, key, turns, lock=held, opened=opened, usage=usage, cache=entry,
-            masks=masked.added,
+            masks={**masked.added, **kept.added},
         )  # fmt: skip
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]

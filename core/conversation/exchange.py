@@ -138,6 +138,8 @@ class Exchange:
             leave=Place(claim.line, claim.place) if claim is not None else None,
             masks=tuple(masks.items()) if masks else (),
             person=Person(message.platform, message.user.id) if message.user.id else None,
+            # theirs alone: a private conversation, or a scope that keeps the user in the key
+            own=message.private or (bool(key.user) and key.user == message.user.id),
         )
         saved = await self.store.write_turn(writes, lock=lock)
         if claim is not None:

@@ -72,7 +72,7 @@ class MyData:
 
     async def _erase(self, person: Person, code: str) -> str:
         expected = await self.store.cached(_code_key(person))
-        if expected is None or not secrets.compare_digest(expected, code):
+        if expected is None or not secrets.compare_digest(expected.encode(), code.encode()):
             return "That code is wrong or has expired: send `/mydata erase` for a new one."
         await self.store.remember(CacheEntry(_code_key(person), "", 1))  # used once
         erased = await self.store.erase(person)

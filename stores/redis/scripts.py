@@ -205,12 +205,12 @@ for i = 1, #turns do
   end
 end
 if removed > 0 then
-  local ttl = redis.call('TTL', KEYS[1])
+  local ttl = redis.call('PTTL', KEYS[1])
   redis.call('DEL', KEYS[1])
   for first = 1, #kept, 4000 do
     redis.call('RPUSH', KEYS[1], unpack(kept, first, math.min(first + 3999, #kept)))
   end
-  if ttl > 0 and #kept > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+  if ttl > 0 and #kept > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
 return removed
 """

@@ -40,7 +40,6 @@ from core.storage import (
     TurnWrites,
     UserPeriod,
 )
-from stores.people import owned as _owned
 from stores.people import theirs as _theirs
 from stores.redis.health import FAILURES, RedisHealth, StoreLimits
 from stores.redis.journal import RedisJournal
@@ -284,7 +283,7 @@ class RedisStore:
             who = (writes.person.platform, writes.person.user)
             kept = max(self.limits.ttl_seconds, self.limits.profile_ttl)
             conversations = self.keys.person_conversations(*who)
-            pipe.sadd(conversations, writes.conversation.id)
+            pipe.hset(conversations, writes.conversation.id, "own" if writes.own else "shared")
             pipe.expire(conversations, kept)
             if writes.cache is not None:
                 cached = self.keys.person_cache(*who)
@@ -415,7 +414,8 @@ class RedisStore:
         who = (person.platform, person.user)
         conversations: dict[str, list[Turn]] = {}
         settings: dict[str, dict[str, str]] = {}
-        for raw in await self.redis.smembers(self.keys.person_conversations(*who)):
+        index = await self.redis.hgetall(self.keys.person_conversations(*who))
+        for raw, kind in index.items():
             conversation = _text(raw)
             base = self.keys.conversation(conversation)
             history = [t for r in await self.redis.lrange(base + ":history", 0, -1)
@@ -423,7 +423,7 @@ class RedisStore:
             theirs = _theirs(history, person.user)
             if theirs:
                 conversations[conversation] = theirs
-            if _owned(conversation, person.user):
+            if _text(kind) == "own":
                 meta = await self.redis.hgetall(base + ":meta")
                 kept = {_text(k): _text(v) for k, v in meta.items()}
                 chosen = {k: v for k, v in kept.items() if k in SETTINGS_FIELDS}
@@ -442,10 +442,10 @@ class RedisStore:
         who = (person.platform, person.user)
         index = self.keys.person_conversations(*who)
         owned = turns = 0
-        for raw in await self.redis.smembers(index):
+        for raw, kind in (await self.redis.hgetall(index)).items():
             conversation = _text(raw)
             base = self.keys.conversation(conversation)
-            if _owned(conversation, person.user):
+            if _text(kind) == "own":
                 suffixes = (":history", ":meta", ":usage", ":masks")
                 await self.redis.delete(*(base + suffix for suffix in suffixes))
                 owned += 1

@@ -340,7 +340,8 @@ def said(who: Person, text: str) -> Turn:
 
 async def speak(store: Any, key: ContextKey, who: Person, text: str, **writes: Any) -> None:
     turns = (said(who, text), Turn("assistant", f"re: {text}"))
-    assert await store.write_turn(TurnWrites(key, turns, person=who, **writes))
+    own = key == OWN  # the core says so: a private conversation or a per-user scope
+    assert await store.write_turn(TurnWrites(key, turns, person=who, own=own, **writes))
 
 
 async def test_a_persons_data_is_exported_and_erased_and_nobody_elses(stores: Stores):
@@ -379,3 +380,17 @@ async def test_a_persons_data_is_exported_and_erased_and_nobody_elses(stores: St
     empty = await store.person(ALICE)
     assert (empty.conversations, empty.settings, empty.usage) == ({}, {}, {})
     assert await store.erase(ALICE) == Erased()  # again: nothing left
+
+
+async def test_a_user_whose_id_looks_like_an_empty_part_owns_no_shared_conversation(
+    stores: Stores,
+):
+    """Ownership is what the write said, never read off the conversation's id (`-` is also
+    how an empty id part is written)."""
+    store = await stores.new()
+    dash, carol = Person(PLATFORM, "-"), Person(PLATFORM, "carol")
+    await speak(store, SHARED, carol, "carol's words")
+    await speak(store, SHARED, dash, "dash's words")
+    erased = await store.erase(dash)
+    assert (erased.conversations, erased.turns) == (0, 2)
+    assert await history(store, SHARED) == ["carol's words", "re: carol's words"]

@@ -33,6 +33,9 @@ async def test_mydata_shows_and_erases_only_the_askers_data(core: Core, fake_ope
     wrong = await ask(core, "/mydata erase 000000", user="alice", channel="dm-alice",
                       private=True)  # fmt: skip
     assert "wrong or has expired" in wrong
+    odd = await ask(core, "/mydata erase ünïcode", user="alice", channel="dm-alice",
+                    private=True)  # fmt: skip
+    assert "wrong or has expired" in odd
     stolen = await ask(core, f"/mydata erase {code.group(1)}", user="bob", channel="dm-bob",
                        private=True)  # fmt: skip
     assert "wrong or has expired" in stolen  # a code is the asker's own
@@ -46,5 +49,7 @@ async def test_mydata_shows_and_erases_only_the_askers_data(core: Core, fake_ope
     group = core.chat.conversation_key(user_message("x", channel="group"))
     left = [turn.content for turn in (await core.store.load(group)).history]
     assert left == ["bob in the group", "echo: bob in the group"]
+    dm = core.chat.conversation_key(user_message("x", channel="dm-alice"))
+    assert (await core.store.load(dm)).history == []  # her DM is deleted whole
     after = await ask(core, "/mydata", user="alice", channel="dm-alice", private=True)
     assert "alice in the group" not in after and "alice alone" not in after

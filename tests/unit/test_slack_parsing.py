@@ -61,8 +61,6 @@ def test_event_filter_never_raises(event: dict):
 
 def test_a_direct_message_is_private_and_a_channel_is_not():
     dm = {"channel": "D1", "channel_type": "im", "user": "U1", "ts": "1.2", "text": "hi"}
-    slash = {"channel": "D1", "channel_name": "directmessage", "user": "U1", "text": "hi"}
     channel = {"channel": "C1", "channel_type": "channel", "user": "U1", "ts": "1.3", "text": "x"}
     assert to_message(dm, BOT, thread="").private
-    assert to_message(slash, BOT, thread="").private
     assert not to_message(channel, BOT, thread="").private
