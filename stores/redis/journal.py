@@ -108,12 +108,15 @@ class RedisJournal:
         self._beating = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:
+        """Stop beating; leave the owners set unless entries wait for another process."""
         if self._beating is not None:
             self._beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._beating
         with contextlib.suppress(*FAILURES):
             await self.redis.delete(self.keys.owner(self.owner))
+            if not await self.redis.exists(self.key):
+                await self.redis.srem(self.keys.journal_owners(), self.owner)
 
     async def _beat(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

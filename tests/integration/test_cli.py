@@ -79,7 +79,7 @@ async def test_console_conversation_survives_a_restart(tmp_path: Path, fake_open
 
 
 async def test_run_serves_healthz_and_stops_cleanly_on_sigterm(
-    tmp_path: Path, fake_openai: FakeOpenAI, redis_url: str
+    tmp_path: Path, fake_openai: FakeOpenAI, redis_url: str, redis, key_prefix: str
 ):
     port = free_port()
     env = _env(
@@ -90,7 +90,7 @@ async def test_run_serves_healthz_and_stops_cleanly_on_sigterm(
         CHATBOT_HOST="127.0.0.1",
         CHATBOT_PORT=str(port),
     )
-    config = _config(tmp_path, "redis:\n  key_prefix: test-cli\n")
+    config = _config(tmp_path, f"redis:\n  key_prefix: {key_prefix}\n")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bots", "run", "--config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,

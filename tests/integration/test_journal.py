@@ -117,3 +117,18 @@ async def test_an_entry_left_by_a_failed_write_is_still_found_after_a_later_turn
     await dead.stop()  # then it crashed
     claims = await _journal(redis, key_prefix).claim_orphans({"slack"})
     assert [m.message_id for m in claims] == ["m1"]
+
+
+async def test_a_clean_stop_leaves_the_owners_set_unless_entries_wait(
+    redis: Redis, key_prefix: str
+):
+    keys = KeyBuilder(key_prefix)
+    idle, busy = _journal(redis, key_prefix), _journal(redis, key_prefix)
+    await idle.start()
+    await busy.start()
+    async with redis.pipeline(transaction=False) as pipe:
+        busy.queue_begin(pipe, _message())  # interrupted at shutdown: another answers it
+        await pipe.execute()
+    await idle.stop()
+    await busy.stop()
+    assert await redis.smembers(keys.journal_owners()) == {busy.owner.encode()}
