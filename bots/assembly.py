@@ -65,7 +65,6 @@ class Core:
     inflight: InFlight
     handler: Handler  # guarded and tracked: what adapters call
     metrics: Metrics = field(default_factory=Metrics)
-    redis_description: str = ""
     extras: dict[str, object] = field(default_factory=dict)
     plugins: Plugins | None = None
     intents: IntentTurn | None = None
@@ -239,7 +238,6 @@ async def build_core(
         inflight=inflight,
         handler=inflight,
         metrics=metrics,
-        redis_description=store.where,
         plugins=plugins,
         intents=intent_turn,
         toolbox=toolbox,

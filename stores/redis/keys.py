@@ -25,10 +25,6 @@ class KeyBuilder:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
-    @staticmethod
-    def conversation_id(key: ContextKey) -> str:
-        return key.id
-
     def _base(self, key: ContextKey) -> str:
         return self.conversation(key.id)
 

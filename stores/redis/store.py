@@ -592,10 +592,5 @@ def _redis_lock(lock: TurnLock | None) -> RedisTurnLock | None:
     return lock
 
 
-async def _execute(pipe: Any) -> list[Any]:
-    """Run a pipeline that may be empty (redis-py's cluster pipeline rejects none)."""
-    return await pipe.execute() if len(pipe) else []
-
-
 def _text(value: str | bytes) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

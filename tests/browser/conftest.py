@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from adapters.web import WebAdapter
-from bots.assembly import build_core
 from core.config import Secrets, Settings
-from tests.fakes.common import serve_locally
 from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.web_channel import running_web
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,22 +51,11 @@ async def web_app(
 ) -> AsyncIterator[WebApp]:
     """The bot's web adapter in local mode (`chatbot web`: no token) on the test Redis,
     answering with the fake OpenAI server (its default answer: `echo: <text>`)."""
-    async with AsyncExitStack() as stack:
-        core = await build_core(stack, settings, secrets, redis=redis)
-        adapter = WebAdapter(core.handler, core.store, settings, jwt_secret=None)
-        app = web.Application()
-        adapter.mount(app)
-        await adapter.start()
-        runner, port = await serve_locally(app)
-        try:
-            yield WebApp(
-                f"http://127.0.0.1:{port}/",
-                lambda text: fake_openai.push(Reply(text=text, tokens_per_second=12)),
-            )
-        finally:
-            await adapter.stop()
-            await runner.cleanup()
-            await adapter.close()
+    async with running_web(settings, secrets, redis, jwt_secret=None) as (_, port):
+        yield WebApp(
+            f"http://127.0.0.1:{port}/",
+            lambda text: fake_openai.push(Reply(text=text, tokens_per_second=12)),
+        )
 
 
 # ---- what the tests use -----------------------------------------------------------------

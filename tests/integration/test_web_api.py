@@ -14,7 +14,6 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,14 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
 
 from adapters.web import WebAdapter
-from bots.assembly import build_core
 from core.config import Secrets, Settings
 from tests.conftest import make_settings
-from tests.fakes.common import serve_locally
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import bot_process_env, wait_for
 from tests.redis_server import free_port
+from tests.web_channel import running_web
 
 SECRET = "test-web-jwt-secret-0123456789-abcdefghijklmnop"  # 32+ bytes: no PyJWT warning
 OTHER_SECRET = "another-secret-of-the-same-length-0123456789abcd"
@@ -141,20 +138,11 @@ async def api(
     web_settings: Settings, secrets: Secrets, fake_openai: FakeOpenAI, redis: Any
 ) -> AsyncIterator[Api]:
     """The web adapter with `WEB_JWT_SECRET` (as `chatbot run` mounts it) on a local server."""
-    async with AsyncExitStack() as stack:
-        core = await build_core(stack, web_settings, secrets, redis=redis)
-        adapter = WebAdapter(core.handler, core.store, web_settings, jwt_secret=SECRET)
-        app = web.Application()
-        adapter.mount(app)
-        await adapter.start()
-        runner, port = await serve_locally(app)
-        try:
-            async with aiohttp.ClientSession() as session:
-                yield Api(f"http://127.0.0.1:{port}", session, fake_openai, adapter)
-        finally:
-            await adapter.stop()
-            await runner.cleanup()
-            await adapter.close()
+    async with (
+        running_web(web_settings, secrets, redis, jwt_secret=SECRET) as (adapter, port),
+        aiohttp.ClientSession() as session,
+    ):
+        yield Api(f"http://127.0.0.1:{port}", session, fake_openai, adapter)
 
 
 # ---- auth ---------------------------------------------------------------------------------
@@ -701,13 +689,7 @@ async def test_without_tokens_only_this_machine_and_its_page_may_call(
 ) -> None:
     """`chatbot web`'s no-token mode: a DNS-rebinding host name and another site's page are
     refused; a WebSocket whose client stops reading does not hold up the shutdown."""
-    async with AsyncExitStack() as stack:
-        core = await build_core(stack, web_settings, secrets, redis=redis)
-        adapter = WebAdapter(core.handler, core.store, web_settings, jwt_secret=None)
-        app = web.Application()
-        adapter.mount(app)
-        await adapter.start()
-        runner, port = await serve_locally(app)
+    async with running_web(web_settings, secrets, redis, jwt_secret=None) as (adapter, port):
         url = f"http://127.0.0.1:{port}/api/conversations/c1/messages"
         async with aiohttp.ClientSession() as session:
             async with session.get(url, headers={"Host": "rebound.example"}) as r:
@@ -725,5 +707,3 @@ async def test_without_tokens_only_this_machine_and_its_page_may_call(
             started = time.monotonic()
             await adapter.stop()
             assert time.monotonic() - started < 5
-        await runner.cleanup()
-        await adapter.close()

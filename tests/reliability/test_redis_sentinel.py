@@ -86,7 +86,7 @@ async def _core(stack: AsyncExitStack, group: SentinelGroup, tmp_path: Path,
 async def test_a_conversation_through_sentinel(tmp_path: Path, fake_openai: FakeOpenAI):
     async with running_group(tmp_path) as group, AsyncExitStack() as stack:
         core = await _core(stack, group, tmp_path, fake_openai)
-        assert core.redis_description.startswith(f"sentinel {SERVICE!r} at 127.0.0.1:")
+        assert core.store.where.startswith(f"sentinel {SERVICE!r} at 127.0.0.1:")
         talk = Conversation(core, fake_openai)
         for _ in range(3):
             await talk.say()
