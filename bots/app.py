@@ -90,8 +90,8 @@ class BotApp:
             raise
         if not self.adapters:
             log.warning(
-                "no platform credentials found: set SLACK_*, TELEGRAM_* or DISCORD_* variables "
-                "(see .env.example); serving /healthz only"
+                "no platform credentials found: set SLACK_*, TELEGRAM_*, DISCORD_* or "
+                "WEB_JWT_SECRET variables (see .env.example); serving /healthz only"
             )
 
     async def _recover_forever(self, core: Core) -> None:
