@@ -30,6 +30,7 @@ from core.sections import (
     CacheSettings,
     IntentSettings,
     LimitsSettings,
+    MediaSettings,
     MemorySettings,
     ModerationSettings,
     PrivacySettings,
@@ -121,6 +122,12 @@ class LLMSettings(Section):
     max_answer_chars: int = Field(
         16000, ge=0, description="an answer is cut here, with a note (0: no bound)"
     )
+    vision_model: str | None = Field(
+        None, description="the model of turns with images (None: the conversation's)"
+    )
+    image_model: str = Field("gpt-image-1", description="/image and generate_image")
+    transcription_model: str = Field("gpt-4o-mini-transcribe", description="voice notes in")
+    tts_model: str = Field("gpt-4o-mini-tts", description="spoken answers (/voice on)")
 
     @model_validator(mode="after")
     def _default_model_allowed(self) -> LLMSettings:
@@ -294,6 +301,7 @@ class Settings(BaseSettings):
     moderation: ModerationSettings = ModerationSettings()
     cache: CacheSettings = CacheSettings()
     privacy: PrivacySettings = PrivacySettings()
+    media: MediaSettings = MediaSettings()
 
     @classmethod
     def settings_customise_sources(

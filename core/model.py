@@ -71,14 +71,52 @@ class Command:
     args: str = ""
 
 
+class MediaKind(StrEnum):
+    """What the core makes of a file: an image the model sees, audio it transcribes, a
+    document whose text it reads; anything else is only named."""
+
+    IMAGE = "image"
+    AUDIO = "audio"
+    DOCUMENT = "document"
+    OTHER = "other"
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file that came with the message; the core only describes it to the model for now."""
+    """A file that came with the message, as the platform described it.
+
+    `handle` is what the adapter needs to fetch the bytes (a Telegram file_id, Slack's
+    `url_private_download`, a Discord CDN URL, a web upload's index): opaque to the core,
+    given back to `MediaResponder.fetch`. `kind` is the adapter's guess from the platform's
+    own type (a Telegram voice note is audio whatever its name); the core checks the bytes.
+    """
 
     name: str
     mime_type: str = ""
-    url: str = ""
-    size: int = 0
+    handle: str = ""
+    size: int = 0  # as the platform reported it (0: unknown)
+    kind: MediaKind = MediaKind.OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFile:
+    """A file the bot posts: a drawn picture, a spoken answer, an export."""
+
+    data: bytes
+    name: str
+    mime_type: str
+    kind: MediaKind
+    caption: str = ""  # Markdown, shown with the file where the platform can
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image in a user turn. `data` is set while the turn is in flight; a stored turn
+    keeps only `id`, the key of a TTL'd blob the store holds beside the conversation."""
+
+    id: str
+    mime_type: str = "image/jpeg"
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +193,7 @@ class Turn:
     tool_call_id: str = ""  # tool turns: the call this result answers
     user: str = ""  # user turns: the speaker's platform id (never sent to the model); lets a
     # person's own turns be exported and erased from a shared conversation
+    images: tuple[Image, ...] = ()  # user turns: pictures the model sees beside the text
 
 
 @dataclass(slots=True)
@@ -167,6 +206,7 @@ class Conversation:
     model: str = ""  # empty: the channel's default, else the configured default
     channel_persona: str = ""  # the channel's default, set by an admin (`/persona default x`)
     channel_model: str = ""  # the channel's default, set by an admin (`/model default x`)
+    voice: bool = False  # `/voice on`: answers also come as speech
 
 
 def parse_command(text: str, bot_names: tuple[str, ...] = ()) -> Command | None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from core.model import Message, MessageRef, ToolCall, Turn
+from core.model import Attachment, Message, MessageRef, OutgoingFile, ToolCall, Turn
 
 
 @runtime_checkable
@@ -43,6 +43,25 @@ class Responder(Protocol):
         """Remove a message the bot sent: a partial answer left behind once its final text
         had to be posted anew. Best effort: callers ignore failures."""
         ...
+
+
+class FetchError(Exception):
+    """A file could not be fetched (refused address, too large, the platform failed). The
+    message is short and safe to show."""
+
+
+@runtime_checkable
+class MediaResponder(Responder, Protocol):
+    """A `Responder` on a platform that carries files (all but the terminal's input).
+
+    `fetch` gets an attachment's bytes with the platform's own auth, from the address the
+    platform gave and never a private one, and at most `max_bytes` of them (raises
+    `FetchError`). `send_file` posts a file where the answer goes (the thread, the topic,
+    the interaction's follow-up)."""
+
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes: ...
+
+    async def send_file(self, file: OutgoingFile) -> MessageRef: ...
 
 
 Handler = Callable[[Message, Responder], Awaitable[None]]
@@ -106,6 +125,21 @@ class LLM(Protocol):
         max_tokens: int | None = None,
         tools: Sequence[ToolSpec] = (),
     ) -> Completion: ...
+
+
+class MediaModel(Protocol):
+    """The model provider's media endpoints (Images, speech to text, text to speech). Each
+    raises `LLMError` when it cannot answer."""
+
+    async def draw(self, prompt: str, *, model: str, size: str) -> bytes:
+        """A PNG (or the format the server chose) for `prompt`."""
+        ...
+
+    async def transcribe(self, audio: bytes, *, name: str, mime_type: str, model: str) -> str: ...
+
+    async def speak(self, text: str, *, model: str, voice: str) -> bytes:
+        """OGG/Opus speech for `text` (what Telegram's voice notes are)."""
+        ...
 
 
 class LLMError(Exception):

@@ -234,3 +234,30 @@ def check_references(
                 f"tools.enabled: the action {name!r} needs `parameters` (a JSON schema) "
                 "to be offered to the model"
             )
+
+
+class MediaSettings(_Section):
+    """Files people send and the bot posts: images, voice, documents (core/media/)."""
+
+    enabled: bool = Field(True, description="False: files are only named to the model")
+    max_bytes: int = Field(20_000_000, gt=0, description="a larger file is refused, unread")
+    max_pages: int = Field(50, gt=0, description="PDF pages read; the rest are left out")
+    image_side: int = Field(
+        1536, ge=256, le=4096, description="images are scaled down to this longest side"
+    )
+    image_size: str = Field(
+        "1024x1024", pattern=r"^(\d+x\d+|auto)$", description="/image's picture size"
+    )
+    history_images: int = Field(
+        4, ge=0, le=20, description="recent images the model sees again in follow-up turns"
+    )
+    image_ttl_hours: float = Field(
+        24, gt=0, description="hours an image is kept for follow-up questions"
+    )
+    document_tokens: int = Field(
+        6000, gt=0, description="a document's text is cut to this many tokens, with a note"
+    )
+    tts_voice: str = Field("alloy", description="the voice of spoken answers (/voice on)")
+    max_speech_chars: int = Field(
+        4000, gt=0, le=4096, description="a spoken answer's text is cut here (the API's limit)"
+    )

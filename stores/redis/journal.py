@@ -22,7 +22,7 @@ from collections.abc import Collection
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from core.model import Attachment, Command, ContextKey, Message, User
+from core.model import Attachment, Command, ContextKey, MediaKind, Message, User
 from stores.redis.health import FAILURES
 from stores.redis.keys import KeyBuilder
 from stores.redis.scripts import JOURNAL_CLAIM
@@ -56,10 +56,16 @@ def message_from_json(raw: str | bytes) -> Message | None:
             message_id=data["message_id"],
             addressed=data.get("addressed", True),
             command=Command(**command) if command else None,
-            attachments=tuple(Attachment(**a) for a in data.get("attachments", ())),
+            attachments=tuple(_attachment(a) for a in data.get("attachments", ())),
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _attachment(data: dict[str, Any]) -> Attachment:
+    if "url" in data:  # written before attachments had a fetch handle and a kind
+        data = {**data, "handle": data.pop("url")}
+    return Attachment(**{**data, "kind": MediaKind(data.get("kind", MediaKind.OTHER))})
 
 
 class RedisJournal:

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from redis.asyncio import Redis
 
-from core.model import Attachment, Command, ContextKey, Message, User
+from core.model import Attachment, Command, ContextKey, MediaKind, Message, User
 from stores.redis.journal import RedisJournal, message_from_json, message_to_json
 from stores.redis.keys import KeyBuilder
 from tests.helpers import wait_for
@@ -22,7 +22,7 @@ def _message(i: int = 1) -> Message:
         text="héllo",
         message_id=f"m{i}",
         command=Command("ask", "x"),
-        attachments=(Attachment("a.png", "image/png", "http://x", 3),),
+        attachments=(Attachment("a.png", "image/png", "http://x", 3, MediaKind.IMAGE),),
     )
 
 
