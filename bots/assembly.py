@@ -18,11 +18,16 @@ from bots.metrics import MeteredLLM, Metrics
 from bots.redis_conn import open_redis
 from core.config import ConfigError, Secrets, Settings
 from core.conversation.chat import ChatTurn, Features
+from core.conversation.exchange import Exchange, Policies
 from core.conversation.intake import Intake
 from core.conversation.memory import Summarizer
 from core.llm.moderation import Moderator
 from core.llm.openai_chat import OpenAIChat, make_client
+from core.llm.openai_media import OpenAIMedia
 from core.llm.tokens import TokenCounter
+from core.media.drawing import Drawing
+from core.media.reader import MediaReader
+from core.media.speech import Speaker
 from core.model import ContextKey
 from core.plugins import Plugins, load_plugins
 from core.policies.cache import AnswerCache
@@ -34,7 +39,7 @@ from core.routing.commands import BuiltinCommands
 from core.routing.intents import IntentMatcher, IntentTurn, gather_intents
 from core.routing.middleware import Guarded, InFlight
 from core.routing.mydata import MyData
-from core.routing.router import Router
+from core.routing.router import Route, Router, command
 from core.routing.sanitize import Sanitized
 from core.sections import BUILTIN_TOOLS
 from core.storage import AnswerJournal, StateStore
@@ -86,7 +91,12 @@ def check_tools(settings: Settings, plugins: Plugins) -> None:
             )
 
 
-def build_toolbox(settings: Settings, actions: HttpActions | None, plugins: Plugins) -> Toolbox:
+def build_toolbox(
+    settings: Settings,
+    actions: HttpActions | None,
+    plugins: Plugins,
+    drawing: Drawing | None = None,
+) -> Toolbox:
     """The tools named in `tools.enabled` (checked by `check_tools`)."""
     toolbox = Toolbox(timeout=settings.tools.timeout)
     for name in settings.tools.enabled:
@@ -94,6 +104,9 @@ def build_toolbox(settings: Settings, actions: HttpActions | None, plugins: Plug
             toolbox.tools[name] = current_time_tool(settings.tools.timezone)
         elif name == "calculator":
             toolbox.tools[name] = calculator_tool()
+        elif name == "generate_image":
+            if drawing is not None:
+                toolbox.tools[name] = drawing.as_tool()
         elif actions is not None and name in actions.actions:
             toolbox.tools[name] = actions.tool(name)
         else:
@@ -165,7 +178,6 @@ async def build_core(
     if settings.actions:
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
         actions = HttpActions(http, settings.actions)
-    toolbox = build_toolbox(settings, actions, plugins)
     counter = TokenCounter(settings.context.tokenizer)
     usage = UsageBook(settings.limits.timezone, month_ttl=settings.privacy.profile_ttl_days * 86400)
     limiter = RateLimiter(settings.limits)
@@ -176,17 +188,47 @@ async def build_core(
     stack.push_async_callback(memory.close)
     journal = store.journal
     masker = Masker(settings.privacy)
+    moderator = Moderator(client, settings.moderation) if settings.moderation.enabled else None
+    media_model = OpenAIMedia(client)
+    image_ttl = int(settings.media.image_ttl_hours * 3600)
+    policies = Policies(
+        limiter=limiter if limiter.enabled else None,
+        budget=TokenBudget(usage, settings.limits) if settings.limits.daily_tokens else None,
+        usage=usage,
+        journal=True,
+        claims=True,
+        masker=masker if masker.enabled else None,
+        image_ttl=image_ttl,
+    )
+    drawing = Drawing(media_model, store, Exchange(store, policies), settings, moderator=moderator)
+    toolbox = build_toolbox(settings, actions, plugins, drawing)
     features = Features(
         toolbox=toolbox or None,
         usage=usage,
-        limiter=limiter if limiter.enabled else None,
-        budget=TokenBudget(usage, settings.limits) if settings.limits.daily_tokens else None,
-        moderator=Moderator(client, settings.moderation) if settings.moderation.enabled else None,
+        limiter=policies.limiter,
+        budget=policies.budget,
+        moderator=moderator,
         cache=cache,
         memory=memory if settings.memory.summarize else None,
         journal=True,
         claims=True,
-        masker=masker if masker.enabled else None,
+        masker=policies.masker,
+        media=MediaReader(
+            settings.media,
+            media_model,
+            counter,
+            transcription_model=settings.llm.transcription_model,
+            document_tokens=settings.media.document_tokens or settings.context.token_budget // 2,
+        ),
+        speaker=Speaker(
+            media_model,
+            model=settings.llm.tts_model,
+            voice=settings.media.tts_voice,
+            max_chars=settings.media.max_speech_chars,
+        ),
+        vision_model=settings.llm.vision_model,
+        history_images=settings.media.history_images,
+        image_ttl=image_ttl,
     )
     chat = ChatTurn(store, metered, settings, counter, features)
     intent_turn = IntentTurn(
@@ -205,6 +247,7 @@ async def build_core(
     )
     routes = [
         *commands.routes(),
+        Route("image", command("image"), drawing.command),
         MyData(store).route(),
         commands.unknown_route(),
         *intent_turn.routes(),

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BUILTIN_TOOLS = ("current_time", "calculator")
+BUILTIN_TOOLS = ("current_time", "calculator", "generate_image")
 
 
 class _Section(BaseModel):
@@ -254,8 +254,11 @@ class MediaSettings(_Section):
     image_ttl_hours: float = Field(
         24, gt=0, description="hours an image is kept for follow-up questions"
     )
-    document_tokens: int = Field(
-        6000, gt=0, description="a document's text is cut to this many tokens, with a note"
+    document_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="a document's text is cut to this many tokens, with a note (None: half "
+        "of context.token_budget, so it stays in the prompt for follow-up questions)",
     )
     tts_voice: str = Field("alloy", description="the voice of spoken answers (/voice on)")
     max_speech_chars: int = Field(

@@ -64,6 +64,7 @@ class Totals:
 
     prompt: int = 0
     completion: int = 0
+    images: int = 0  # pictures drawn (/image, generate_image)
 
     @property
     def total(self) -> int:
@@ -84,6 +85,7 @@ class UsageRecord:
     month: str
     usage: Usage
     token: str = field(default_factory=write_token)
+    images: int = 0  # pictures drawn
     day_ttl: int = DAY_TTL  # seconds the day's counters are kept
     month_ttl: int = MONTH_TTL  # the month's (`privacy.profile_ttl_days`)
 
@@ -94,6 +96,16 @@ class CacheEntry:
 
     key: str
     answer: str
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageBlob:
+    """An image of a user turn, kept `ttl` seconds beside its conversation so follow-up
+    questions can show it to the model again (the history holds only its id)."""
+
+    id: str
+    data: bytes
     ttl: int
 
 
@@ -171,6 +183,7 @@ class TurnWrites:
     masks: tuple[tuple[str, str], ...] = ()  # new value -> placeholder pairs of this turn
     person: Person | None = None  # who spoke: the conversation (and a cache entry) is theirs
     own: bool = False  # the conversation is that person's alone (a DM, a per-user scope)
+    images: tuple[ImageBlob, ...] = ()  # the turn's images, in the conversation's slot
     token: str = field(default_factory=write_token)
 
 
@@ -214,6 +227,11 @@ class Store(Protocol):
         ...
 
     async def usage(self, periods: Sequence[UserPeriod]) -> list[Totals]: ...
+
+    async def images(self, key: ContextKey, ids: Sequence[str]) -> dict[str, bytes]:
+        """The kept images of a conversation by id (one round trip); an expired one is
+        missing, and a store that cannot read gives what it has."""
+        ...
 
     async def reset(self, key: ContextKey) -> None: ...
 

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from core.model import ContextKey, Conversation, Message, Turn
+from core.model import ContextKey, Conversation, Image, Message, Turn
 from core.protocols import Usage
 from core.storage import (
     CacheEntry,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FIELDS = ("summary", "persona", "model")
+SETTINGS_FIELDS = ("summary", "persona", "model", "voice")
 CHANNEL_FIELDS = ("persona", "model")
 POLL = 0.005  # seconds between looks at a lock another store holds (it may expire meanwhile)
 REMEMBERED = 16  # write tokens a counter or bucket keeps, as the scripts' `written`/`taken`
@@ -98,12 +98,24 @@ class Meta(Kept):
 class Counters(Kept):
     prompt: int = 0
     completion: int = 0
+    images: int = 0
     written: deque[str] = field(default_factory=_tokens)  # RECORD's resend guard
 
-    def add(self, usage: Usage, ttl: float, now: float) -> None:
+    def add(self, usage: Usage, ttl: float, now: float, images: int = 0) -> None:
         self.prompt += usage.prompt_tokens
         self.completion += usage.completion_tokens
+        self.images += images
         self.expires = now + ttl
+
+    def totals(self) -> Totals:
+        return Totals(self.prompt, self.completion, self.images)
+
+
+@dataclass(slots=True)
+class Blob(Kept):
+    """An image of a user turn (`{conv}:image:{id}`)."""
+
+    data: bytes = b""
 
 
 @dataclass(slots=True)
@@ -152,6 +164,7 @@ class MemoryBackend:
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.cache: dict[str, Text] = {}
         self.masks: dict[str, Masks] = {}
+        self.images: dict[tuple[str, str], Blob] = {}  # (conversation, image id)
         # a person's conversations and cache keys (platform, user) -> ids (export, erasure)
         self.people: dict[tuple[str, str], tuple[dict[str, bool], set[str]]] = {}  # own?
         self.seen: dict[tuple[str, ...], Text] = {}  # (ns, id) or (conversation, ns, id)
@@ -199,9 +212,10 @@ class MemoryBackend:
 
 
 def _stored(turn: Turn) -> Turn:
-    """A turn as the history keeps it (`encode_turn`: role, content, name, the speaker's id;
-    no tool calls)."""
-    return Turn(turn.role, turn.content, turn.name, user=turn.user)
+    """A turn as the history keeps it (`encode_turn`: role, content, name, the speaker's id,
+    the ids of its images; no tool calls)."""
+    images = tuple(Image(i.id, i.mime_type) for i in turn.images)
+    return Turn(turn.role, turn.content, turn.name, user=turn.user, images=images)
 
 
 def _lua_number(value: float) -> float:
@@ -335,6 +349,7 @@ class MemoryStore:
             model=settings.get("model", ""),
             channel_persona=defaults.get("persona", ""),
             channel_model=defaults.get("model", ""),
+            voice=settings.get("voice", "") == "on",
         )
 
     def _take(self, take: RateTake) -> RateResult:
@@ -387,10 +402,12 @@ class MemoryStore:
             if _once(kept[1], record.token):  # the last key keeps the tokens
                 for (name, period_ttl), counters in zip(periods, kept, strict=True):
                     b.user_usage[name] = counters
-                    counters.add(record.usage, period_ttl, now)
+                    counters.add(record.usage, period_ttl, now, record.images)
         if writes.cache is not None:
             c = writes.cache
             b.cache[c.key] = Text(value=c.answer, expires=now + c.ttl)
+        for image in writes.images:
+            b.images[(key.id, image.id)] = Blob(data=image.data, expires=now + image.ttl)
         if writes.masks:
             masks = b.masks[key.id] = b.live(b.masks, key.id) or Masks()
             masks.values.update(writes.masks)
@@ -430,7 +447,12 @@ class MemoryStore:
     async def usage(self, periods: Sequence[UserPeriod]) -> list[Totals]:
         b = self.backend
         found = [b.live(b.user_usage, (p.platform, p.user, p.period)) for p in periods]
-        return [Totals(c.prompt, c.completion) if c else Totals() for c in found]
+        return [c.totals() if c else Totals() for c in found]
+
+    async def images(self, key: ContextKey, ids: Sequence[str]) -> dict[str, bytes]:
+        b = self.backend
+        found = {i: b.live(b.images, (key.id, i)) for i in ids}
+        return {i: blob.data for i, blob in found.items() if blob is not None}
 
     async def person(self, person: Person) -> PersonData:
         b = self.backend
@@ -446,7 +468,7 @@ class MemoryStore:
             if conversations_of[conversation] and meta is not None and meta.settings:
                 settings[conversation] = dict(meta.settings)
         usage = {
-            period: Totals(counters.prompt, counters.completion)
+            period: counters.totals()
             for (platform, user, period), counters in list(b.user_usage.items())
             if (platform, user) == (person.platform, person.user)
             and b.live(b.user_usage, (platform, user, period)) is not None
@@ -459,6 +481,10 @@ class MemoryStore:
         conversations_of, cached = b.people.pop(who, ({}, set()))
         owned = turns = 0
         for conversation, own in conversations_of.items():
+            if (history := b.live(b.history, conversation)) is not None:
+                for turn in history.turns if own else _theirs(history.turns, person.user):
+                    for image in turn.images:
+                        b.images.pop((conversation, image.id), None)
             if own:
                 for table in (b.history, b.meta, b.conversation_usage, b.masks):
                     table.pop(conversation, None)

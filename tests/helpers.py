@@ -14,7 +14,17 @@ from typing import Any
 
 import aiohttp
 
-from core.model import ContextKey, Message, MessageRef, User, parse_command
+from core.model import (
+    Attachment,
+    ContextKey,
+    MediaKind,
+    Message,
+    MessageRef,
+    OutgoingFile,
+    User,
+    parse_command,
+)
+from core.protocols import FetchError
 
 
 def bot_process_env(**extra: str) -> dict[str, str]:
@@ -112,6 +122,38 @@ class RecordingResponder:
         return "".join(self.texts)
 
 
+@dataclass
+class FileResponder(RecordingResponder):
+    """A `MediaResponder` in memory: `fetch` serves `files` by handle, `send_file` records."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    sent_files: list[OutgoingFile] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)
+
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
+        self.fetched.append(attachment.handle)
+        if attachment.handle not in self.files:
+            raise FetchError("the platform answered 404")
+        data = self.files[attachment.handle]
+        if len(data) > max_bytes:
+            raise FetchError("the file is too large")
+        return data
+
+    async def send_file(self, file: OutgoingFile) -> MessageRef:
+        self.sent_files.append(file)
+        ref = str(next(self._ids))
+        self.calls.append(Call("file", file.name, ref, True))
+        return MessageRef(ref)
+
+
+def attach(
+    responder: FileResponder, name: str, data: bytes, kind: MediaKind, mime_type: str = ""
+) -> Attachment:
+    """An attachment the responder serves (the handle is the name)."""
+    responder.files[name] = data
+    return Attachment(name, mime_type, name, len(data), kind)
+
+
 def user_message(
     text: str,
     *,
@@ -121,6 +163,7 @@ def user_message(
     thread: str = "",
     message_id: str = "m1",
     private: bool = False,
+    attachments: tuple[Attachment, ...] = (),
 ) -> Message:
     """A message as an adapter would build it."""
     return Message(
@@ -131,6 +174,7 @@ def user_message(
         message_id=message_id,
         command=parse_command(text),
         private=private,
+        attachments=attachments,
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core.config import Settings
 from core.conversation.exchange import Exchange, Policies
@@ -28,6 +28,8 @@ from core.conversation.prompt import build_prompt
 from core.llm.moderation import Moderator, Verdict
 from core.llm.tokens import TokenCounter
 from core.llm.toolloop import LoopStats, run_model
+from core.media.reader import Gathered, MediaReader, heard_line
+from core.media.speech import Speaker
 from core.model import ContextKey, Conversation, Message, Turn
 from core.policies.cache import AnswerCache
 from core.policies.limits import RateLimiter, TokenBudget
@@ -73,11 +75,17 @@ class Features:
     journal: bool = False  # messages being answered are journaled (a crash loses none)
     claims: bool = False  # the message's delivery claim leaves in the turn's write
     masker: Masker | None = None  # `privacy.mask`
+    media: MediaReader | None = None  # files in: images, voice, documents
+    speaker: Speaker | None = None  # `/voice on`
+    vision_model: str | None = None  # `llm.vision_model`: turns that show the model images
+    history_images: int = 4  # `media.history_images`
+    image_ttl: int = 86400  # `media.image_ttl_hours`, in seconds
 
     def policies(self) -> Policies:
         return Policies(
-            self.limiter, self.budget, self.usage, self.journal, self.claims, self.masker
-        )
+            self.limiter, self.budget, self.usage, self.journal, self.claims, self.masker,
+            self.image_ttl,
+        )  # fmt: skip
 
 
 class ChatTurn:
@@ -109,17 +117,26 @@ class ChatTurn:
         if not message.text.strip() and not message.attachments:
             await reply(responder, EMPTY_PROMPT)
             return TurnResult(EMPTY_PROMPT, False, 0)
+        # Files are read before the conversation is locked: a download, a transcription
+        # or a PDF holds up no other message of the conversation.
+        gathered = await self._gather(message, responder)
+        if gathered.empty:
+            if not gathered.problems:
+                await reply(responder, EMPTY_PROMPT)
+            return TurnResult(EMPTY_PROMPT, False, 0, refused=bool(gathered.problems))
         key = self.conversation_key(message)
         moderator = self.features.moderator
         # Moderation runs while the turn waits for the lock and reads Redis.
         screening = None
         if moderator is not None:  # the moderation endpoint is a model provider too: masked
-            screened = self.exchange.mask(message.text).text
+            screened = self.exchange.mask(gathered.text).text
             screening = asyncio.create_task(moderator.check(screened))
         try:
             async with self.store.lock(key, lazy=True) as held:
                 try:
-                    result, summarise = await self._locked(message, key, responder, screening, held)
+                    result, summarise = await self._locked(
+                        message, key, responder, screening, held, gathered
+                    )
                 except Exception:
                     await self.exchange.forget(message, key)
                     raise
@@ -137,18 +154,22 @@ class ChatTurn:
         responder: Responder,
         screening: asyncio.Task[Verdict] | None,
         held: TurnLock,
+        gathered: Gathered,
     ) -> tuple[TurnResult, tuple[list[Turn], str, str] | None]:
         f = self.features
-        said = _with_attachments(message)
+        said = gathered.text
         default_key = ""
-        if f.cache is not None and f.cache.first_turns:
+        if f.cache is not None and f.cache.first_turns and not message.attachments:
             # The likely key (default persona and model) is read speculatively: no extra trip.
             # A first turn's placeholders are numbered afresh, as they are here.
             first_said = self.exchange.mask(said).text
             default_key = f.cache.chat_key(self._persona(None), self._model(None), first_said)
         opened = await self.exchange.open(message, key, lock=held, cache=default_key)
         masked = self.exchange.mask(said, opened)  # what the model, history and cache see
-        user_turn = Turn("user", masked.text, message.user.name, user=message.user.id)
+        user_turn = Turn(
+            "user", masked.text, message.user.name, user=message.user.id,
+            images=tuple(gathered.images),
+        )  # fmt: skip
         refusal = opened.refusal
         if refusal is None and screening is not None and f.moderator is not None:
             refusal = f.moderator.refusal(await screening)
@@ -172,16 +193,19 @@ class ChatTurn:
                     message, key, served, lock=held, opened=opened, masks=masked.added
                 )
                 return TurnResult(cached, False, 0, cached=True), None
+        history = await self._with_images(key, conversation.history)
         prompt = build_prompt(
             system=self.settings.personas[persona].system_prompt,
             summary=conversation.summary,
-            history=conversation.history,
+            history=history,
             message=user_turn,
             budget=self.settings.context.token_budget,
             max_turns=self.settings.context.max_turns,
             counter=self.counter,
         )
-        context = ToolContext(message, key.id)
+        if f.vision_model and any(turn.images for turn in prompt.messages):
+            model = f.vision_model
+        context = ToolContext(message, key.id, responder)
         stats = LoopStats()
         answer, failed = await self._stream_answer(
             prompt.messages, model, responder, context, stats
@@ -201,6 +225,8 @@ class ChatTurn:
             masks={**masked.added, **kept.added},
         )  # fmt: skip
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
+        if conversation.voice and answer and not failed and f.speaker is not None:
+            await f.speaker.speak(answer, responder)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
         memory = f.memory
         if (
@@ -294,8 +320,37 @@ class ChatTurn:
                 return name
         return self.settings.llm.model
 
+    async def _gather(self, message: Message, responder: Responder) -> Gathered:
+        """The message's text with its files read in; what was heard is quoted first and
+        each file that could not be read gets its sentence, before the answer."""
+        reader = self.features.media
+        if reader is None:
+            return Gathered(_named_attachments(message))
+        gathered = await reader.read(message, responder)
+        notes = ([heard_line(gathered.heard)] if gathered.heard else []) + gathered.problems
+        if notes:
+            await reply(responder, "\n\n".join(notes))
+        return gathered
 
-def _with_attachments(message: Message) -> str:
+    async def _with_images(self, key: ContextKey, history: list[Turn]) -> list[Turn]:
+        """The history with the bytes of its most recent images (`media.history_images`)
+        read back for the model; older or expired ones stay only as their `[image: name]`.
+        A text-only conversation costs nothing here (no extra round trip)."""
+        wanted = [image.id for turn in history for image in turn.images]
+        if not wanted:
+            return history
+        keep = self.features.history_images
+        found = await self.store.images(key, wanted[-keep:]) if keep else {}
+        return [
+            replace(turn, images=tuple(
+                replace(image, data=found[image.id]) for image in turn.images
+                if image.id in found
+            )) if turn.images else turn
+            for turn in history
+        ]  # fmt: skip
+
+
+def _named_attachments(message: Message) -> str:
     if not message.attachments:
         return message.text
     names = ", ".join(a.name for a in message.attachments)

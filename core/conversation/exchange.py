@@ -22,6 +22,7 @@ from core.policies.usage import UsageBook
 from core.protocols import Usage
 from core.storage import (
     CacheEntry,
+    ImageBlob,
     Person,
     Place,
     Store,
@@ -44,6 +45,7 @@ class Policies:
     journal: bool = False  # record the message as being answered until its turn is saved
     claims: bool = False  # the message's delivery claim leaves in the turn's write
     masker: Masker | None = None  # `privacy.mask`: sensitive values become placeholders
+    image_ttl: int = 86400  # seconds a user turn's image is kept (`media.image_ttl_hours`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +123,21 @@ class Exchange:
         usage: Usage | None = None,
         cache: CacheEntry | None = None,
         masks: Mapping[str, str] | None = None,
+        drawn: int = 0,
     ) -> bool:
-        """One write: the turns, the usage, the cache entry, the journal entry's and the
-        delivery claim's release, and the lock's. Whether it landed."""
+        """One write: the turns (their images as blobs), the usage (`drawn` pictures), the
+        cache entry, the journal entry's and the delivery claim's release, and the lock's.
+        Whether it landed."""
         p = self.policies
         record = None
-        if p.usage is not None and usage is not None and opened.now is not None:
-            record = p.usage.record(message, usage, opened.now)
+        if p.usage is not None and (usage is not None or drawn) and opened.now is not None:
+            record = p.usage.record(message, usage or Usage(), opened.now, images=drawn)
+        images = tuple(
+            ImageBlob(image.id, image.data, p.image_ttl)
+            for turn in turns
+            for image in turn.images
+            if image.data
+        )
         claim = current_claim.get() if p.claims else None
         writes = TurnWrites(
             key,
@@ -140,6 +150,7 @@ class Exchange:
             person=Person(message.platform, message.user.id) if message.user.id else None,
             # theirs alone: a private conversation, or a scope that keeps the user in the key
             own=message.private or (bool(key.user) and key.user == message.user.id),
+            images=images,
         )
         saved = await self.store.write_turn(writes, lock=lock)
         if claim is not None:

@@ -20,6 +20,7 @@ from core.model import Turn
 log = logging.getLogger(__name__)
 
 TOKENS_PER_MESSAGE = 4
+IMAGE_TOKENS = 765  # one image scaled to `media.image_side`, as OpenAI counts high detail
 BYTES_PER_TOKEN = 4
 ENCODING_URLS = {
     "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
@@ -67,7 +68,8 @@ class TokenCounter:
         return self._count(text)
 
     def turn(self, turn: Turn) -> int:
-        return TOKENS_PER_MESSAGE + self._count(turn.content) + (1 if turn.name else 0)
+        tokens = TOKENS_PER_MESSAGE + self._count(turn.content) + (1 if turn.name else 0)
+        return tokens + IMAGE_TOKENS * len(turn.images) if turn.images else tokens
 
     def turns(self, turns: Sequence[Turn]) -> int:
         return sum(self.turn(turn) for turn in turns)

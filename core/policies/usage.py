@@ -44,14 +44,18 @@ class UsageBook:
         """The user's counters today (for the budget check)."""
         return UserPeriod(message.platform, message.user.id, self.periods(now)[0])
 
-    def record(self, message: Message, usage: Usage, now: datetime) -> UsageRecord | None:
-        """`usage` added to the user's day and month and to the conversation, once."""
-        if usage.total <= 0:
+    def record(
+        self, message: Message, usage: Usage, now: datetime, *, images: int = 0
+    ) -> UsageRecord | None:
+        """`usage` (and pictures drawn) added to the user's day and month and to the
+        conversation, once."""
+        if usage.total <= 0 and not images:
             return None
         day, month = self.periods(now)
         return UsageRecord(
-            message.platform, message.user.id, day, month, usage, month_ttl=self.month_ttl
-        )
+            message.platform, message.user.id, day, month, usage,
+            images=images, month_ttl=self.month_ttl,
+        )  # fmt: skip
 
     async def report(self, store: Store, message: Message) -> tuple[Totals, Totals]:
         """The user's usage today and this month (one round trip)."""

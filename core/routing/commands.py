@@ -53,6 +53,7 @@ class BuiltinCommands:
             Route("persona", command("persona"), self.persona),
             Route("model", command("model"), self.model),
             Route("usage", command("usage"), self.usage),
+            Route("voice", command("voice"), self.voice),
         ]
         for name, cmd in self.plugins.commands.items():
             routes.append(Route(f"plugin:{name}", command(name), _plugin_handler(cmd)))
@@ -80,6 +81,8 @@ class BuiltinCommands:
             f"• `/persona <name>`: change my persona ({', '.join(self.settings.personas)})",
             f"• `/model <name>`: change the model ({', '.join(self.settings.llm.models)})",
             "• `/usage`: your token usage today and this month",
+            "• `/image <description>`: draw a picture",
+            "• `/voice on|off`: answers in this conversation also come as speech",
             "• `/mydata`: everything I keep about you, `/mydata erase` to delete it (in a DM)",
             "• `/help`: this message",
         ]
@@ -170,6 +173,20 @@ class BuiltinCommands:
             f"(conversations that chose their own {what} keep it).",
         )
 
+    async def voice(self, message: Message, responder: Responder) -> None:
+        wanted = (message.command.args if message.command else "").strip().lower()
+        if wanted not in ("on", "off"):
+            conversation = await self.store.load(self._key(message))
+            now = "on" if conversation.voice else "off"
+            await reply(responder, f"Spoken answers are *{now}*. Send `/voice on` or `/voice off`.")
+            return
+        if not await self._save(message, responder, "voice", "on" if wanted == "on" else ""):
+            return
+        if wanted == "on":
+            await reply(responder, "Spoken answers are *on*: each answer also comes as audio.")
+        else:
+            await reply(responder, "Spoken answers are *off*.")
+
     async def usage(self, message: Message, responder: Responder) -> None:
         if self.usage_book is None:
             await reply(responder, "Usage is not recorded on this bot.")
@@ -182,6 +199,8 @@ class BuiltinCommands:
             f"• This month: {month.total:,} tokens ({month.prompt:,} prompt, "
             f"{month.completion:,} answer)",
         ]
+        if month.images:
+            lines.append(f"• Pictures drawn: {today.images} today, {month.images} this month")
         daily = self.settings.limits.daily_tokens
         if daily:
             left = max(daily - today.total, 0)

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from core.model import Message, ToolCall, Turn
+from core.protocols import Responder
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ToolContext:
 
     message: Message
     conversation: str
+    responder: Responder | None = None  # where the answer goes: a tool may post a file there
 
 
 ToolFunction = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]

@@ -50,6 +50,10 @@ class KeyBuilder:
         """A hash: the conversation's masked values -> their placeholders (`privacy.mask`)."""
         return self._base(key) + ":masks"
 
+    def image(self, key: ContextKey, image_id: str) -> str:
+        """An image of a user turn, kept `media.image_ttl_hours` for follow-up questions."""
+        return f"{self._base(key)}:image:{image_id}"
+
     def pending(self, key: ContextKey) -> str:
         """A sorted set: the conversation's messages claimed and not answered yet, by order."""
         return self._base(key) + ":pending"

@@ -74,6 +74,7 @@ for i = 1, n do
   redis.call('HINCRBY', KEYS[i], 'prompt', ARGV[1])
   redis.call('HINCRBY', KEYS[i], 'completion', ARGV[2])
   redis.call('HINCRBY', KEYS[i], 'total', ARGV[3])
+  if tonumber(ARGV[5 + n] or '0') > 0 then redis.call('HINCRBY', KEYS[i], 'images', ARGV[5 + n]) end
   redis.call('EXPIRE', KEYS[i], ARGV[3 + i])
 end
 return 1

@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from core.model import ContextKey, Conversation, Message, Turn
+from core.model import ContextKey, Conversation, Image, Message, Turn
 from core.protocols import Usage
 from core.storage import (
     CacheEntry,
@@ -57,7 +57,7 @@ from stores.redis.scripts import (
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FIELDS = ("summary", "persona", "model")
+SETTINGS_FIELDS = ("summary", "persona", "model", "voice")
 CHANNEL_FIELDS = ("persona", "model")
 
 AnyRedis = Redis | RedisCluster
@@ -69,13 +69,18 @@ def encode_turn(turn: Turn) -> str:
         data["n"] = turn.name
     if turn.user:
         data["u"] = turn.user
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if turn.images:  # ids only: the bytes are blobs of their own, with a shorter TTL
+        images = json.dumps([[i.id, i.mime_type] for i in turn.images], separators=(",", ":"))
+        encoded = f'{encoded[:-1]},"i":{images}}}'
+    return encoded
 
 
 def decode_turn(raw: str | bytes) -> Turn | None:
     try:
         data = json.loads(raw)
-        return Turn(data["r"], data["c"], data.get("n", ""), user=data.get("u", ""))
+        images = tuple(Image(str(i), str(m)) for i, m in data.get("i", ()))
+        return Turn(data["r"], data["c"], data.get("n", ""), user=data.get("u", ""), images=images)
     except (ValueError, KeyError, TypeError):
         return None  # a corrupt entry is skipped, never fatal
 
@@ -220,6 +225,10 @@ class RedisStore:
         try:
             async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 self._queue_turn_script(pipe, writes, held.token if releasing and held else "")
+                for image in writes.images:  # the conversation's slot too
+                    pipe.set(
+                        self.keys.image(writes.conversation, image.id), image.data, ex=image.ttl
+                    )
                 if writes.masks:  # the conversation's slot: on a Cluster, the same node
                     masks = self.keys.masks(writes.conversation)
                     pipe.hset(masks, mapping=dict(writes.masks))
@@ -273,6 +282,7 @@ class RedisStore:
                 RECORD, 2, self.keys.user_usage(r.platform, r.user, r.day),
                 self.keys.user_usage(r.platform, r.user, r.month),
                 u.prompt_tokens, u.completion_tokens, u.total, r.day_ttl, r.month_ttl, r.token,
+                r.images,
             )  # fmt: skip
         if writes.cache is not None:
             c = writes.cache
@@ -332,6 +342,19 @@ class RedisStore:
             return [Totals() for _ in periods]
         self.health.ok()
         return [_totals(_or(raw, {})) for raw in results]
+
+    async def images(self, key: ContextKey, ids: Sequence[str]) -> dict[str, bytes]:
+        """MGET of the conversation's image blobs (one slot: one command on a Cluster)."""
+        if not ids:
+            return {}
+        try:
+            self._count()
+            found = await self.redis.mget([self.keys.image(key, i) for i in ids])
+        except FAILURES as exc:
+            self.health.failed(exc, "reading images")
+            return {}
+        self.health.ok()
+        return {i: _bytes(data) for i, data in zip(ids, found, strict=True) if data is not None}
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None:
         """Set (or with an empty value, clear) one conversation setting."""
@@ -445,7 +468,9 @@ class RedisStore:
         for raw, kind in (await self.redis.hgetall(index)).items():
             conversation = _text(raw)
             base = self.keys.conversation(conversation)
-            if _text(kind) == "own":
+            own = _text(kind) == "own"
+            await self._erase_images(base, person.user, own)
+            if own:
                 suffixes = (":history", ":meta", ":usage", ":masks")
                 await self.redis.delete(*(base + suffix for suffix in suffixes))
                 owned += 1
@@ -460,6 +485,18 @@ class RedisStore:
             usage += int(await self.redis.delete(raw))
         await self.redis.delete(index, cached_index, self.keys.bucket(*who))
         return Erased(owned, turns, usage, len(cached))
+
+    async def _erase_images(self, base: str, user: str, own: bool) -> None:
+        """The image blobs of the person's turns (all of an own conversation's)."""
+        history = [decode_turn(raw) for raw in await self.redis.lrange(base + ":history", 0, -1)]
+        ids = [
+            image.id
+            for turn in history
+            if turn is not None and (own or turn.user == user)
+            for image in turn.images
+        ]
+        if ids:
+            await self.redis.delete(*(f"{base}:image:{i}" for i in ids))
 
     async def first_seen(self, namespace: str, delivery_id: str) -> bool:
         """True the first time a delivery id is seen (claimed with a token and a TTL), across
@@ -559,6 +596,7 @@ def _conversation(raw_history: Any, meta: Any, chan: Any) -> Conversation:
         model=settings.get("model", ""),
         channel_persona=defaults.get("persona", ""),
         channel_model=defaults.get("model", ""),
+        voice=settings.get("voice", "") == "on",
     )
 
 
@@ -576,7 +614,11 @@ def _answer(raw: Any) -> str | None:
 
 def _totals(raw: dict[Any, Any]) -> Totals:
     values = {_text(k): _int(v) for k, v in raw.items()}
-    return Totals(values.get("prompt", 0), values.get("completion", 0))
+    return Totals(values.get("prompt", 0), values.get("completion", 0), values.get("images", 0))
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _int(value: Any) -> int:

@@ -1,0 +1,1 @@
+"""Files in and out: images the model sees, voice it hears and speaks, documents it reads."""
