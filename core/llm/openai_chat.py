@@ -193,7 +193,27 @@ class OpenAIChat:
 
 
 def _wire(turn: Turn) -> dict[str, Any]:
+    """A turn as the API's message. A user turn's loaded images go as content parts (data
+    URLs, the text part first); an image not loaded (a stored turn's id only) is left out."""
     message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.images and turn.role == "user":
+        from base64 import b64encode  # only turns with images pay for it
+
+        parts: list[dict[str, Any]] = [
+            {
+                "type": "image_url",
+                "image_url": {
+                    "url": f"data:{image.mime_type or 'image/jpeg'};base64,"
+                    + b64encode(image.data).decode("ascii")
+                },
+            }
+            for image in turn.images
+            if image.data
+        ]
+        if parts:
+            message["content"] = (
+                [{"type": "text", "text": turn.content}, *parts] if turn.content else parts
+            )
     if turn.name and turn.role == "user":
         message["name"] = _safe_name(turn.name)
     if turn.tool_calls:
