@@ -189,7 +189,7 @@ async def build_core(
     journal = store.journal
     masker = Masker(settings.privacy)
     moderator = Moderator(client, settings.moderation) if settings.moderation.enabled else None
-    media_model = OpenAIMedia(client)
+    media_model = OpenAIMedia(client, settings.llm)
     image_ttl = int(settings.media.image_ttl_hours * 3600)
     policies = Policies(
         limiter=limiter if limiter.enabled else None,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from core.model import ContextKey, Turn
+from core.model import ContextKey, Image, Turn
 from core.protocols import Usage
 from core.storage import (
     CacheEntry,
     Deliveries,
     Erased,
+    ImageBlob,
     Person,
     RateTake,
     Totals,
@@ -226,6 +227,47 @@ async def test_usage_adds_up_per_day_and_month(stores: Stores):
     periods = [UserPeriod(PLATFORM, "u1", p) for p in (DAY, MONTH, "d2025-02-01")]
     assert await store.usage(periods) == [Totals(65, 45), Totals(65, 45), Totals()]
     assert [t.total for t in await store.usage(periods)] == [110, 110, 0]
+
+
+async def test_a_turns_images_are_kept_beside_it_for_their_ttl_and_erased_with_it(
+    stores: Stores,
+):
+    store, other = await stores.new(), await stores.new()
+    image = Image("img1", "image/png", b"\x89PNG pixels")
+    asked = Turn("user", "look", user="alice", images=(image,))
+    writes = TurnWrites(
+        KEY, (asked, Turn("assistant", "a cat")), person=Person(PLATFORM, "alice"),
+        images=(ImageBlob("img1", image.data, ttl=1),),
+    )  # fmt: skip
+    assert await store.write_turn(writes)
+    stored = (await other.load(KEY)).history[0]
+    assert stored.images == (Image("img1", "image/png"),)  # the id, not the bytes
+    assert await other.images(KEY, ["img1", "gone"]) == {"img1": b"\x89PNG pixels"}
+    assert await other.usage([UserPeriod(PLATFORM, "alice", DAY)]) == [Totals()]
+    await stores.wait_out(1.1)
+    await wait_for(lambda: _no_images(other))
+    assert await history(other) == ["look", "a cat"]  # the turn outlives its image
+
+    kept = ImageBlob("img2", b"GIF89a", ttl=600)
+    again = Turn("user", "and this", user="alice", images=(Image("img2", "image/gif"),))
+    await store.write_turn(TurnWrites(KEY, (again,), person=Person(PLATFORM, "alice"),
+                                      images=(kept,)))  # fmt: skip
+    assert await store.images(KEY, ["img2"]) == {"img2": b"GIF89a"}
+    await store.erase(Person(PLATFORM, "alice"))
+    assert await store.images(KEY, ["img2"]) == {}
+
+
+async def _no_images(store: Any) -> bool:
+    return await store.images(KEY, ["img1"]) == {}
+
+
+async def test_pictures_drawn_add_up_beside_the_tokens(stores: Stores):
+    store = await stores.new()
+    drawn = UsageRecord(PLATFORM, "u1", DAY, MONTH, Usage(), images=1)
+    assert await store.write_turn(TurnWrites(KEY, usage=drawn))
+    assert await store.write_turn(TurnWrites(KEY, usage=record(5, 5)))
+    periods = [UserPeriod(PLATFORM, "u1", p) for p in (DAY, MONTH)]
+    assert await store.usage(periods) == [Totals(5, 5, 1), Totals(5, 5, 1)]
 
 
 # 8. cache
