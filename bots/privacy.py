@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 
 from bots.assembly import open_store
 from core.config import Secrets, Settings
+from core.routing.mydata import export_document
 from core.storage import Erased, Person
 
 
@@ -45,6 +46,8 @@ def report(settings: Settings) -> str:
         ("conversation", "turns (what users wrote, masked; the answers), summary, persona and "
          "model chosen, masked values and their placeholders, token usage",
          f"{_days(context.ttl_seconds)} after the last turn (context.ttl_days)"),
+        ("conversation", "images people sent (scaled down), shown again in follow-up questions",
+         f"{_days(settings.media.image_ttl_hours * 3600)} (media.image_ttl_hours)"),
         ("conversation", "cached first answers (no user id; text digests as keys)",
          _days(settings.cache.ttl_seconds) if settings.cache.enabled else "off"),
         ("profile", "a user's token usage per day", "3 days"),
@@ -69,21 +72,8 @@ async def export(settings: Settings, secrets: Secrets, person: Person) -> str:
     """`chatbot privacy export`: a person's data as JSON, for an access request."""
     async with AsyncExitStack() as stack:
         store = await open_store(stack, settings, secrets)
-        data = await store.person(person)
-    document = {
-        "platform": person.platform,
-        "user": person.user,
-        "conversations": {
-            conversation: [{"role": t.role, "text": t.content} for t in turns]
-            for conversation, turns in data.conversations.items()
-        },
-        "settings": data.settings,
-        "usage": {
-            period: {"prompt": t.prompt, "completion": t.completion, "total": t.total}
-            for period, t in sorted(data.usage.items())
-        },
-        "kept": "see `chatbot privacy report` for how long each kind is kept",
-    }
+        document = await export_document(store, person)
+    document["kept"] = "see `chatbot privacy report` for how long each kind is kept"
     return json.dumps(document, ensure_ascii=False, indent=2)
 
 
