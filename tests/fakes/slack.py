@@ -138,7 +138,7 @@ class FakeSlack:
 
     def fail(
         self, method: str, error: str = "ratelimited", status: int = 429, retry_after: int = 1
-    ):
+    ) -> None:
         """The next call of `method` fails like Slack would."""
         self.failures.setdefault(method, deque()).append((status, error, retry_after))
 
@@ -147,7 +147,7 @@ class FakeSlack:
 
     def texts_in(self, channel: str, thread_ts: str | None = None) -> list[str]:
         """The current text of every bot message in a channel (or thread), in order."""
-        found = (self.messages[ts] for ts in self.screen.keys(channel))
+        found = (self.messages[str(ts)] for ts in self.screen.keys(channel))
         return [m["text"] for m in found if thread_ts is None or m.get("thread_ts") == thread_ts]
 
     def add_file(

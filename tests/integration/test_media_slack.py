@@ -107,7 +107,7 @@ def _media(responder: Responder) -> MediaResponder:
     return responder
 
 
-async def test_a_mention_with_an_image_carries_it_as_an_attachment(bot: Bot):
+async def test_a_mention_with_an_image_carries_it_as_an_attachment(bot: Bot) -> None:
     photo = bot.slack.add_file(PNG, "photo of a cat.png", "image/png")
     event = mention("what is this?", channel=CHANNEL, files=[photo])
     received, _ = await bot.event(event)
@@ -120,7 +120,7 @@ async def test_a_mention_with_an_image_carries_it_as_an_attachment(bot: Bot):
     assert "/download/" in received.attachments[0].handle
 
 
-async def test_a_file_shared_in_the_dm_is_taken_with_its_text(bot: Bot):
+async def test_a_file_shared_in_the_dm_is_taken_with_its_text(bot: Bot) -> None:
     pdf = bot.slack.add_file(PDF, "report.pdf", "application/pdf")
     received, _ = await bot.event(file_share("summarise this", [pdf]))
     assert received.private and received.text == "summarise this"
@@ -132,7 +132,7 @@ async def test_a_file_shared_in_the_dm_is_taken_with_its_text(bot: Bot):
     assert received.text == "" and len(received.attachments) == 1
 
 
-async def test_file_shares_follow_the_rules_of_text_messages(bot: Bot):
+async def test_file_shares_follow_the_rules_of_text_messages(bot: Bot) -> None:
     """In a thread the bot answers, a file needs no mention; in channel chatter it is not
     taken (and a file_share that mentions the bot is answered by its app_mention)."""
     pdf = bot.slack.add_file(PDF, "notes.pdf", "application/pdf")
@@ -155,7 +155,7 @@ async def test_file_shares_follow_the_rules_of_text_messages(bot: Bot):
     assert [m.text for m, _ in bot.received[count:]] == ["marker"]
 
 
-async def test_each_kind_of_file_is_told_by_its_type(bot: Bot):
+async def test_each_kind_of_file_is_told_by_its_type(bot: Bot) -> None:
     files = [
         bot.slack.add_file(b"ID3...", "song.mp3", "audio/mpeg"),
         # a clip recorded in Slack: `slack_audio`, whatever container it comes in
@@ -187,7 +187,7 @@ async def test_each_kind_of_file_is_told_by_its_type(bot: Bot):
     ]
 
 
-async def test_fetch_reads_the_exact_bytes_with_the_bot_token(bot: Bot):
+async def test_fetch_reads_the_exact_bytes_with_the_bot_token(bot: Bot) -> None:
     photo = bot.slack.add_file(PNG, "photo.png", "image/png")
     received, responder = await bot.event(mention("look", channel=CHANNEL, files=[photo]))
     data = await _media(responder).fetch(received.attachments[0], max_bytes=1_000_000)
@@ -203,7 +203,7 @@ async def test_fetch_reads_the_exact_bytes_with_the_bot_token(bot: Bot):
     assert await _media(responder).fetch(only_private, max_bytes=1_000_000) == PNG
 
 
-async def test_fetch_refuses_other_hosts_and_large_files_before_reading(bot: Bot):
+async def test_fetch_refuses_other_hosts_and_large_files_before_reading(bot: Bot) -> None:
     photo = bot.slack.add_file(PNG, "photo.png", "image/png")
     received, responder = await bot.event(mention("look", channel=CHANNEL, files=[photo]))
     media = _media(responder)
@@ -217,7 +217,7 @@ async def test_fetch_refuses_other_hosts_and_large_files_before_reading(bot: Bot
     assert await media.fetch(received.attachments[0], max_bytes=len(PNG)) == PNG
 
 
-async def test_a_failing_download_is_a_fetch_error(bot: Bot):
+async def test_a_failing_download_is_a_fetch_error(bot: Bot) -> None:
     photo = bot.slack.add_file(PNG, "photo.png", "image/png")
     received, responder = await bot.event(mention("look", channel=CHANNEL, files=[photo]))
     attachment, media = received.attachments[0], _media(responder)
@@ -236,7 +236,7 @@ async def test_a_failing_download_is_a_fetch_error(bot: Bot):
     assert BOT_TOKEN not in str(info.value)
 
 
-async def test_send_file_posts_into_the_same_thread_with_the_caption(bot: Bot):
+async def test_send_file_posts_into_the_same_thread_with_the_caption(bot: Bot) -> None:
     event = mention("draw a cat", channel=CHANNEL)
     _, responder = await bot.event(event)
     drawing = OutgoingFile(PNG, "cat.png", "image/png", MediaKind.IMAGE,
@@ -252,7 +252,7 @@ async def test_send_file_posts_into_the_same_thread_with_the_caption(bot: Bot):
     assert bot.slack.calls_of("files.getUploadURLExternal")[0].params["length"] == str(len(PNG))
 
 
-async def test_send_file_in_a_dm_goes_where_the_text_goes(bot: Bot):
+async def test_send_file_in_a_dm_goes_where_the_text_goes(bot: Bot) -> None:
     _, responder = await bot.event(message("speak to me"))
     voice = OutgoingFile(b"OggS" + bytes(100), "answer.ogg", "audio/ogg", MediaKind.AUDIO)
     await _media(responder).send_file(voice)
@@ -260,7 +260,7 @@ async def test_send_file_in_a_dm_goes_where_the_text_goes(bot: Bot):
     assert upload.data == voice.data and upload.initial_comment is None
 
 
-async def test_responder_for_recovery_fetches_and_posts_in_the_thread(bot: Bot):
+async def test_responder_for_recovery_fetches_and_posts_in_the_thread(bot: Bot) -> None:
     photo = bot.slack.add_file(PNG, "photo.png", "image/png")
     event = mention("look", channel=CHANNEL, files=[photo])
     received, _ = await bot.event(event)
@@ -272,7 +272,7 @@ async def test_responder_for_recovery_fetches_and_posts_in_the_thread(bot: Bot):
     assert upload.data == PDF and upload.initial_comment == "notes"
 
 
-async def test_an_assistant_thread_message_with_a_file(bot: Bot):
+async def test_an_assistant_thread_message_with_a_file(bot: Bot) -> None:
     thread = "1690000000.999999"
     clip = bot.slack.add_file(b"\x1aE\xdf\xa3" * 10, "audio_message.webm", "audio/webm",
                               subtype="slack_audio")  # fmt: skip
@@ -284,7 +284,7 @@ async def test_an_assistant_thread_message_with_a_file(bot: Bot):
     assert [u.filename for u in bot.slack.uploads_in("D0ANN", thread)] == ["a.txt"]
 
 
-async def test_a_private_slash_answer_posts_its_file_in_the_dm(tmp_path: Path):
+async def test_a_private_slash_answer_posts_its_file_in_the_dm(tmp_path: Path) -> None:
     """Slack has no ephemeral files: the file goes to the asker's DM, not the channel."""
     async with FakeSlack() as slack:
         async for bot in _bot(slack, tmp_path, ephemeral=True):
@@ -298,7 +298,7 @@ async def test_a_private_slash_answer_posts_its_file_in_the_dm(tmp_path: Path):
             assert slack.uploads_in(CHANNEL) == []
 
 
-async def test_a_public_slash_answer_posts_its_file_in_the_channel(bot: Bot):
+async def test_a_public_slash_answer_posts_its_file_in_the_channel(bot: Bot) -> None:
     _, responder = await bot.slash("draw a cat")
     await _media(responder).send_file(OutgoingFile(PNG, "cat.png", "image/png", MediaKind.IMAGE))
     assert [u.data for u in bot.slack.uploads_in(CHANNEL)] == [PNG]
