@@ -2,21 +2,46 @@
 
 A thread is one conversation (its `thread_ts`); a mention at the top of a channel starts a
 thread under itself. DMs are one conversation (or one per thread with `dm_threads`).
+Files come in `files` (https://docs.slack.dev/reference/objects/file-object): on an
+`app_mention`, a `file_share` message, an assistant thread's message.
 https://api.slack.com/events/app_mention, https://api.slack.com/events/message
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.model import Command, ContextKey, Message, User, parse_command
+from core.model import (
+    Attachment,
+    Command,
+    ContextKey,
+    MediaKind,
+    Message,
+    User,
+    parse_command,
+)
 
 # Subtypes that carry a user's new words; every other subtype (edits, deletions, joins,
 # topic changes, bot_message…) is ignored.
 ANSWERED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 SUBCOMMANDS = {"reset", "help", "persona", "model", "usage", "mydata"}
+# Files Slack no longer serves: deleted ones, and those past a free workspace's history limit
+GONE_MODES = {"tombstone", "hidden_by_limit"}
+DOCUMENT_TYPES = {
+    "application/pdf", "application/json", "application/xml", "application/yaml",
+    "application/x-yaml", "application/toml", "application/javascript", "application/sql",
+    "application/x-sh", "application/x-python", "application/csv", "application/rtf",
+}  # fmt: skip
+# Slack's own `filetype` for documents and text (a snippet's language, source code), used when
+# the mimetype says nothing useful (`application/octet-stream`, or none)
+DOCUMENT_FILETYPES = {
+    "text", "csv", "tsv", "markdown", "json", "yaml", "xml", "html", "css", "python",
+    "javascript", "typescript", "shell", "sql", "go", "rust", "java", "kotlin", "c", "cpp",
+    "csharp", "ruby", "php", "swift", "diff", "toml", "ini", "pdf", "post",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +88,7 @@ def to_message(
         addressed=True,
         command=parse_command(text),
         private=event.get("channel_type") == "im",  # the bot's DM
+        attachments=attachments_of(event),
     )
 
 
@@ -72,3 +98,47 @@ def command_from_slash(text: str) -> Command:
     if head.lower() in SUBCOMMANDS:
         return Command(head.lower(), rest.strip())
     return Command("ask", text.strip())
+
+
+def kind_of(file: Mapping[str, Any]) -> MediaKind:
+    """What the core makes of a Slack file, from its mimetype (and Slack's own subtype and
+    filetype: a clip recorded in Slack is `slack_audio` whatever its container)."""
+    mime = str(file.get("mimetype") or "").lower()
+    if file.get("subtype") == "slack_audio" or file.get("media_display_type") == "audio":
+        return MediaKind.AUDIO
+    if mime.startswith("image/"):
+        return MediaKind.IMAGE
+    if mime.startswith("audio/"):
+        return MediaKind.AUDIO
+    if (
+        mime.startswith("text/")
+        or mime in DOCUMENT_TYPES
+        or mime.endswith(("+json", "+xml"))
+        or str(file.get("filetype") or "").lower() in DOCUMENT_FILETYPES
+    ):
+        return MediaKind.DOCUMENT
+    return MediaKind.OTHER
+
+
+def attachments_of(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
+    """The files a message event carries, as the core's attachments. A file shared from
+    another organisation may come as only an id (`file_access: check_file_info`): it keeps
+    an empty handle, and fetching it fails with a reason."""
+    files = event.get("files")
+    if not isinstance(files, list):
+        return ()
+    found = []
+    for file in files:
+        if not isinstance(file, dict) or str(file.get("mode")) in GONE_MODES:
+            continue
+        size = file.get("size")
+        found.append(
+            Attachment(
+                name=str(file.get("name") or file.get("title") or file.get("id") or "file"),
+                mime_type=str(file.get("mimetype") or ""),
+                handle=str(file.get("url_private_download") or file.get("url_private") or ""),
+                size=size if isinstance(size, int) and size > 0 else 0,
+                kind=kind_of(file),
+            )
+        )
+    return tuple(found)

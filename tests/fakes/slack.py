@@ -5,6 +5,14 @@ The Web API answers like Slack (`{"ok": true, ...}`, `{"ok": false, "error": ...
 call is recorded so tests assert what Slack received. `sign()` signs event bodies exactly as
 Slack does (`v0=` HMAC-SHA256 of `v0:{timestamp}:{body}`). `apps.connections.open` returns
 a ws:// URL on the same server, where Socket Mode envelopes are sent and acks collected.
+
+Files: `add_file()` keeps bytes the fake serves at the file object's `url_private_download`
+(`/files-pri/T-F/download/name`) to the bot token only; anything else gets what Slack gives a
+browser that is not signed in, a 200 HTML sign-in page (so does a token without `files:read`,
+`files_read=False`). Uploads go the way `files_upload_v2` takes: `files.getUploadURLExternal`
+gives an upload URL on this server, the bytes are POSTed there (raw, as slack-sdk sends them,
+or multipart), and `files.completeUploadExternal` shares them; each is recorded in `uploads`.
+https://docs.slack.dev/messaging/working-with-files
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from tests.fakes.common import Screen, read_params, serve_locally
 
@@ -40,6 +49,39 @@ def sign(
     raw = body if isinstance(body, bytes) else body.encode()
     digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + raw, hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}
+
+
+SIGN_IN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in</body></html>"
+
+
+@dataclass
+class FakeFile:
+    """A file in the workspace: its bytes and its Slack file object."""
+
+    data: bytes
+    info: dict[str, Any]
+    fail_status: int = 0  # a download answers this status instead (0: serves the file)
+
+
+@dataclass
+class Upload:
+    """A file the bot posted, as `files.completeUploadExternal` shared it."""
+
+    file_id: str
+    filename: str
+    title: str
+    data: bytes
+    channel: str
+    thread_ts: str | None
+    initial_comment: str | None
+
+
+@dataclass
+class Download:
+    """One GET of a file URL: which file, and whether it carried the bot token."""
+
+    path: str
+    authorized: bool
 
 
 @dataclass
@@ -66,6 +108,12 @@ class FakeSlack:
         self.sockets: list[web.WebSocketResponse] = []
         self.acks: list[dict[str, Any]] = []
         self.connected = asyncio.Event()
+        self.files: dict[str, FakeFile] = {}  # file id -> file
+        self.files_read = True  # the bot token's files:read scope
+        self.downloads: list[Download] = []
+        self.uploads: list[Upload] = []
+        self._pending: dict[str, dict[str, Any]] = {}  # upload key -> {file_id, filename, ...}
+        self._file_ids = itertools.count(1)
 
     @property
     def api_url(self) -> str:
@@ -75,6 +123,8 @@ class FakeSlack:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files-pri/{key}/{rest:.+}", self._download)
+        app.router.add_post("/upload/v1/{key}", self._upload)
         self._runner, self.port = await serve_locally(app, shutdown_timeout=0.2)
         return self
 
@@ -88,7 +138,7 @@ class FakeSlack:
 
     def fail(
         self, method: str, error: str = "ratelimited", status: int = 429, retry_after: int = 1
-    ):
+    ) -> None:
         """The next call of `method` fails like Slack would."""
         self.failures.setdefault(method, deque()).append((status, error, retry_after))
 
@@ -97,8 +147,34 @@ class FakeSlack:
 
     def texts_in(self, channel: str, thread_ts: str | None = None) -> list[str]:
         """The current text of every bot message in a channel (or thread), in order."""
-        found = (self.messages[ts] for ts in self.screen.keys(channel))
+        found = (self.messages[str(ts)] for ts in self.screen.keys(channel))
         return [m["text"] for m in found if thread_ts is None or m.get("thread_ts") == thread_ts]
+
+    def add_file(
+        self, data: bytes, name: str, mimetype: str, *, filetype: str = "", **extra: Any
+    ) -> dict[str, Any]:
+        """Keep a file a user uploaded; returns its file object, as events carry it."""
+        file_id = f"F{next(self._file_ids):08d}"
+        base = f"http://127.0.0.1:{self.port}/files-pri/{TEAM}-{file_id}"
+        info = {"id": file_id, "created": int(time.time()), "timestamp": int(time.time()),
+                "name": name, "title": name, "mimetype": mimetype,
+                "filetype": filetype or name.rpartition(".")[2].lower(), "user": "U0ANN",
+                "user_team": TEAM, "editable": False, "size": len(data), "mode": "hosted",
+                "is_external": False, "external_type": "", "is_public": False,
+                "public_url_shared": False, "display_as_bot": False, "username": "",
+                "url_private": f"{base}/{quote(name)}",
+                "url_private_download": f"{base}/download/{quote(name)}",
+                "permalink": f"https://test.slack.com/files/U0ANN/{file_id}/{quote(name)}",
+                "file_access": "visible", **extra}  # fmt: skip
+        self.files[file_id] = FakeFile(data, info)
+        return info
+
+    def fail_download(self, file_id: str, status: int = 500) -> None:
+        """Downloads of the file answer `status` from now on."""
+        self.files[file_id].fail_status = status
+
+    def uploads_in(self, channel: str, thread_ts: str | None = None) -> list[Upload]:
+        return [u for u in self.uploads if u.channel == channel and u.thread_ts == thread_ts]
 
     async def envelope(self, payload: dict[str, Any], kind: str = "events_api") -> str:
         """Send a Socket Mode envelope to the connected bot; returns its envelope id."""
@@ -201,6 +277,80 @@ class FakeSlack:
         return {"ok": True, "channel": params["channel"], "ts": params["ts"],
                 "message": {"text": message["text"]}}  # fmt: skip
 
+    def _m_conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        users = str(params.get("users", ""))
+        if not users or "," in users:
+            return {"ok": False, "error": "users_list_not_supplied" if not users else "not_im"}
+        return {"ok": True, "channel": {"id": f"D{users}"}}
+
+    # --- files ----------------------------------------------------------------------
+
+    async def _download(self, request: web.Request) -> web.Response:
+        authorized = request.headers.get("Authorization") == f"Bearer {BOT_TOKEN}"
+        self.downloads.append(Download(request.path, authorized))
+        file_id = request.match_info["key"].removeprefix(f"{TEAM}-")
+        file = self.files.get(file_id)
+        if not authorized or not self.files_read:  # what Slack shows a browser not signed in
+            return web.Response(body=SIGN_IN_PAGE, content_type="text/html")
+        if file is None:
+            return web.Response(status=404, text="Not Found")
+        if file.fail_status:
+            return web.Response(status=file.fail_status, text="Something went wrong")
+        return web.Response(body=file.data, content_type=file.info["mimetype"])
+
+    def _m_files_getUploadURLExternal(self, params: dict[str, Any]) -> dict[str, Any]:
+        filename, length = str(params.get("filename") or ""), str(params.get("length") or "")
+        if not filename or not length.isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        key = f"up{next(self._ts)}"
+        file_id = f"F{next(self._file_ids):08d}"
+        self._pending[key] = {"file_id": file_id, "filename": filename, "length": int(length)}
+        return {"ok": True, "upload_url": f"http://127.0.0.1:{self.port}/upload/v1/{key}",
+                "file_id": file_id}  # fmt: skip
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """The upload URL: the bytes raw (as slack-sdk posts them) or as a multipart file."""
+        pending = self._pending.get(request.match_info["key"])
+        if pending is None:
+            return web.Response(status=404, text="Not Found")
+        if request.content_type.startswith("multipart/"):
+            data = b""
+            async for part in await request.multipart():
+                if isinstance(part, BodyPartReader) and part.filename is not None:
+                    data = await part.read()
+        else:
+            data = await request.read()
+        if len(data) != pending["length"]:
+            return web.Response(status=400, text="length mismatch")
+        pending["data"] = data
+        return web.Response(text=f"OK - {len(data)}")
+
+    def _m_files_completeUploadExternal(self, params: dict[str, Any]) -> dict[str, Any]:
+        files = params.get("files")
+        if isinstance(files, str):  # slack-sdk sends arguments in the query string
+            files = json.loads(files)
+        if not isinstance(files, list) or not files:
+            return {"ok": False, "error": "invalid_arguments"}
+        by_id = {p["file_id"]: (k, p) for k, p in self._pending.items() if "data" in p}
+        shared = []
+        for item in files:
+            found = by_id.get(str(item.get("id")))
+            if found is None:
+                return {"ok": False, "error": "file_not_found"}
+            key, pending = found
+            del self._pending[key]
+            channel = str(params.get("channel_id") or "")
+            upload = Upload(pending["file_id"], pending["filename"],
+                            str(item.get("title") or pending["filename"]), pending["data"],
+                            channel, params.get("thread_ts") or None,
+                            params.get("initial_comment") or None)  # fmt: skip
+            self.uploads.append(upload)
+            if channel:
+                self.screen.changed(channel)
+            shared.append({"id": upload.file_id, "name": upload.filename, "title": upload.title,
+                           "size": len(upload.data)})  # fmt: skip
+        return {"ok": True, "files": shared}
+
     # --- Socket Mode ----------------------------------------------------------------
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
@@ -241,11 +391,15 @@ def user_ts() -> str:
 
 
 def mention(text: str, *, channel: str = "C0GENERAL", user: str = "U0ANN",
-            thread_ts: str | None = None) -> dict[str, Any]:  # fmt: skip
-    event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}",
-             "ts": user_ts(), "channel": channel, "team": TEAM}  # fmt: skip
+            thread_ts: str | None = None,
+            files: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    event: dict[str, Any] = {"type": "app_mention", "user": user,
+                             "text": f"<@{BOT_USER}> {text}", "ts": user_ts(),
+                             "channel": channel, "team": TEAM}  # fmt: skip
     if thread_ts:
         event["thread_ts"] = thread_ts
+    if files:  # a mention posted with files carries them too
+        event.update(files=files, upload=False)
     return event
 
 
@@ -256,3 +410,10 @@ def message(text: str, *, channel: str = "D0ANN", user: str = "U0ANN", channel_t
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
+
+
+def file_share(text: str, files: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
+    """A message with files (`subtype: file_share`): in a DM unless `channel`/`channel_type`
+    say otherwise; `message()`'s options."""
+    return message(text, subtype="file_share", files=files, upload=False, display_as_bot=False,
+                   **options)  # fmt: skip
