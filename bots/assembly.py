@@ -83,11 +83,13 @@ class Core:
 def check_tools(settings: Settings, plugins: Plugins) -> None:
     """Every name in `tools.enabled` is a built-in, an action or a plugin tool."""
     known = {*BUILTIN_TOOLS, *settings.actions, *plugins.tools}
+    servers = tuple(f"{server}__" for server in settings.mcp.servers)
     for name in settings.tools.enabled:
-        if name not in known:
+        if name not in known and not name.startswith(servers):  # MCP: listed at start
             raise ConfigError(
                 f"tools.enabled: unknown tool {name!r} (known: {', '.join(sorted(known))}; "
-                "a plugin's tools need the plugin listed under `plugins`)"
+                "a plugin's tools need the plugin listed under `plugins`; an MCP server's "
+                "are `<server>__<tool>` or `<server>__*` with the server under `mcp.servers`)"
             )
 
 

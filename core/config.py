@@ -30,6 +30,7 @@ from core.sections import (
     CacheSettings,
     IntentSettings,
     LimitsSettings,
+    MCPSettings,
     MediaSettings,
     MemorySettings,
     ModerationSettings,
@@ -302,6 +303,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     privacy: PrivacySettings = PrivacySettings()
     media: MediaSettings = MediaSettings()
+    mcp: MCPSettings = MCPSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -7,12 +7,13 @@ Kept apart from `core/config.py` so each stays small; `Settings` gathers them.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BUILTIN_TOOLS = ("current_time", "calculator", "generate_image")
+BUILTIN_TOOLS = ("current_time", "calculator", "generate_image", "fetch_url", "web_search")
 
 
 class _Section(BaseModel):
@@ -40,6 +41,7 @@ class ActionSettings(_Section):
     parameters: dict[str, Any] | None = Field(
         None, description="JSON schema of its entities, needed to offer it as a tool"
     )
+    approve: bool = Field(False, description="as a tool, it runs only after a person approves")
 
     @field_validator("url")
     @classmethod
@@ -80,16 +82,50 @@ class IntentSettings(_Section):
         return self
 
 
+class FetchSettings(_Section):
+    """The `fetch_url` tool: a web page's readable text, bounded, never a private address."""
+
+    max_bytes: int = Field(2_000_000, gt=0, description="a larger page is cut here")
+    max_chars: int = Field(12_000, gt=0, description="the text the model gets is cut here")
+    timeout: float = Field(15.0, gt=0, description="seconds for the whole fetch")
+    allow_private: bool = Field(
+        False, description="fetch private and loopback addresses too (tests, an intranet)"
+    )
+
+
+class SearchSettings(_Section):
+    """The `web_search` tool's provider."""
+
+    provider: Literal["searxng", "brave"] = "searxng"
+    url: str | None = Field(
+        None, description="searxng: the instance's base URL (its JSON format enabled)"
+    )
+    max_results: int = Field(5, ge=1, le=20)
+    timeout: float = Field(10.0, gt=0)
+
+
 class ToolsSettings(_Section):
     """Function calling: which tools the model may use, and the loop's bounds."""
 
     enabled: list[str] = Field(
         default_factory=list,
-        description="action names, plugin tool names, built-ins: current_time, calculator",
+        description="action names, plugin tool names, MCP tools (`<server>__<tool>`, "
+        "`<server>__*`), built-ins: current_time, calculator, generate_image, fetch_url, "
+        "web_search",
     )
     max_steps: int = Field(4, ge=1, le=20, description="tool rounds per turn")
     timeout: float = Field(10.0, gt=0, description="seconds per tool call")
     timezone: str = Field("UTC", description="current_time's zone when the model gives none")
+    approve: list[str] = Field(
+        default_factory=list,
+        description="tools (names or patterns such as `github__create_*`) that run only after "
+        "the person who asked approves, in the chat",
+    )
+    approval_ttl: float = Field(
+        600.0, gt=0, description="seconds an approval waits for its decision"
+    )
+    fetch: FetchSettings = FetchSettings()
+    search: SearchSettings = SearchSettings()
 
     @field_validator("timezone")
     @classmethod
@@ -264,3 +300,68 @@ class MediaSettings(_Section):
     max_speech_chars: int = Field(
         4000, gt=0, le=4096, description="a spoken answer's text is cut here (the API's limit)"
     )
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class MCPServerSettings(_Section):
+    """One MCP server: a command the bot starts (stdio) or a Streamable HTTP URL.
+
+    Values of `env` and `headers` may name environment variables as `${NAME}` (secrets stay
+    in the environment, never in the file)."""
+
+    command: str | None = Field(None, description="a stdio server: the program to start")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(
+        default_factory=dict, description="the server's environment (`${NAME}` from ours)"
+    )
+    url: str | None = Field(None, description="a Streamable HTTP server's endpoint")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="sent with each request (`${NAME}` from our environment)"
+    )
+    approve: bool = Field(False, description="every tool of this server needs approval")
+    timeout: float | None = Field(None, gt=0, description="seconds per call (tools.timeout)")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either `command` (a stdio server) or `url` (HTTP), not both")
+        if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url):
+            raise ValueError("url: must be an http:// or https:// URL")
+        return self
+
+
+class MCPSettings(_Section):
+    """MCP servers whose tools the model may use (`tools.enabled`: `<server>__*`)."""
+
+    servers: dict[str, MCPServerSettings] = Field(default_factory=dict)
+    restart_max: float = Field(
+        60.0, gt=0, description="the longest wait between two restarts of a failed server"
+    )
+    start_timeout: float = Field(
+        20.0, gt=0, description="seconds a server has to start and list its tools"
+    )
+
+    @field_validator("servers")
+    @classmethod
+    def _names(cls, servers: dict[str, MCPServerSettings]) -> dict[str, MCPServerSettings]:
+        for name in servers:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name) or "__" in name:
+                raise ValueError(
+                    f"{name!r}: a server name is 1-32 letters, digits, _ or - without `__` "
+                    "(its tools are offered as <server>__<tool>)"
+                )
+        return servers
+
+
+def expand_env(value: str, environ: Mapping[str, str]) -> str:
+    """`${NAME}` replaced by the variable's value; a missing one is an error naming it."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise KeyError(name)
+        return environ[name]
+
+    return _ENV_REFERENCE.sub(one, value)
