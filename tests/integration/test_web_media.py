@@ -118,7 +118,7 @@ async def frames_until_done(ws: aiohttp.ClientWebSocketResponse) -> list[dict[st
 
 async def test_attachments_reach_the_handler_and_fetch_gives_their_exact_bytes(api: Api) -> None:
     picture, code = png(), b"print('hello')\n"
-    body = {
+    body: dict[str, Any] = {
         "text": "what is in these?",
         "id": "m1",
         "attachments": [
