@@ -281,3 +281,40 @@ async def test_a_sent_file_is_listed_in_the_json_answer(api: Api) -> None:
     assert len(answer["files"]) == 2
     for event in answer["files"]:
         assert_is_drawn(event)
+
+
+# ---- through the real core alone (no recorder) ---------------------------------------------
+
+
+@pytest.fixture
+async def plain(
+    media_settings: Settings, secrets: Secrets, fake_openai: FakeOpenAI, redis: Any
+) -> AsyncIterator[Api]:
+    async with (
+        running_web(media_settings, secrets, redis, jwt_secret=SECRET) as (adapter, port),
+        aiohttp.ClientSession() as session,
+    ):
+        yield Api(f"http://127.0.0.1:{port}", session, fake_openai, Recorder(), adapter)
+
+
+async def test_the_model_sees_an_image_sent_to_the_web_channel(plain: Api) -> None:
+    picture = png(64, 48, "red")
+    body = {"text": "what colour?", "attachments": [attachment("red.png", "image/png", picture)]}
+    async with plain.post(body) as response:
+        assert response.status == 200, await response.text()
+
+    [request] = plain.fake.chat_requests()
+    assert request.images == [picture]
+
+
+async def test_a_drawn_picture_comes_back_as_a_file_event(plain: Api) -> None:
+    async with plain.post({"text": "/image a lighthouse at dawn"}, sse=True) as response:
+        assert response.status == 200
+        events = await all_events(response)
+
+    files = [data for name, data in events if name == "file"]
+    assert len(files) == 1 and events[-1][0] == "done", events
+    picture = base64.b64decode(files[0]["data"])
+    assert picture.startswith(b"\x89PNG") and files[0]["kind"] == "image"
+    assert Image.open(io.BytesIO(picture)).getpixel((0, 0))[:3] == plain.fake.image_colour
+    assert len(plain.fake.image_requests()) == 1
