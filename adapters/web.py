@@ -3,7 +3,8 @@
 A thin adapter like the others: a request becomes a `Message` (platform `web`; the JWT's
 `sub` is the user and the workspace, the client's conversation id the channel, so no scope
 ever mixes two users), and the core's reply stream becomes server-sent events, WebSocket
-frames or one JSON answer. The page is static (`adapters/web_static/`); the API is
+frames or one JSON answer. Files come and go as base64 in that same JSON
+(adapters/web_files.py). The page is static (`adapters/web_static/`); the API is
 documented in docs/web.md. A client's message id is the delivery id: a retried request is
 answered once, and gets the first one's final text (kept for `redis.dedupe_ttl` seconds).
 """
@@ -18,7 +19,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,9 +28,20 @@ from urllib.parse import urlsplit
 import jwt
 from aiohttp import WSMsgType, web
 
+from adapters.web_files import TooLarge, Uploads, body_limit, file_event, files_size
+from adapters.web_files import read_attachments as _read_attachments
 from core.config import Settings
-from core.model import ContextKey, Conversation, Message, MessageRef, User, parse_command
-from core.protocols import Handler, Responder
+from core.model import (
+    Attachment,
+    ContextKey,
+    Conversation,
+    Message,
+    MessageRef,
+    OutgoingFile,
+    User,
+    parse_command,
+)
+from core.protocols import FetchError, Handler
 from core.storage import CacheEntry
 
 log = logging.getLogger(__name__)
@@ -113,19 +125,32 @@ class TokenCheck:
 
 
 Sink = Callable[[str, dict[str, str]], Awaitable[None]]
-"""Sends one event (`delta` or `done`) to the client; raises ConnectionError once it left."""
+"""Sends one event (`delta`, `file` or `done`) to the client; raises ConnectionError once it
+left."""
 
 
 class WebResponder:
-    """The core's reply stream as deltas; the whole answer is the final text of every part."""
+    """The core's reply stream as deltas; the whole answer is the final text of every part.
+    Holds the turn's uploads (the only copy of their bytes) and sends files as `file` events;
+    without a sink (JSON mode, `keep_files`) the files wait for the final answer."""
 
     limit = 1_000_000  # one part: the page renders any length
     typing_interval = 0.0
 
-    def __init__(self, sink: Sink | None, edit_interval: float) -> None:
+    def __init__(
+        self,
+        sink: Sink | None,
+        edit_interval: float,
+        uploads: Mapping[str, bytes] | None = None,
+        *,
+        keep_files: bool = False,
+    ) -> None:
         self.sink = sink
         self.edit_interval = edit_interval
         self.parts: dict[str, str] = {}  # in the order they were sent
+        self.uploads = dict(uploads or {})  # handle -> bytes, for this turn only
+        self.files: list[dict[str, str]] = []  # JSON mode: what the answer's `files` lists
+        self._keep_files = keep_files
         self._shown = ""  # what the client has, as the concatenation of its deltas
         self._ids = itertools.count(1)
 
@@ -152,21 +177,39 @@ class WebResponder:
     async def typing(self) -> None:
         return None
 
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The bytes that came with the message (after a crash, or after the turn, gone)."""
+        data = self.uploads.get(attachment.handle)
+        if data is None:
+            raise FetchError("the upload is no longer available")
+        if len(data) > max_bytes:
+            raise FetchError(f"the file is larger than {max_bytes} bytes")
+        return data
+
+    async def send_file(self, file: OutgoingFile) -> MessageRef:
+        """A `file` event now, between the deltas; in JSON mode, a `files` entry."""
+        ref = MessageRef(f"file-{next(self._ids)}")
+        event = file_event(file)
+        if self._keep_files:
+            self.files.append(event)
+        await self._emit("file", event)
+        return ref
+
     async def _delta(self) -> None:
         now = self.answer
         if not now.startswith(self._shown) or now == self._shown:
             return  # rewritten behind what was shown: `done` sends the whole text
         piece, self._shown = now[len(self._shown) :], now
-        await self._emit("delta", piece)
+        await self._emit("delta", {"text": piece})
 
     async def done(self) -> None:
-        await self._emit("done", self.answer)
+        await self._emit("done", {"text": self.answer})
 
-    async def _emit(self, event: str, text: str) -> None:
+    async def _emit(self, event: str, data: dict[str, str]) -> None:
         if self.sink is None:
             return
         try:
-            await asyncio.wait_for(self.sink(event, {"text": text}), SEND_TIMEOUT)
+            await asyncio.wait_for(self.sink(event, data), SEND_TIMEOUT)
         except (ConnectionError, RuntimeError, TimeoutError):
             self.sink = None  # the client left or stopped reading: the answer is still saved
 
@@ -191,6 +234,8 @@ class WebAdapter:
         self.web = settings.platforms.web
         self.auth = TokenCheck(jwt_secret, local_user)
         self.edit_interval = settings.edit_interval("web")
+        self.max_bytes = settings.media.max_bytes  # one attached file
+        self.body_limit = body_limit(self.web.max_body, self.max_bytes)  # with MAX_FILES files
         self._running: dict[str, asyncio.Future[str]] = {}  # retried ids in this process
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sockets: dict[web.WebSocketResponse, Any] = {}  # -> its transport
@@ -231,8 +276,9 @@ class WebAdapter:
     def ready(self) -> bool:
         return self._open
 
-    def responder_for(self, message: Message) -> Responder:
-        """After a crash: answered into the history (the client reads it back there)."""
+    def responder_for(self, message: Message) -> WebResponder:
+        """After a crash: answered into the history (the client reads it back there); the
+        uploads died with the process, so `fetch` says so."""
         return WebResponder(None, self.edit_interval)
 
     # --- requests ---
@@ -262,11 +308,19 @@ class WebAdapter:
         user, cid = self.auth.from_request(request), _conversation_id(request)
         body = await self._json_body(request)
         text, client_id = _message_fields(body)
+        try:
+            uploads = await self._uploads(body)
+        except TooLarge as exc:
+            raise web.HTTPRequestEntityTooLarge(self.max_bytes, reason=str(exc)) from None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=str(exc)) from None
         if not self._open:
             return _error(503, "the bot is restarting; try again in a moment")
         if "text/event-stream" not in request.headers.get("Accept", ""):
-            answer = await self._answer(user, cid, text, client_id, None)
-            return web.json_response({"text": answer})
+            answer, files = await self._answer(user, cid, text, client_id, None, uploads)
+            return web.json_response(
+                {"text": answer, "files": files} if files else {"text": answer}
+            )
         stream = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -282,7 +336,7 @@ class WebAdapter:
             await stream.write(f"event: {event}\ndata: {payload}\n\n".encode())
 
         try:
-            await self._answer(user, cid, text, client_id, sink)
+            await self._answer(user, cid, text, client_id, sink, uploads)
         except RetryPending as exc:  # the stream has begun: the error goes in it
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await sink("error", {"error": str(exc)})
@@ -294,7 +348,7 @@ class WebAdapter:
         user = self.auth.from_request(request)
         if len(self._sockets) >= MAX_SOCKETS:
             return _error(503, "too many open sockets; try again shortly")
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=self.web.max_body)
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=self.body_limit)
         await ws.prepare(request)
         self._sockets[ws] = request.transport
         expiry = None
@@ -315,7 +369,11 @@ class WebAdapter:
                 if frame.type != WSMsgType.TEXT:
                     continue
                 try:
-                    cid, text, client_id = _socket_message(frame.data)
+                    data = await _parse_json(frame.data)
+                except ValueError:
+                    data = None
+                try:
+                    cid, text, client_id = _socket_message(data)
                 except ValueError as exc:
                     await send({"type": "error", "id": "", "error": str(exc)})
                     continue
@@ -323,8 +381,15 @@ class WebAdapter:
                     await send({"type": "error", "id": client_id,
                                 "error": f"at most {PER_SOCKET} messages in flight"})  # fmt: skip
                     continue
+                try:
+                    if len(frame.data) - files_size(data) > self.web.max_body:
+                        raise ValueError(f"a message may have {self.web.max_body} bytes")
+                    uploads = await self._uploads(data)
+                except ValueError as exc:  # a file too large, too many, not base64
+                    await send({"type": "error", "id": client_id, "error": str(exc)})
+                    continue
                 in_flight[0] += 1
-                task = self._spawn(self._socket_turn(user, cid, text, client_id, send))
+                task = self._spawn(self._socket_turn(user, cid, text, client_id, uploads, send))
                 task.add_done_callback(lambda _: in_flight.__setitem__(0, in_flight[0] - 1))
         finally:
             self._sockets.pop(ws, None)
@@ -338,13 +403,14 @@ class WebAdapter:
         cid: str,
         text: str,
         client_id: str,
+        uploads: Uploads,
         send: Callable[[dict[str, str]], Awaitable[None]],
     ) -> None:
         async def sink(event: str, data: dict[str, str]) -> None:
             await send({"type": event, "id": client_id, **data})
 
         try:
-            await self._answer(user, cid, text, client_id, sink)
+            await self._answer(user, cid, text, client_id, sink, uploads)
         except RetryPending as exc:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await send({"type": "error", "id": client_id, "error": str(exc)})
@@ -352,10 +418,17 @@ class WebAdapter:
     # --- the answer ---
 
     async def _answer(
-        self, user: WebUser, cid: str, text: str, client_id: str, sink: Sink | None
-    ) -> str:
+        self,
+        user: WebUser,
+        cid: str,
+        text: str,
+        client_id: str,
+        sink: Sink | None,
+        uploads: Uploads,
+    ) -> tuple[str, list[dict[str, str]]]:
         """Run the turn (detached from the request: a client that leaves does not cancel it)
-        and return the whole answer; a retried id gets the first request's answer."""
+        and return the whole answer and, without a sink, the files sent; a retried id gets
+        the first request's answer (its text: files go to the first request only)."""
         # JSON, not a join: ids may hold any character, and two users' keys must never meet
         delivery = json.dumps([user.id, cid, client_id]) if client_id else ""
         running = self._running.get(delivery) if delivery else None
@@ -365,8 +438,8 @@ class WebAdapter:
             if sink is not None:  # the client waits for its `done`, as after a turn
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await sink("done", {"text": answer})
-            return answer
-        responder = WebResponder(sink, self.edit_interval)
+            return answer, []
+        responder = WebResponder(sink, self.edit_interval, uploads.data, keep_files=sink is None)
         message = Message(
             platform="web",
             key=self._key(user, cid),
@@ -374,6 +447,7 @@ class WebAdapter:
             text=text,
             message_id=client_id or f"w{time.time_ns()}",
             command=parse_command(text),
+            attachments=uploads.attachments,
             delivery_id=delivery,
             order=f"{time.time_ns():020d}",
             private=True,  # a user's own conversation: nobody else reads it
@@ -381,7 +455,7 @@ class WebAdapter:
         turn = self._spawn(self._turn(message, responder, delivery))
         answer = await asyncio.shield(turn)
         await responder.done()
-        return answer
+        return answer, responder.files
 
     async def _turn(self, message: Message, responder: WebResponder, delivery: str) -> str:
         future: asyncio.Future[str] | None = None
@@ -406,6 +480,7 @@ class WebAdapter:
                 future.exception()  # retrieved: no "never retrieved" warning
             raise
         finally:
+            responder.uploads.clear()  # the bytes last one turn
             if future is not None:
                 if not future.done():
                     future.set_result(responder.answer)
@@ -436,8 +511,15 @@ class WebAdapter:
         """Where the core keeps that conversation: the key reduced by `platforms.web.scope`."""
         return self._key(user, cid).scoped(self.settings.scope("web"))
 
+    async def _uploads(self, body: dict[str, Any]) -> Uploads:
+        """The message's files, decoded off the event loop (megabytes of base64)."""
+        if not body.get("attachments"):
+            return Uploads()
+        return await asyncio.to_thread(_read_attachments, body["attachments"], self.max_bytes)
+
     async def _json_body(self, request: web.Request) -> Any:
-        limit = self.web.max_body
+        """The body as JSON: `max_body` bytes, and beside them the attached files' data."""
+        limit = self.body_limit
         declared = request.content_length or 0
         if declared > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
@@ -450,9 +532,12 @@ class WebAdapter:
             chunks.append(chunk)
         raw = b"".join(chunks)
         try:
-            return json.loads(raw)
+            body = await _parse_json(raw)
         except ValueError:
             raise web.HTTPBadRequest(reason="the body is not JSON") from None
+        if size - files_size(body) > self.web.max_body:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.web.max_body, actual_size=size)
+        return body
 
     # --- errors and CORS, for /api/ only ---
 
@@ -549,23 +634,33 @@ def _conversation_id(request: web.Request) -> str:
     return cid
 
 
+async def _parse_json(raw: str | bytes) -> Any:
+    """JSON, parsed in a thread when it is large (a body with files)."""
+    if len(raw) < 1_000_000:
+        return json.loads(raw)
+    return await asyncio.to_thread(json.loads, raw)
+
+
 def _message_fields(body: Any) -> tuple[str, str]:
-    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        raise web.HTTPBadRequest(reason='send {"text": "...", "id": "..."}')
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(reason='send {"text": "...", "id": "...", "attachments": [...]}')
+    text = body.get("text", "" if body.get("attachments") else None)  # files alone will do
+    if not isinstance(text, str):
+        raise web.HTTPBadRequest(reason='send {"text": "...", "id": "...", "attachments": [...]}')
     client_id = body.get("id") or ""
     if not isinstance(client_id, str) or len(client_id) > MAX_ID:
         raise web.HTTPBadRequest(reason=f"id: a string of at most {MAX_ID} characters")
-    return body["text"], client_id
+    return text, client_id
 
 
-def _socket_message(raw: str) -> tuple[str, str, str]:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise ValueError("a frame is JSON") from None
+def _socket_message(data: Any) -> tuple[str, str, str]:
+    if data is None:
+        raise ValueError("a frame is JSON")
     if not isinstance(data, dict) or data.get("type") != "message":
         raise ValueError('send {"type": "message", "conversation": ..., "id": ..., "text": ...}')
-    cid, text, client_id = data.get("conversation"), data.get("text"), data.get("id") or ""
+    default_text = "" if data.get("attachments") else None  # files alone are a message
+    cid, client_id = data.get("conversation"), data.get("id") or ""
+    text = data.get("text", default_text)
     if not isinstance(cid, str) or not CONVERSATION_ID.fullmatch(cid):
         raise ValueError("conversation: 1-64 of A-Z a-z 0-9 _ -")
     if not isinstance(text, str):

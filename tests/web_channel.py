@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -11,18 +11,26 @@ from aiohttp import web
 from adapters.web import WebAdapter
 from bots.assembly import build_core
 from core.config import Secrets, Settings
+from core.protocols import Handler
 from tests.fakes.common import serve_locally
 
 
 @asynccontextmanager
 async def running_web(
-    settings: Settings, secrets: Secrets, redis: Any, *, jwt_secret: str | None
+    settings: Settings,
+    secrets: Secrets,
+    redis: Any,
+    *,
+    jwt_secret: str | None,
+    wrap: Callable[[Handler], Handler] | None = None,
 ) -> AsyncIterator[tuple[WebAdapter, int]]:
     """(the adapter, its port): `jwt_secret` as `chatbot run` mounts it, None as `chatbot
-    web` does (no token)."""
+    web` does (no token). `wrap` puts a test's handler in front of the core's (one that
+    records what the adapter hands the core, or sends a file)."""
     async with AsyncExitStack() as stack:
         core = await build_core(stack, settings, secrets, redis=redis)
-        adapter = WebAdapter(core.handler, core.store, settings, jwt_secret=jwt_secret)
+        handler = wrap(core.handler) if wrap is not None else core.handler
+        adapter = WebAdapter(handler, core.store, settings, jwt_secret=jwt_secret)
         app = web.Application()
         adapter.mount(app)
         await adapter.start()

@@ -1,7 +1,9 @@
 // The chat page. Conversation ids live in this browser's localStorage; the history lives on
 // the server. Answers stream in over server-sent events read from a fetch() response.
 // Everything the model writes goes through marked and then DOMPurify before it reaches the
-// page; what the user writes is only ever set as text.
+// page; what the user writes is only ever set as text. Files go both ways as base64 in the
+// same JSON (the POST's `attachments`, the `file` event) and are shown as <img>, <audio> or
+// a download link built with DOM calls.
 
 const { marked, DOMPurify } = window;
 
@@ -11,6 +13,10 @@ const KEYS = {
   token: "chatbot.token",
 };
 const CONVERSATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const MAX_FILES = 4; // the API's bound on one message
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+// shown inline; anything else (SVG included) is only offered as a download
+const SHOWN_IMAGES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -26,6 +32,10 @@ const ui = {
   composer: $("composer"),
   input: $("input"),
   send: $("send"),
+  attach: $("attach"),
+  fileInput: $("file-input"),
+  pending: $("pending"),
+  chat: $("chat"),
 };
 
 // ---- state ------------------------------------------------------------------------------
@@ -35,6 +45,7 @@ let conversations = loadConversations(); // [{id, title, updated}], newest first
 let current = null; // the open conversation's id
 let openSeq = 0; // bumps on each open, so a late history answer for another one is dropped
 const streaming = new Set(); // conversation ids with an answer on its way
+let pending = []; // files for the next message: [{name, mime_type, data (base64)}]
 
 function loadConversations() {
   try {
@@ -225,7 +236,7 @@ function scrollToBottom() {
   ui.messages.scrollTop = ui.messages.scrollHeight;
 }
 
-function addBubble(role, text) {
+function addBubble(role, text, files = []) {
   ui.messages.querySelector(".hint")?.remove();
   const bubble = document.createElement("div");
   bubble.className = `msg ${role}`;
@@ -234,8 +245,138 @@ function addBubble(role, text) {
   bubble.append(body);
   if (role === "user") body.textContent = text;
   else renderMarkdown(body, text);
+  if (files.length) {
+    const box = document.createElement("div");
+    box.className = "files";
+    box.append(...files.map(fileChip));
+    bubble.append(box);
+  }
   ui.messages.append(bubble);
   return bubble;
+}
+
+// ---- files ------------------------------------------------------------------------------
+
+const dataUrl = (mime, data) => `data:${mime};base64,${data}`;
+
+// A small picture (images) or the name of a file the user attaches.
+function fileChip(file) {
+  const chip = document.createElement("span");
+  chip.className = "chip";
+  chip.title = file.name;
+  if (SHOWN_IMAGES.has(file.mime_type)) {
+    const thumb = document.createElement("img");
+    thumb.className = "thumb";
+    thumb.alt = file.name;
+    thumb.src = dataUrl(file.mime_type, file.data);
+    chip.append(thumb);
+  }
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = file.name;
+  chip.append(name);
+  return chip;
+}
+
+function readFile(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => {
+      const url = String(reader.result);
+      resolve({ name: file.name, mime_type: file.type, data: url.slice(url.indexOf(",") + 1) });
+    };
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function attachFiles(files) {
+  const room = MAX_FILES - pending.length;
+  const chosen = Array.from(files).slice(0, Math.max(room, 0));
+  if (files.length > chosen.length) {
+    showNotice(`At most ${MAX_FILES} files go with one message.`);
+  }
+  for (const file of chosen) {
+    try {
+      pending.push(await readFile(file));
+    } catch {
+      showNotice(`Could not read ${file.name}.`);
+    }
+  }
+  renderPending();
+}
+
+function renderPending() {
+  ui.pending.hidden = pending.length === 0;
+  ui.pending.replaceChildren(
+    ...pending.map((file, index) => {
+      const chip = fileChip(file);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", `Remove ${file.name}`);
+      remove.addEventListener("click", () => {
+        pending.splice(index, 1);
+        renderPending();
+      });
+      chip.append(remove);
+      return chip;
+    }),
+  );
+}
+
+function base64Bytes(data) {
+  const text = atob(data);
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+  return bytes;
+}
+
+// A `file` event: an image or audio shown inline, anything else a download link; all
+// with a link that saves it. The link's blob is typed octet-stream, so opening it never
+// renders the server's type (an HTML file stays a download).
+function renderFile(bubble, file) {
+  const name = typeof file.name === "string" && file.name ? file.name : "file";
+  const mime = typeof file.mime_type === "string" ? file.mime_type.toLowerCase() : "";
+  const data = typeof file.data === "string" ? file.data : "";
+  if (!BASE64.test(data)) return;
+  let box = bubble.querySelector(".files");
+  if (!box) {
+    box = document.createElement("div");
+    box.className = "files";
+    bubble.querySelector(".body").after(box);
+  }
+  const figure = document.createElement("figure");
+  figure.className = "file";
+  if (file.kind === "image" && SHOWN_IMAGES.has(mime)) {
+    const img = document.createElement("img");
+    img.alt = name;
+    img.src = dataUrl(mime, data);
+    figure.append(img);
+  } else if (file.kind === "audio" && /^audio\/[\w.+-]+$/.test(mime)) {
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.src = dataUrl(mime, data);
+    figure.append(audio);
+  }
+  const caption = document.createElement("figcaption");
+  if (typeof file.caption === "string" && file.caption) {
+    const text = document.createElement("div");
+    text.className = "caption";
+    renderMarkdown(text, file.caption);
+    caption.append(text);
+  }
+  const link = document.createElement("a");
+  link.className = "download";
+  link.download = name;
+  link.textContent = name;
+  link.href = URL.createObjectURL(
+    new Blob([base64Bytes(data)], { type: "application/octet-stream" }),
+  );
+  caption.append(link);
+  figure.append(caption);
+  box.append(figure);
 }
 
 function showNotice(text, retry) {
@@ -261,24 +402,25 @@ function showHint() {
 
 // ---- sending and streaming --------------------------------------------------------------
 
-async function send(text) {
+async function send(text, files) {
   const cid = current;
   const entry = conversation(cid);
-  if (!entry.title) entry.title = text.slice(0, 60);
+  if (!entry.title) entry.title = (text || files[0]?.name || "").slice(0, 60);
   entry.updated = Date.now();
   conversations = [entry, ...conversations.filter((c) => c !== entry)];
   saveConversations();
   renderList();
-  addBubble("user", text);
+  addBubble("user", text, files);
   const bubble = addBubble("assistant", "");
   scrollToBottom();
-  await stream(cid, text, newMessageId(), bubble);
+  await stream(cid, text, newMessageId(), bubble, files);
 }
 
 // One attempt at an answer. A retry sends the same message id, so the bot answers it once.
-async function stream(cid, text, id, bubble) {
+async function stream(cid, text, id, bubble, files = []) {
   const body = bubble.querySelector(".body");
   bubble.querySelector(".error")?.remove();
+  bubble.querySelector(".files")?.remove();
   body.replaceChildren();
   bubble.dataset.state = "waiting";
   bubble.setAttribute("aria-busy", "true");
@@ -294,13 +436,18 @@ async function stream(cid, text, id, bubble) {
     if (follow) scrollToBottom();
   };
   try {
-    const response = await api("POST", messagesPath(cid), { json: { text, id }, stream: true });
+    const message = files.length ? { text, id, attachments: files } : { text, id };
+    const response = await api("POST", messagesPath(cid), { json: message, stream: true });
     let done = false;
     for await (const event of readEvents(response)) {
       if (event.type === "delta") {
         answer += JSON.parse(event.data).text ?? "";
         bubble.dataset.state = "streaming";
         if (!frame) frame = requestAnimationFrame(paint);
+      } else if (event.type === "file") {
+        const follow = nearBottom();
+        renderFile(bubble, JSON.parse(event.data));
+        if (follow) scrollToBottom();
       } else if (event.type === "done") {
         answer = JSON.parse(event.data).text ?? answer;
         done = true;
@@ -326,7 +473,7 @@ async function stream(cid, text, id, bubble) {
     retry.className = "retry";
     retry.textContent = "Resend";
     retry.addEventListener("click", () => {
-      if (!streaming.has(cid)) stream(cid, text, id, bubble);
+      if (!streaming.has(cid)) stream(cid, text, id, bubble, files);
     });
     box.append(" ", retry);
     bubble.append(box);
@@ -380,6 +527,7 @@ async function openConversation(cid) {
   const seq = ++openSeq;
   renderList();
   updateComposer();
+  for (const link of ui.messages.querySelectorAll("a.download")) URL.revokeObjectURL(link.href);
   ui.messages.replaceChildren();
   ui.input.focus();
   let messages = [];
@@ -451,10 +599,13 @@ function autosize() {
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = ui.input.value.trim();
-  if (!text || streaming.has(current)) return;
+  if ((!text && !pending.length) || streaming.has(current)) return;
+  const files = pending;
+  pending = [];
+  renderPending();
   ui.input.value = "";
   autosize();
-  send(text);
+  send(text, files);
 });
 
 ui.input.addEventListener("keydown", (event) => {
@@ -464,6 +615,29 @@ ui.input.addEventListener("keydown", (event) => {
   }
 });
 ui.input.addEventListener("input", autosize);
+
+ui.attach.addEventListener("click", () => ui.fileInput.click());
+ui.fileInput.addEventListener("change", async () => {
+  const files = Array.from(ui.fileInput.files);
+  ui.fileInput.value = ""; // the same file may be chosen again
+  await attachFiles(files);
+  ui.input.focus();
+});
+ui.input.addEventListener("paste", (event) => {
+  const files = event.clipboardData?.files;
+  if (files?.length) {
+    event.preventDefault();
+    attachFiles(files);
+  }
+});
+ui.chat.addEventListener("dragover", (event) => {
+  if (event.dataTransfer?.types.includes("Files")) event.preventDefault();
+});
+ui.chat.addEventListener("drop", (event) => {
+  if (!event.dataTransfer?.files.length) return;
+  event.preventDefault();
+  attachFiles(event.dataTransfer.files);
+});
 
 ui.tokenForm.addEventListener("submit", (event) => {
   event.preventDefault();

@@ -1,5 +1,7 @@
 """The chat page in a real headless Chromium, against whatever server `web_base_url` names
-(see conftest.py): sending, streaming, history, Markdown, XSS, auth, failures, phone width.
+(see conftest.py): sending, streaming, history, Markdown, XSS, auth, failures, phone width;
+and files (attached with the picker, sent back by the bot), where the server is the real web
+adapter with a recording handler in front of the core (`files_app`).
 
 The tests know the page's DOM (`.msg.user`, `.msg.assistant[data-state]`, `#input`, ...) and
 the API contract; never how the server makes its answers."""
@@ -7,14 +9,20 @@ the API contract; never how the server makes its answers."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, Route, expect
+from playwright.async_api import FilePayload, Page, Route, expect
 
+from core.config import Secrets, Settings
+from core.model import MediaKind, OutgoingFile
 from tests.browser.conftest import BrowserLog
+from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.test_web_media import Recorder, png
+from tests.web_channel import running_web
 
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -330,3 +338,113 @@ async def test_fits_a_phone_screen(
     await page.locator("#conversations button").first.click()
     await expect(new).not_to_be_in_viewport()
     await page.screenshot(path=str(artifacts / "page-phone.png"))
+
+
+# ---- files --------------------------------------------------------------------------------
+
+
+@dataclass
+class FilesApp:
+    base_url: str
+    recorder: Recorder  # what reached the server; `to_send`: files the bot sends back
+
+
+@pytest.fixture
+async def files_app(
+    settings: Settings, secrets: Secrets, fake_openai: FakeOpenAI, redis: Any
+) -> AsyncIterator[FilesApp]:
+    recorder = Recorder()
+    web = running_web(settings, secrets, redis, jwt_secret=None, wrap=recorder.wrap)
+    async with web as (_, port):
+        yield FilesApp(f"http://127.0.0.1:{port}/", recorder)
+
+
+async def test_an_image_attached_with_the_picker_reaches_the_server(
+    page: Page, files_app: FilesApp, artifacts: Path
+) -> None:
+    picture = png(40, 30, "green")
+    await open_page(page, files_app.base_url)
+
+    async with page.expect_file_chooser() as chosen:
+        await page.get_by_role("button", name="Attach files").click()
+    await (await chosen.value).set_files([
+        FilePayload(name="cat.png", mimeType="image/png", buffer=picture),
+        FilePayload(name="notes.txt", mimeType="text/plain", buffer=b"not this one"),
+    ])  # fmt: skip
+    pending = page.locator("#pending")
+    await expect(pending.locator(".chip")).to_have_text(["cat.png×", "notes.txt×"])
+    await expect(pending.locator("img.thumb")).to_have_count(1)  # a picture of the image
+    await pending.get_by_role("button", name="Remove notes.txt").click()
+    await expect(pending.locator(".chip")).to_have_text(["cat.png×"])
+    await page.screenshot(path=str(artifacts / "page-attachment.png"))
+    await send(page, "what is this?")
+    await answered(page)
+
+    await expect(pending).to_be_hidden()
+    user = page.locator(".msg.user").last
+    await expect(user.locator(".body")).to_have_text("what is this?")
+    await expect(user.locator("img.thumb")).to_have_attribute("alt", "cat.png")
+    [message] = files_app.recorder.messages
+    assert message.text == "what is this?"
+    [image] = message.attachments
+    assert (image.name, image.mime_type, image.kind, image.size) == (
+        "cat.png", "image/png", MediaKind.IMAGE, len(picture)
+    )  # fmt: skip
+    assert files_app.recorder.fetched == [picture]  # the exact bytes
+
+
+async def test_files_the_bot_sends_are_shown_inline(
+    page: Page, files_app: FilesApp, browser_log: BrowserLog, artifacts: Path
+) -> None:
+    files_app.recorder.to_send = [
+        OutgoingFile(png(24, 16, "blue"), "drawing.png", "image/png", MediaKind.IMAGE,
+                     caption="A **blue** box"),
+        OutgoingFile(b"OggS" + bytes(60), "answer.ogg", "audio/ogg", MediaKind.AUDIO),
+        OutgoingFile(b"<script>alert(1)</script>", "page.html", "text/html",
+                     MediaKind.DOCUMENT),
+    ]  # fmt: skip
+    await open_page(page, files_app.base_url)
+
+    await send(page, "draw me a box")
+    bubble = await answered(page)
+
+    await expect(bubble.locator(".body")).to_have_text("echo: draw me a box")
+    image = bubble.locator(".files img")
+    await expect(image).to_have_attribute("alt", "drawing.png")
+    # decoded (decode() rejects an image the Content-Security-Policy blocked)
+    assert (
+        await image.evaluate("async img => { await img.decode(); return img.naturalWidth }") == 24
+    )
+    await expect(bubble.locator(".files .caption strong")).to_have_text("blue")
+    audio = bubble.locator(".files audio")
+    await expect(audio).to_have_count(1)
+    assert await audio.evaluate("a => a.controls && a.src.startsWith('data:audio/ogg;base64,')")
+    links = bubble.locator(".files a.download")
+    await expect(links).to_have_text(["drawing.png", "answer.ogg", "page.html"])
+    await expect(links.last).to_have_attribute("download", "page.html")
+    assert await links.last.evaluate("a => a.href.startsWith('blob:')")
+    assert browser_log.dialogs == []
+    assert not [line for line in browser_log.console if "Content Security Policy" in line]
+    await page.screenshot(path=str(artifacts / "page-files.png"))
+
+
+async def test_an_image_pasted_or_dropped_is_attached(page: Page, files_app: FilesApp) -> None:
+    await open_page(page, files_app.base_url)
+    await page.evaluate("""() => {
+      const transfer = (name) => {
+        const data = new DataTransfer();
+        data.items.add(new File([new Uint8Array([1, 2, 3])], name, {type: "image/png"}));
+        return data;
+      };
+      document.getElementById("input").dispatchEvent(new ClipboardEvent("paste",
+          {clipboardData: transfer("pasted.png"), bubbles: true, cancelable: true}));
+      document.getElementById("messages").dispatchEvent(new DragEvent("drop",
+          {dataTransfer: transfer("dropped.png"), bubbles: true, cancelable: true}));
+    }""")
+
+    await expect(page.locator("#pending .chip")).to_have_text(["pasted.png×", "dropped.png×"])
+    await send(page, "")  # files alone are a message
+    await answered(page)
+    [message] = files_app.recorder.messages
+    assert [a.name for a in message.attachments] == ["pasted.png", "dropped.png"]
+    assert files_app.recorder.fetched == [b"\x01\x02\x03", b"\x01\x02\x03"]
