@@ -148,6 +148,26 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """A tool call waiting for a person's yes: the adapter shows `text` (Markdown) with
+    Approve and Deny buttons whose data carry `id`."""
+
+    id: str
+    text: str
+    tool: str  # the tool's name, for platforms that show a title
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A press of Approve or Deny, as the platform delivered it."""
+
+    approval_id: str
+    approve: bool
+    user: User
+    platform: str
+
+
+@dataclass(frozen=True, slots=True)
 class IntentMatch:
     """What a text gave: the intent's name, its entities, the text (and the message)."""
 

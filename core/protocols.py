@@ -11,7 +11,15 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from core.model import Attachment, Message, MessageRef, OutgoingFile, ToolCall, Turn
+from core.model import (
+    ApprovalRequest,
+    Attachment,
+    Message,
+    MessageRef,
+    OutgoingFile,
+    ToolCall,
+    Turn,
+)
 
 
 @runtime_checkable
@@ -62,6 +70,27 @@ class MediaResponder(Responder, Protocol):
     async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes: ...
 
     async def send_file(self, file: OutgoingFile) -> MessageRef: ...
+
+
+@runtime_checkable
+class Approver(Responder, Protocol):
+    """A `Responder` on a platform with buttons (or a y/n prompt): it posts an approval
+    request where the answer goes, with Approve and Deny."""
+
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef: ...
+
+
+class DecisionReply(Protocol):
+    """How the core answers one press of a button."""
+
+    async def notice(self, text: str) -> None:
+        """Tell the presser alone (Slack ephemeral, Telegram's callback answer, Discord's
+        ephemeral response)."""
+        ...
+
+    async def settle(self, text: str) -> None:
+        """Replace the request's message with its outcome, the buttons gone."""
+        ...
 
 
 Handler = Callable[[Message, Responder], Awaitable[None]]

@@ -132,6 +132,7 @@ class PersonData:
     conversations: dict[str, list[Turn]]  # conversation id -> their turns and the answers
     settings: dict[str, dict[str, str]]  # their own conversations' persona and model
     usage: dict[str, Totals]  # period (`d2025-01-31`, `m2025-01`) -> their token usage
+    approvals: list[str] = field(default_factory=list)  # their pending approvals' records
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class Erased:
     turns: int = 0  # their turns and the answers to them, from conversations shared with others
     usage: int = 0  # usage counters (per day, per month)
     cached: int = 0  # cached answers to their messages
+    approvals: int = 0  # their pending approvals
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,20 @@ class Store(Protocol):
         """Delete what `person` left: their own conversations whole; from a conversation
         shared with others, their turns and the answers to them; their usage counters and
         the cached answers to their messages. Nobody else's data."""
+        ...
+
+    async def hold_approval(self, approval_id: str, person: Person, record: str, ttl: int) -> None:
+        """Keep a pending approval (`record`, opaque to the store) `ttl` seconds, indexed
+        under the person who asked (export, erasure)."""
+        ...
+
+    async def approval(self, approval_id: str) -> str | None:
+        """A pending approval's record, left in place (None: decided or expired)."""
+        ...
+
+    async def take_approval(self, approval_id: str) -> str | None:
+        """The record, removed in the same step: of two presses (on two replicas) exactly
+        one gets it."""
         ...
 
     async def set_setting(self, key: ContextKey, name: str, value: str) -> None: ...

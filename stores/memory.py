@@ -165,6 +165,8 @@ class MemoryBackend:
         self.cache: dict[str, Text] = {}
         self.masks: dict[str, Masks] = {}
         self.images: dict[tuple[str, str], Blob] = {}  # (conversation, image id)
+        self.approvals: dict[str, Text] = {}  # id -> record
+        self.person_approvals: dict[tuple[str, str], set[str]] = {}  # (platform, user) -> ids
         # a person's conversations and cache keys (platform, user) -> ids (export, erasure)
         self.people: dict[tuple[str, str], tuple[dict[str, bool], set[str]]] = {}  # own?
         self.seen: dict[tuple[str, ...], Text] = {}  # (ns, id) or (conversation, ns, id)
@@ -473,7 +475,9 @@ class MemoryStore:
             if (platform, user) == (person.platform, person.user)
             and b.live(b.user_usage, (platform, user, period)) is not None
         }
-        return PersonData(conversations, settings, usage)
+        ids = b.person_approvals.get((person.platform, person.user), set())
+        approvals = [kept.value for i in sorted(ids) if (kept := b.live(b.approvals, i))]
+        return PersonData(conversations, settings, usage, approvals)
 
     async def erase(self, person: Person) -> Erased:
         b = self.backend
@@ -500,7 +504,28 @@ class MemoryStore:
         for name in periods:
             del b.user_usage[name]
         b.buckets.pop(who, None)
-        return Erased(owned, turns, len(periods), len(cached))
+        ids = b.person_approvals.pop(who, set())
+        approvals = 0
+        for approval_id in ids:
+            if b.live(b.approvals, approval_id) is not None:
+                del b.approvals[approval_id]
+                approvals += 1
+        return Erased(owned, turns, len(periods), len(cached), approvals)
+
+    async def hold_approval(self, approval_id: str, person: Person, record: str, ttl: int) -> None:
+        b = self.backend
+        b.approvals[approval_id] = Text(value=record, expires=b.clock() + ttl)
+        b.person_approvals.setdefault((person.platform, person.user), set()).add(approval_id)
+
+    async def approval(self, approval_id: str) -> str | None:
+        kept = self.backend.live(self.backend.approvals, approval_id)
+        return kept.value if kept else None
+
+    async def take_approval(self, approval_id: str) -> str | None:
+        b = self.backend
+        kept = b.live(b.approvals, approval_id)
+        b.approvals.pop(approval_id, None)
+        return kept.value if kept else None
 
     async def reset(self, key: ContextKey) -> None:
         """Drop the history and the summary; persona and model stay (and the meta's TTL)."""

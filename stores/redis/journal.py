@@ -19,53 +19,15 @@ import logging
 import secrets
 import time
 from collections.abc import Collection
-from dataclasses import fields, is_dataclass
 from typing import Any
 
-from core.model import Attachment, Command, ContextKey, MediaKind, Message, User
+from core.codec import message_from_json, message_to_json
+from core.model import Message
 from stores.redis.health import FAILURES
 from stores.redis.keys import KeyBuilder
 from stores.redis.scripts import JOURNAL_CLAIM
 
 log = logging.getLogger(__name__)
-
-
-def message_to_json(message: Message) -> str:
-    return json.dumps(_plain(message), ensure_ascii=False, separators=(",", ":"))
-
-
-def _plain(value: Any) -> Any:
-    """`dataclasses.asdict` without its deep copy of every leaf value (the message is frozen
-    and only serialised): a third of the journal's cost per message (`python -m bench`)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {field.name: _plain(getattr(value, field.name)) for field in fields(value)}
-    if isinstance(value, tuple | list):
-        return [_plain(item) for item in value]
-    return value
-
-
-def message_from_json(raw: str | bytes) -> Message | None:
-    try:
-        data = json.loads(raw)
-        command = data.get("command")
-        return Message(
-            platform=data["platform"],
-            key=ContextKey(**data["key"]),
-            user=User(**data["user"]),
-            text=data["text"],
-            message_id=data["message_id"],
-            addressed=data.get("addressed", True),
-            command=Command(**command) if command else None,
-            attachments=tuple(_attachment(a) for a in data.get("attachments", ())),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _attachment(data: dict[str, Any]) -> Attachment:
-    if "url" in data:  # written before attachments had a fetch handle and a kind
-        data = {**data, "handle": data.pop("url")}
-    return Attachment(**{**data, "kind": MediaKind(data.get("kind", MediaKind.OTHER))})
 
 
 class RedisJournal:

@@ -90,6 +90,14 @@ class KeyBuilder:
         """A set: the cache keys of answers to a person's messages (erasure)."""
         return f"{self.prefix}:person:{self._user(platform, user)}:cache"
 
+    def person_approvals(self, platform: str, user: str) -> str:
+        """A set: the ids of a person's pending approvals (export and erasure)."""
+        return f"{self.prefix}:person:{self._user(platform, user)}:approvals"
+
+    def approval(self, approval_id: str) -> str:
+        """A pending tool approval's record (`tools.approval_ttl`, and a day to say expired)."""
+        return f"{self.prefix}:approval:{id_part(approval_id)}"
+
     def user_usage_pattern(self, platform: str, user: str) -> str:
         """A SCAN pattern matching every period of one user's usage counters."""
         return f"{self.prefix}:usage:{self._user(platform, user)}:*"  # no glob characters:

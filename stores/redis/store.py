@@ -457,7 +457,12 @@ class RedisStore:
         async for raw in self.redis.scan_iter(match=pattern, count=500):
             key = _text(raw)
             usage[key.rpartition(":")[2]] = _totals(await self.redis.hgetall(key))
-        return PersonData(conversations, settings, usage)
+        approvals = []
+        for raw in await self.redis.smembers(self.keys.person_approvals(*who)):
+            record = await self.redis.get(self.keys.approval(_text(raw)))
+            if record is not None:
+                approvals.append(_text(record))
+        return PersonData(conversations, settings, usage, approvals)
 
     async def erase(self, person: Person) -> Erased:
         """Delete through the person's index (raises what Redis raises; run it again to
@@ -483,8 +488,31 @@ class RedisStore:
         usage = 0
         async for raw in self.redis.scan_iter(match=self.keys.user_usage_pattern(*who), count=500):
             usage += int(await self.redis.delete(raw))
-        await self.redis.delete(index, cached_index, self.keys.bucket(*who))
-        return Erased(owned, turns, usage, len(cached))
+        approvals_index = self.keys.person_approvals(*who)
+        approvals = 0
+        for raw in await self.redis.smembers(approvals_index):  # one by one: other slots
+            approvals += int(await self.redis.delete(self.keys.approval(_text(raw))))
+        await self.redis.delete(index, cached_index, approvals_index, self.keys.bucket(*who))
+        return Erased(owned, turns, usage, len(cached), approvals)
+
+    async def hold_approval(self, approval_id: str, person: Person, record: str, ttl: int) -> None:
+        index = self.keys.person_approvals(person.platform, person.user)
+        async with self.redis.pipeline(transaction=False) as pipe:  # two slots on a Cluster
+            pipe.set(self.keys.approval(approval_id), record, ex=ttl)
+            pipe.sadd(index, approval_id)
+            pipe.expire(index, ttl)
+            self._count()
+            await pipe.execute()
+
+    async def approval(self, approval_id: str) -> str | None:
+        self._count()
+        raw = await self.redis.get(self.keys.approval(approval_id))
+        return None if raw is None else _text(raw)
+
+    async def take_approval(self, approval_id: str) -> str | None:
+        self._count()
+        raw = await self.redis.getdel(self.keys.approval(approval_id))
+        return None if raw is None else _text(raw)
 
     async def _erase_images(self, base: str, user: str, own: bool) -> None:
         """The image blobs of the person's turns (all of an own conversation's)."""

@@ -270,6 +270,28 @@ async def test_pictures_drawn_add_up_beside_the_tokens(stores: Stores):
     assert await store.usage(periods) == [Totals(5, 5, 1), Totals(5, 5, 1)]
 
 
+async def test_an_approval_is_taken_once_and_belongs_to_its_asker(stores: Stores):
+    store, other = await stores.new(), await stores.new()
+    await store.hold_approval("ap1", ALICE, '{"tool": "deploy"}', ttl=60)
+    await store.hold_approval("ap2", BOB, '{"tool": "other"}', ttl=60)
+    assert await other.approval("ap1") == '{"tool": "deploy"}'  # read, left in place
+    taken = await asyncio.gather(store.take_approval("ap1"), other.take_approval("ap1"))
+    assert sorted(taken, key=str) == [None, '{"tool": "deploy"}']  # two presses: one wins
+    assert await store.approval("ap1") is None
+    await store.hold_approval("ap3", ALICE, "pending", ttl=60)
+    assert (await store.person(ALICE)).approvals == ["pending"]
+    assert (await store.erase(ALICE)).approvals == 1
+    assert await store.approval("ap3") is None
+    assert await store.approval("ap2") == '{"tool": "other"}'  # nobody else's
+    await store.hold_approval("short", BOB, "x", ttl=1)
+    await stores.wait_out(1.1)
+    await wait_for(lambda: _gone(store, "short"))
+
+
+async def _gone(store: Any, approval_id: str) -> bool:
+    return await store.approval(approval_id) is None
+
+
 # 8. cache
 
 
