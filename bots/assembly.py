@@ -6,10 +6,11 @@ intake out, as one `Core` that the adapters, the HTTP server and recovery are gi
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 from redis.asyncio import Redis, RedisCluster
@@ -44,6 +45,7 @@ from core.routing.sanitize import Sanitized
 from core.sections import BUILTIN_TOOLS
 from core.storage import AnswerJournal, StateStore
 from core.tools.actions import HttpActions
+from core.tools.approvals import Approvals
 from core.tools.builtin import calculator_tool, current_time_tool
 from core.tools.toolbox import Toolbox
 from stores.limits import StoreLimits
@@ -113,6 +115,24 @@ def build_toolbox(
             toolbox.tools[name] = actions.tool(name)
         else:
             toolbox.tools[name] = plugins.tools[name]
+    return toolbox
+
+
+def needs_approval(name: str, settings: Settings) -> bool:
+    """`tools.approve` names or patterns, an action's `approve`, an MCP server's `approve`."""
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.tools.approve):
+        return True
+    action = settings.actions.get(name)
+    if action is not None:
+        return action.approve
+    server, _, tool = name.partition("__")
+    return bool(tool) and server in settings.mcp.servers and settings.mcp.servers[server].approve
+
+
+def mark_approvals(toolbox: Toolbox, settings: Settings) -> Toolbox:
+    for name, tool in toolbox.tools.items():
+        if needs_approval(name, settings):
+            toolbox.tools[name] = replace(tool, approve=True)
     return toolbox
 
 
@@ -203,7 +223,7 @@ async def build_core(
         image_ttl=image_ttl,
     )
     drawing = Drawing(media_model, store, Exchange(store, policies), settings, moderator=moderator)
-    toolbox = build_toolbox(settings, actions, plugins, drawing)
+    toolbox = mark_approvals(build_toolbox(settings, actions, plugins, drawing), settings)
     features = Features(
         toolbox=toolbox or None,
         usage=usage,
@@ -231,6 +251,7 @@ async def build_core(
         vision_model=settings.llm.vision_model,
         history_images=settings.media.history_images,
         image_ttl=image_ttl,
+        approvals=Approvals(store, settings),
     )
     chat = ChatTurn(store, metered, settings, counter, features)
     intent_turn = IntentTurn(

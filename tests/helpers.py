@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from core.model import (
+    ApprovalRequest,
     Attachment,
     ContextKey,
     MediaKind,
@@ -144,6 +145,34 @@ class FileResponder(RecordingResponder):
         ref = str(next(self._ids))
         self.calls.append(Call("file", file.name, ref, True))
         return MessageRef(ref)
+
+
+@dataclass
+class ApprovingResponder(FileResponder):
+    """An `Approver` in memory: records the approval requests it was asked to show."""
+
+    requests: list[ApprovalRequest] = field(default_factory=list)
+
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
+        self.requests.append(request)
+        ref = str(next(self._ids))
+        self.calls.append(Call("approval", request.text, ref, True))
+        self.messages[ref] = request.text
+        return MessageRef(ref)
+
+
+@dataclass
+class PressReply:
+    """A `DecisionReply` in memory: what the presser was told, what the request became."""
+
+    notices: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+
+    async def notice(self, text: str) -> None:
+        self.notices.append(text)
+
+    async def settle(self, text: str) -> None:
+        self.settled.append(text)
 
 
 def attach(

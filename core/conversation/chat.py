@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from core.config import Settings
@@ -30,14 +31,15 @@ from core.llm.tokens import TokenCounter
 from core.llm.toolloop import LoopStats, run_model
 from core.media.reader import Gathered, MediaReader, heard_line
 from core.media.speech import Speaker
-from core.model import ContextKey, Conversation, Message, Turn
+from core.model import ContextKey, Conversation, Decision, Message, Turn
 from core.policies.cache import AnswerCache
 from core.policies.limits import RateLimiter, TokenBudget
 from core.policies.masking import Masker
 from core.policies.usage import UsageBook
-from core.protocols import LLM, LLMError, Responder, StreamCut, Usage
+from core.protocols import LLM, DecisionReply, LLMError, Responder, StreamCut, Usage
 from core.storage import Store, TurnLock
 from core.streaming.reply import DeliveryError, StreamingReply, reply
+from core.tools.approvals import GONE, Approvals, Outcome, PendingApproval, not_run
 from core.tools.toolbox import Toolbox, ToolContext
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class Features:
     vision_model: str | None = None  # `llm.vision_model`: turns that show the model images
     history_images: int = 4  # `media.history_images`
     image_ttl: int = 86400  # `media.image_ttl_hours`, in seconds
+    approvals: Approvals | None = None  # tools that run only after a person's yes
 
     def policies(self) -> Policies:
         return Policies(
@@ -105,6 +108,8 @@ class ChatTurn:
         self.counter = counter
         self.features = features or Features()
         self.exchange = Exchange(store, self.features.policies())
+        f = self.features  # an answer resumed after an approval: not a new message
+        self.resuming = Exchange(store, Policies(usage=f.usage, masker=f.masker))
 
     def conversation_key(self, message: Message) -> ContextKey:
         return message.key.scoped(self.settings.scope(message.platform))
@@ -213,6 +218,9 @@ class ChatTurn:
         usage = stats.usage
         if usage is None and stats.model_calls and answer and not failed:
             usage = Usage(prompt.tokens, self.counter.text(answer))  # the server sent none
+        if stats.waiting is not None and not failed:
+            note = await self._ask_approval(message, responder, stats, model)
+            answer = f"{answer}\n\n{note}".strip()
         entry = None
         unmasked = masked.text == said  # an answer to masked values is not shared
         if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
@@ -225,7 +233,8 @@ class ChatTurn:
             masks={**masked.added, **kept.added},
         )  # fmt: skip
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
-        if conversation.voice and answer and not failed and f.speaker is not None:
+        speak = stats.waiting is None and not failed
+        if conversation.voice and answer and speak and f.speaker is not None:
             await f.speaker.speak(answer, responder)
         stored = [*conversation.history, *turns][-self.settings.context.max_turns :]
         memory = f.memory
@@ -284,10 +293,75 @@ class ChatTurn:
                     answer.feed(CUT_NOTE)
                     return await self._finish(answer), True
                 return await self._apologise(responder, answer), True
-            if not answer.text.strip():
+            if not answer.text.strip() and stats.waiting is None:
                 log.warning("model returned an empty answer")
                 return await self._apologise(responder, answer), True
             return await self._finish(answer), False
+
+    async def _ask_approval(
+        self, message: Message, responder: Responder, stats: LoopStats, model: str
+    ) -> str:
+        assert stats.waiting is not None
+        if self.features.approvals is None:  # a tool marked approve with no way to ask
+            return "[not run: the tool needs an approval]"
+        try:
+            return await self.features.approvals.ask(
+                message, responder, prompt=stats.waiting.prompt, calls=stats.waiting.calls,
+                model=model, rounds=stats.tool_rounds,
+            )  # fmt: skip
+        except Exception as exc:
+            log.error("asking for an approval failed: %s", type(exc).__name__)
+            await reply(responder, "Sorry, I couldn't ask for the approval this needs.")
+            return "[not run: the approval could not be asked for]"
+
+    async def decide(
+        self,
+        decision: Decision,
+        answer: DecisionReply,
+        responder_for: Callable[[Message], Responder],
+    ) -> None:
+        """A press of Approve or Deny: run the calls (or tell the model they were not run)
+        and let the model finish its answer, as a new message where it was asked."""
+        approvals = self.features.approvals
+        if approvals is None:
+            await answer.notice(GONE)
+            return
+        taken = await approvals.take(decision, answer)
+        if taken is None:
+            return
+        pending, outcome = taken
+        await self.resume(pending, outcome, responder_for(pending.message))
+
+    async def resume(
+        self, pending: PendingApproval, outcome: Outcome, responder: Responder
+    ) -> TurnResult:
+        """The answer after a decision: one read, the calls' results, the model, one write
+        (the rest of the answer joins the history)."""
+        message = pending.message
+        key = self.conversation_key(message)
+        context = ToolContext(message, key.id, responder)
+        toolbox = self.features.toolbox
+        if outcome == "approved" and toolbox is not None:
+            results = await toolbox.run_all(pending.calls, context)
+        else:
+            results = not_run(pending.calls, outcome)
+        async with self.store.lock(key, lazy=True) as held:
+            opened = await self.resuming.open(message, key, lock=held, history=False)
+            stats = LoopStats(tool_rounds=pending.rounds)
+            prompt = [*pending.prompt, *results]
+            answer, failed = await self._stream_answer(
+                prompt, pending.model, responder, context, stats
+            )
+            if stats.waiting is not None and not failed:
+                note = await self._ask_approval(message, responder, stats, pending.model)
+                answer = f"{answer}\n\n{note}".strip()
+            kept = self.resuming.mask(answer, opened)
+            turns = [Turn("assistant", kept.text)] if answer else []
+            await self.resuming.close(
+                message, key, turns, lock=held, opened=opened, usage=stats.usage,
+                masks=kept.added,
+            )  # fmt: skip
+        return TurnResult(answer, failed, 0, stats.usage, stats.tool_rounds)
 
     async def _finish(self, answer: StreamingReply) -> str:
         try:

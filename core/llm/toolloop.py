@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 STEP_LIMIT_NOTE = "\n\n_(I stopped after {steps} rounds of tool use without a final answer.)_"
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A round of tool calls held for a person's approval: the prompt up to the model's
+    request (its last turn carries the calls), to go on from once they decide."""
+
+    prompt: tuple[Turn, ...]
+    calls: tuple[ToolCall, ...]
+
+
 @dataclass
 class LoopStats:
     """What the loop did so far; kept up to date even when a call fails midway."""
@@ -32,6 +41,7 @@ class LoopStats:
     tool_rounds: int = 0
     tool_calls: int = 0
     step_limit: bool = False
+    waiting: Waiting | None = None  # the loop stopped for an approval
 
     def add(self, usage: Usage) -> None:
         self.usage = usage if self.usage is None else self.usage + usage
@@ -90,4 +100,7 @@ async def run_model(
         stats.tool_calls += len(calls)
         log.info("tool round %d: %s", stats.tool_rounds, ", ".join(c.name for c in calls))
         prompt.append(Turn("assistant", "".join(said), tool_calls=tuple(calls)))
+        if toolbox.needs_approval(calls):  # the whole round waits: nothing runs before a yes
+            stats.waiting = Waiting(tuple(prompt), tuple(calls))
+            return
         prompt.extend(await toolbox.run_all(calls, context))

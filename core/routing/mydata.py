@@ -19,6 +19,7 @@ from core.protocols import MediaResponder, Responder
 from core.routing.router import Route, command
 from core.storage import CacheEntry, Person, Store
 from core.streaming.reply import reply
+from core.tools.approvals import PendingApproval
 
 CONFIRM_SECONDS = 300
 PRIVATE_ONLY = (
@@ -105,6 +106,7 @@ async def export_document(store: Store, person: Person) -> dict[str, Any]:
         "user": person.user,
         "conversations": conversations,
         "settings": data.settings,
+        "pending_approvals": [_approval(raw) for raw in data.approvals],
         "usage": {
             period: {
                 "prompt": t.prompt,
@@ -115,6 +117,24 @@ async def export_document(store: Store, person: Person) -> dict[str, Any]:
             for period, t in sorted(data.usage.items())
         },
     }
+
+
+def _approval(raw: str) -> dict[str, Any]:
+    pending = PendingApproval.from_json(raw)
+    if pending is None:
+        return {"unreadable": True}
+    return {
+        "tools": [call.name for call in pending.calls],
+        "arguments": [_arguments(call.arguments) for call in pending.calls],
+        "expires_at": pending.expires_at,
+    }
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text or "{}")
+    except ValueError:
+        return text
 
 
 def _turn(turn: Turn, kept: dict[str, bytes]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class Tool:
     parameters: Mapping[str, Any]
     run: ToolFunction
     timeout: float | None = None  # None: the toolbox's
+    approve: bool = False  # runs only after the person who asked says yes, in the chat
 
     def spec(self) -> dict[str, Any]:
         """The Chat Completions `tools` entry."""
@@ -80,6 +81,9 @@ class Toolbox:
 
     def specs(self) -> list[dict[str, Any]]:
         return [tool.spec() for tool in self.tools.values()]
+
+    def needs_approval(self, calls: Sequence[ToolCall]) -> bool:
+        return any((tool := self.tools.get(c.name)) is not None and tool.approve for c in calls)
 
     async def run_all(self, calls: Sequence[ToolCall], context: ToolContext) -> list[Turn]:
         """Run every call of one round at once; one tool turn per call, in the call order."""

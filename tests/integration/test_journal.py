@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 from redis.asyncio import Redis
 
-from core.model import Attachment, Command, ContextKey, MediaKind, Message, User
 from core.codec import message_from_json, message_to_json
+from core.model import Attachment, Command, ContextKey, MediaKind, Message, User
 from stores.redis.journal import RedisJournal
 from stores.redis.keys import KeyBuilder
 from tests.helpers import wait_for
