@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from core.model import (
     ApprovalRequest,
     Attachment,
+    Decision,
     Message,
     MessageRef,
     OutgoingFile,
@@ -95,6 +96,13 @@ class DecisionReply(Protocol):
 
 Handler = Callable[[Message, Responder], Awaitable[None]]
 """The core contract: handle one message, answering through the responder."""
+
+DecisionHandler = Callable[
+    [Decision, DecisionReply, Callable[[Message], Responder]], Awaitable[None]
+]
+"""A press of Approve or Deny (`ChatTurn.decide`): the decision, how to answer the presser
+and update the request, and the adapter's `responder_for` (the answer goes on where the
+original message was)."""
 
 
 @dataclass(frozen=True, slots=True)
