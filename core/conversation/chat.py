@@ -122,8 +122,9 @@ class ChatTurn:
         if not message.text.strip() and not message.attachments:
             await reply(responder, EMPTY_PROMPT)
             return TurnResult(EMPTY_PROMPT, False, 0)
-        # Files are read before the conversation is locked: a download, a transcription
-        # or a PDF holds up no other message of the conversation.
+        # Files are read before the conversation's lock is taken: a slow download or
+        # transcription holds no lock in the store (the intake's line still keeps the
+        # conversation's messages in order).
         gathered = await self._gather(message, responder)
         if gathered.empty:
             if not gathered.problems:
