@@ -47,6 +47,7 @@ from core.storage import AnswerJournal, StateStore
 from core.tools.actions import HttpActions
 from core.tools.approvals import Approvals
 from core.tools.builtin import calculator_tool, current_time_tool
+from core.tools.mcp import MCPServers, plan_servers
 from core.tools.toolbox import Toolbox
 from stores.limits import StoreLimits
 from stores.memory import MemoryStore
@@ -80,6 +81,7 @@ class Core:
     usage: UsageBook | None = None
     journal: AnswerJournal | None = None
     intake: Intake | None = None
+    mcp: MCPServers | None = None
 
 
 def check_tools(settings: Settings, plugins: Plugins) -> None:
@@ -103,6 +105,7 @@ def build_toolbox(
 ) -> Toolbox:
     """The tools named in `tools.enabled` (checked by `check_tools`)."""
     toolbox = Toolbox(timeout=settings.tools.timeout)
+    mcp_prefixes = tuple(f"{server}__" for server in settings.mcp.servers)
     for name in settings.tools.enabled:
         if name == "current_time":
             toolbox.tools[name] = current_time_tool(settings.tools.timezone)
@@ -111,6 +114,8 @@ def build_toolbox(
         elif name == "generate_image":
             if drawing is not None:
                 toolbox.tools[name] = drawing.as_tool()
+        elif name.startswith(mcp_prefixes):
+            continue  # MCPServers adds these while their server is up
         elif actions is not None and name in actions.actions:
             toolbox.tools[name] = actions.tool(name)
         else:
@@ -187,6 +192,7 @@ async def build_core(
     plugins = load_plugins(settings.plugins)
     intents = gather_intents(settings, plugins)
     check_tools(settings, plugins)
+    plan_servers(settings.mcp)  # ConfigError naming mcp.servers.<name>.<key>, before any start
     store = await open_store(
         stack, settings, secrets, redis=redis, in_memory=in_memory, on_round_trip=on_round_trip
     )
@@ -224,8 +230,17 @@ async def build_core(
     )
     drawing = Drawing(media_model, store, Exchange(store, policies), settings, moderator=moderator)
     toolbox = mark_approvals(build_toolbox(settings, actions, plugins, drawing), settings)
+    mcp = None
+    if settings.mcp.servers:
+        mcp = MCPServers(
+            settings.mcp,
+            toolbox,
+            enabled=settings.tools.enabled,
+            approve=lambda name: needs_approval(name, settings),
+        )
+        await stack.enter_async_context(mcp)  # starts the supervisors; stops them on exit
     features = Features(
-        toolbox=toolbox or None,
+        toolbox=toolbox if (toolbox or settings.mcp.servers) else None,  # MCP tools come later
         usage=usage,
         limiter=policies.limiter,
         budget=policies.budget,
@@ -311,4 +326,5 @@ async def build_core(
         usage=usage,
         journal=journal,
         intake=intake,
+        mcp=mcp,
     )

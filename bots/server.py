@@ -48,6 +48,8 @@ class HttpServer:
             "redis": "up" if redis_up else "down",
             "platforms": {a.name: ("ready" if a.ready() else "starting") for a in self.adapters},
             "in_flight": self.core.inflight.running,
+            # MCP servers' states; readiness does not depend on them (the bot answers without)
+            "mcp": self.core.mcp.health() if self.core.mcp is not None else {},
         }
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ import fnmatch
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
@@ -187,6 +187,7 @@ class _Server:
                 _parameters(tool.input_schema),
                 self._runner(tool.name),
                 timeout=self.timeout + 1.0,  # the call's own timeout answers first, and clearer
+                approve=self.owner.approve(name),
             )
         self._withdraw()
         self.owner.toolbox.tools.update(entries)
@@ -249,11 +250,13 @@ class MCPServers:
         toolbox: Toolbox,
         *,
         enabled: Sequence[str],
+        approve: Callable[[str], bool] = lambda name: False,
         environ: Mapping[str, str] | None = None,
         ping_every: float = PING_EVERY,
     ) -> None:
         self.settings = settings
         self.toolbox = toolbox
+        self.approve = approve  # which tools wait for a person's yes (`tools.approve`, ...)
         self.tool_timeout = toolbox.timeout
         self.ping_every = ping_every
         self._patterns = list(enabled)
