@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -28,117 +27,15 @@ from discord.http import Route
 from adapters.base import AdapterStartError
 from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
+from adapters.discord_responders import LIMIT as LIMIT
+from adapters.discord_responders import NO_PINGS, ChannelResponder, InteractionResponder
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
-from core.model import Command, Message, MessageRef, User
+from core.model import Command, Message, User
 from core.protocols import Handler
 from core.storage import Deduper
 
 log = logging.getLogger(__name__)
-
-LIMIT = 2000
-NO_PINGS = discord.AllowedMentions.none()
-
-
-class ChannelResponder:
-    """Answers in a channel, DM or thread: the first part replies to the question."""
-
-    limit = LIMIT
-    typing_interval = 8.0  # Discord shows typing for 10 s
-
-    def measure(self, text: str) -> int:
-        """Discord counts the characters of the content (Markdown it renders itself)."""
-        return len(text)
-
-    def __init__(
-        self, channel: Any, *, reply_to: discord.Message | None, edit_interval: float
-    ) -> None:
-        self.channel = channel
-        self.reply_to = reply_to
-        self.edit_interval = edit_interval
-        self._sent: dict[str, discord.Message] = {}
-
-    async def typing(self) -> None:
-        await self.channel.typing()
-
-    async def send(self, text: str, *, final: bool) -> MessageRef:
-        reference, self.reply_to = self.reply_to, None
-        try:
-            sent = await self.channel.send(
-                text, allowed_mentions=NO_PINGS, reference=reference, mention_author=False
-            )
-        except discord.HTTPException:
-            if reference is None:
-                raise
-            self.reply_to = reference  # try again next time
-            raise
-        self._sent[str(sent.id)] = sent
-        return MessageRef(str(sent.id), str(self.channel.id))
-
-    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
-        await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
-
-    async def delete(self, ref: MessageRef) -> None:
-        await self._sent.pop(ref.id).delete()
-
-
-class InteractionResponder:
-    """Answers a slash command: edits the deferred response, then follow-ups, then (after
-    the token's lifetime) plain channel messages."""
-
-    limit = LIMIT
-    typing_interval = 0.0  # the deferred response already shows "thinking…"
-
-    def measure(self, text: str) -> int:
-        """Discord counts the characters of the content (Markdown it renders itself)."""
-        return len(text)
-
-    def __init__(
-        self, interaction: discord.Interaction, *, edit_interval: float, expiry: float
-    ) -> None:
-        self.interaction = interaction
-        self.edit_interval = edit_interval
-        self._deadline = time.monotonic() + expiry
-        self._original_used = False
-        self._sent: dict[str, Any] = {}
-        self._channel = ChannelResponder(interaction.channel, reply_to=None,
-                                         edit_interval=edit_interval)  # fmt: skip
-
-    def _expired(self) -> bool:
-        return time.monotonic() > self._deadline
-
-    async def typing(self) -> None:
-        return None
-
-    async def send(self, text: str, *, final: bool) -> MessageRef:
-        if self._expired():
-            return await self._channel.send(text, final=final)
-        if not self._original_used:
-            self._original_used = True
-            message = await self.interaction.edit_original_response(
-                content=text, allowed_mentions=NO_PINGS
-            )
-            self._sent["@original"] = message
-            return MessageRef("@original")
-        followup = await self.interaction.followup.send(text, allowed_mentions=NO_PINGS, wait=True)
-        self._sent[str(followup.id)] = followup
-        return MessageRef(str(followup.id))
-
-    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
-        if ref.id in self._channel._sent:
-            await self._channel.edit(ref, text, final=final)
-        elif ref.id == "@original":
-            await self.interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
-        else:
-            await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
-
-    async def delete(self, ref: MessageRef) -> None:
-        if ref.id in self._channel._sent:
-            await self._channel.delete(ref)
-        elif ref.id == "@original":
-            await self.interaction.delete_original_response()
-        else:
-            await self._sent.pop(ref.id).delete()
 
 
 class DiscordAdapter:
