@@ -3,7 +3,8 @@
 Every message the bot sends has `AllowedMentions.none()`, so nothing the model writes can
 ping @everyone, @here, a role or a user. Slash commands are deferred at once and the answer
 edits the original response, continuing in follow-ups; an interaction token lives 15
-minutes, so a longer answer continues as normal channel messages.
+minutes, so a longer answer continues as normal channel messages. Files go the same
+ways: a reply in the channel, or the interaction's follow-up (discord_responders.py).
 `DISCORD_API_URL` and `DISCORD_GATEWAY_URL` set discord.py's documented base URLs
 (`Route.BASE`, `DiscordWebSocket.DEFAULT_GATEWAY`) for proxies and tests.
 """
@@ -27,6 +28,7 @@ from discord.http import Route
 from adapters.base import AdapterStartError
 from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
+from adapters.discord_media import make_fetcher
 from adapters.discord_responders import LIMIT as LIMIT
 from adapters.discord_responders import NO_PINGS, ChannelResponder, InteractionResponder
 from adapters.supervisor import Supervisor
@@ -36,6 +38,8 @@ from core.protocols import Handler
 from core.storage import Deduper
 
 log = logging.getLogger(__name__)
+
+ON_OFF = [app_commands.Choice(name=v, value=v) for v in ("on", "off")]
 
 
 class DiscordAdapter:
@@ -66,6 +70,7 @@ class DiscordAdapter:
         self.on_intake_restart = on_intake_restart
         self._intake: Supervisor | None = None
         self._admins = frozenset(self.platform.admins)
+        self.fetcher = make_fetcher(api_url)
 
     def mount(self, app: web.Application) -> None:
         return None  # everything arrives over the gateway
@@ -151,6 +156,7 @@ class DiscordAdapter:
         if self.client is not None:
             await self.client.close()
         self.client = None
+        await self.fetcher.close()
 
     def ready(self) -> bool:
         """Connected, and the gateway loop running (not waiting to restart)."""
@@ -165,7 +171,12 @@ class DiscordAdapter:
         assert self.client is not None
         channel_id = int(message.key.thread or message.key.channel)
         channel = self.client.get_partial_messageable(channel_id)
-        return ChannelResponder(channel, reply_to=None, edit_interval=self._interval())
+        return self._responder(channel, reply_to=None)
+
+    def _responder(self, channel: Any, *, reply_to: discord.Message | None) -> ChannelResponder:
+        return ChannelResponder(
+            channel, reply_to=reply_to, edit_interval=self._interval(), fetcher=self.fetcher
+        )
 
     def _interval(self) -> float:
         return self.settings.edit_interval("discord")
@@ -198,7 +209,7 @@ class DiscordAdapter:
             message = replace(message, private=True)
         if delivery:  # the core dedupes it, after taking its place in line (before any await)
             message = replace(message, delivery_id=delivery, order=f"{msg.id:020d}")
-        responder = ChannelResponder(channel, reply_to=reply_to, edit_interval=self._interval())
+        responder = self._responder(channel, reply_to=reply_to)
         await self.handler(message, responder)
 
     # --- slash commands -------------------------------------------------------------
@@ -225,13 +236,28 @@ class DiscordAdapter:
         async def model(interaction: discord.Interaction, name: str) -> None:
             await self._slash(interaction, Command("model", name))
 
-        for command_name, callback, description in (
+        @app_commands.describe(prompt="What should the picture show?")
+        async def image(interaction: discord.Interaction, prompt: str) -> None:
+            await self._slash(interaction, Command("image", prompt))
+
+        @app_commands.describe(mode="Also answer with speech (on) or text only (off)")
+        @app_commands.choices(mode=ON_OFF)
+        async def voice(interaction: discord.Interaction, mode: str) -> None:
+            await self._slash(interaction, Command("voice", mode))
+
+        commands: list[tuple[str, Any, str]] = [
             ("ask", ask, "Ask the bot a question"),
             ("reset", reset, "Forget this conversation"),
             ("persona", persona, "Change the persona"),
             ("model", model, "Change the model"),
             ("help", help_, "What the bot can do"),
-        ):
+        ]
+        if self.settings.media.enabled:  # with media off, no pictures and no speech
+            commands += [
+                ("image", image, "Draw a picture"),
+                ("voice", voice, "Turn spoken answers on or off"),
+            ]
+        for command_name, callback, description in commands:
             tree.add_command(
                 app_commands.Command(name=command_name, description=description, callback=callback)
             )
@@ -250,11 +276,14 @@ class DiscordAdapter:
             thread = await channel.create_thread(
                 name=_thread_name(command.args), type=discord.ChannelType.public_thread
             )
-            responder: Any = ChannelResponder(thread, reply_to=None, edit_interval=self._interval())
+            responder: Any = self._responder(thread, reply_to=None)
             channel = thread
         else:
             responder = InteractionResponder(
-                interaction, edit_interval=self._interval(), expiry=self.platform.interaction_expiry
+                interaction,
+                edit_interval=self._interval(),
+                expiry=self.platform.interaction_expiry,
+                fetcher=self.fetcher,
             )
         author = str(interaction.user.id)
         message = Message(

@@ -1,4 +1,4 @@
-"""How the Discord adapter answers: in a channel (replies, edits) or through a slash
+"""How the Discord adapter answers: in a channel (replies, edits, files) or through a slash
 command's interaction (the deferred response, follow-ups, then the channel).
 
 Every message the bot sends has `AllowedMentions.none()`, so nothing the model writes can
@@ -12,14 +12,17 @@ from typing import Any
 
 import discord
 
-from core.model import MessageRef
+from adapters.discord_media import caption_of, to_discord_file
+from adapters.file_fetch import FileFetcher
+from core.model import Attachment, MessageRef, OutgoingFile
 
 LIMIT = 2000
 NO_PINGS = discord.AllowedMentions.none()
 
 
 class ChannelResponder:
-    """Answers in a channel, DM or thread: the first part replies to the question."""
+    """Answers in a channel, DM or thread: the first part replies to the question, and so
+    does every file."""
 
     limit = LIMIT
     typing_interval = 8.0  # Discord shows typing for 10 s
@@ -29,11 +32,18 @@ class ChannelResponder:
         return len(text)
 
     def __init__(
-        self, channel: Any, *, reply_to: discord.Message | None, edit_interval: float
+        self,
+        channel: Any,
+        *,
+        reply_to: discord.Message | None,
+        edit_interval: float,
+        fetcher: FileFetcher,
     ) -> None:
         self.channel = channel
         self.reply_to = reply_to
+        self.question = reply_to
         self.edit_interval = edit_interval
+        self.fetcher = fetcher
         self._sent: dict[str, discord.Message] = {}
 
     async def typing(self) -> None:
@@ -59,6 +69,28 @@ class ChannelResponder:
     async def delete(self, ref: MessageRef) -> None:
         await self._sent.pop(ref.id).delete()
 
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The CDN link needs no token: none is sent."""
+        return await self.fetcher.get(attachment.handle, max_bytes=max_bytes)
+
+    async def send_file(self, file: OutgoingFile) -> MessageRef:
+        """The file with its caption, replying to the question (a text answer's first part
+        after it then does not reply again); a question deleted meanwhile leaves a plain
+        message rather than a failed upload."""
+        pending, self.reply_to = self.reply_to, None
+        question = self.question
+        reference = question.to_reference(fail_if_not_exists=False) if question else None
+        try:
+            sent = await self.channel.send(
+                content=caption_of(file), file=to_discord_file(file), allowed_mentions=NO_PINGS,
+                reference=reference, mention_author=False,
+            )  # fmt: skip
+        except discord.HTTPException:
+            self.reply_to = pending
+            raise
+        self._sent[str(sent.id)] = sent
+        return MessageRef(str(sent.id), str(self.channel.id))
+
 
 class InteractionResponder:
     """Answers a slash command: edits the deferred response, then follow-ups, then (after
@@ -72,7 +104,12 @@ class InteractionResponder:
         return len(text)
 
     def __init__(
-        self, interaction: discord.Interaction, *, edit_interval: float, expiry: float
+        self,
+        interaction: discord.Interaction,
+        *,
+        edit_interval: float,
+        expiry: float,
+        fetcher: FileFetcher,
     ) -> None:
         self.interaction = interaction
         self.edit_interval = edit_interval
@@ -80,7 +117,8 @@ class InteractionResponder:
         self._original_used = False
         self._sent: dict[str, Any] = {}
         self._channel = ChannelResponder(interaction.channel, reply_to=None,
-                                         edit_interval=edit_interval)  # fmt: skip
+                                         edit_interval=edit_interval,
+                                         fetcher=fetcher)  # fmt: skip
 
     def _expired(self) -> bool:
         return time.monotonic() > self._deadline
@@ -117,3 +155,19 @@ class InteractionResponder:
             await self.interaction.delete_original_response()
         else:
             await self._sent.pop(ref.id).delete()
+
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
+        return await self._channel.fetch(attachment, max_bytes)
+
+    async def send_file(self, file: OutgoingFile) -> MessageRef:
+        """A follow-up carrying the file. The first follow-up after a deferral takes the
+        place of the "thinking…" response, so text after it goes to follow-ups too."""
+        if self._expired():
+            return await self._channel.send_file(file)
+        followup = await self.interaction.followup.send(
+            content=caption_of(file), file=to_discord_file(file),
+            allowed_mentions=NO_PINGS, wait=True,
+        )  # fmt: skip
+        self._original_used = True
+        self._sent[str(followup.id)] = followup
+        return MessageRef(str(followup.id))
