@@ -3,7 +3,8 @@
 Every message the bot sends has `AllowedMentions.none()`, so nothing the model writes can
 ping @everyone, @here, a role or a user. Slash commands are deferred at once and the answer
 edits the original response, continuing in follow-ups; an interaction token lives 15
-minutes, so a longer answer continues as normal channel messages.
+minutes, so a longer answer continues as normal channel messages. Files go the same
+ways: a reply in the channel, or the interaction's follow-up (discord_responders.py).
 `DISCORD_API_URL` and `DISCORD_GATEWAY_URL` set discord.py's documented base URLs
 (`Route.BASE`, `DiscordWebSocket.DEFAULT_GATEWAY`) for proxies and tests.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -28,117 +28,18 @@ from discord.http import Route
 from adapters.base import AdapterStartError
 from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
+from adapters.discord_media import make_fetcher
+from adapters.discord_responders import LIMIT as LIMIT
+from adapters.discord_responders import NO_PINGS, ChannelResponder, InteractionResponder
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
-from core.model import Command, Message, MessageRef, User
+from core.model import Command, Message, User
 from core.protocols import Handler
 from core.storage import Deduper
 
 log = logging.getLogger(__name__)
 
-LIMIT = 2000
-NO_PINGS = discord.AllowedMentions.none()
-
-
-class ChannelResponder:
-    """Answers in a channel, DM or thread: the first part replies to the question."""
-
-    limit = LIMIT
-    typing_interval = 8.0  # Discord shows typing for 10 s
-
-    def measure(self, text: str) -> int:
-        """Discord counts the characters of the content (Markdown it renders itself)."""
-        return len(text)
-
-    def __init__(
-        self, channel: Any, *, reply_to: discord.Message | None, edit_interval: float
-    ) -> None:
-        self.channel = channel
-        self.reply_to = reply_to
-        self.edit_interval = edit_interval
-        self._sent: dict[str, discord.Message] = {}
-
-    async def typing(self) -> None:
-        await self.channel.typing()
-
-    async def send(self, text: str, *, final: bool) -> MessageRef:
-        reference, self.reply_to = self.reply_to, None
-        try:
-            sent = await self.channel.send(
-                text, allowed_mentions=NO_PINGS, reference=reference, mention_author=False
-            )
-        except discord.HTTPException:
-            if reference is None:
-                raise
-            self.reply_to = reference  # try again next time
-            raise
-        self._sent[str(sent.id)] = sent
-        return MessageRef(str(sent.id), str(self.channel.id))
-
-    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
-        await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
-
-    async def delete(self, ref: MessageRef) -> None:
-        await self._sent.pop(ref.id).delete()
-
-
-class InteractionResponder:
-    """Answers a slash command: edits the deferred response, then follow-ups, then (after
-    the token's lifetime) plain channel messages."""
-
-    limit = LIMIT
-    typing_interval = 0.0  # the deferred response already shows "thinking…"
-
-    def measure(self, text: str) -> int:
-        """Discord counts the characters of the content (Markdown it renders itself)."""
-        return len(text)
-
-    def __init__(
-        self, interaction: discord.Interaction, *, edit_interval: float, expiry: float
-    ) -> None:
-        self.interaction = interaction
-        self.edit_interval = edit_interval
-        self._deadline = time.monotonic() + expiry
-        self._original_used = False
-        self._sent: dict[str, Any] = {}
-        self._channel = ChannelResponder(interaction.channel, reply_to=None,
-                                         edit_interval=edit_interval)  # fmt: skip
-
-    def _expired(self) -> bool:
-        return time.monotonic() > self._deadline
-
-    async def typing(self) -> None:
-        return None
-
-    async def send(self, text: str, *, final: bool) -> MessageRef:
-        if self._expired():
-            return await self._channel.send(text, final=final)
-        if not self._original_used:
-            self._original_used = True
-            message = await self.interaction.edit_original_response(
-                content=text, allowed_mentions=NO_PINGS
-            )
-            self._sent["@original"] = message
-            return MessageRef("@original")
-        followup = await self.interaction.followup.send(text, allowed_mentions=NO_PINGS, wait=True)
-        self._sent[str(followup.id)] = followup
-        return MessageRef(str(followup.id))
-
-    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
-        if ref.id in self._channel._sent:
-            await self._channel.edit(ref, text, final=final)
-        elif ref.id == "@original":
-            await self.interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
-        else:
-            await self._sent[ref.id].edit(content=text, allowed_mentions=NO_PINGS)
-
-    async def delete(self, ref: MessageRef) -> None:
-        if ref.id in self._channel._sent:
-            await self._channel.delete(ref)
-        elif ref.id == "@original":
-            await self.interaction.delete_original_response()
-        else:
-            await self._sent.pop(ref.id).delete()
+ON_OFF = [app_commands.Choice(name=v, value=v) for v in ("on", "off")]
 
 
 class DiscordAdapter:
@@ -169,6 +70,7 @@ class DiscordAdapter:
         self.on_intake_restart = on_intake_restart
         self._intake: Supervisor | None = None
         self._admins = frozenset(self.platform.admins)
+        self.fetcher = make_fetcher(api_url)
 
     def mount(self, app: web.Application) -> None:
         return None  # everything arrives over the gateway
@@ -254,6 +156,7 @@ class DiscordAdapter:
         if self.client is not None:
             await self.client.close()
         self.client = None
+        await self.fetcher.close()
 
     def ready(self) -> bool:
         """Connected, and the gateway loop running (not waiting to restart)."""
@@ -268,7 +171,12 @@ class DiscordAdapter:
         assert self.client is not None
         channel_id = int(message.key.thread or message.key.channel)
         channel = self.client.get_partial_messageable(channel_id)
-        return ChannelResponder(channel, reply_to=None, edit_interval=self._interval())
+        return self._responder(channel, reply_to=None)
+
+    def _responder(self, channel: Any, *, reply_to: discord.Message | None) -> ChannelResponder:
+        return ChannelResponder(
+            channel, reply_to=reply_to, edit_interval=self._interval(), fetcher=self.fetcher
+        )
 
     def _interval(self) -> float:
         return self.settings.edit_interval("discord")
@@ -301,7 +209,7 @@ class DiscordAdapter:
             message = replace(message, private=True)
         if delivery:  # the core dedupes it, after taking its place in line (before any await)
             message = replace(message, delivery_id=delivery, order=f"{msg.id:020d}")
-        responder = ChannelResponder(channel, reply_to=reply_to, edit_interval=self._interval())
+        responder = self._responder(channel, reply_to=reply_to)
         await self.handler(message, responder)
 
     # --- slash commands -------------------------------------------------------------
@@ -328,13 +236,28 @@ class DiscordAdapter:
         async def model(interaction: discord.Interaction, name: str) -> None:
             await self._slash(interaction, Command("model", name))
 
-        for command_name, callback, description in (
+        @app_commands.describe(prompt="What should the picture show?")
+        async def image(interaction: discord.Interaction, prompt: str) -> None:
+            await self._slash(interaction, Command("image", prompt))
+
+        @app_commands.describe(mode="Also answer with speech (on) or text only (off)")
+        @app_commands.choices(mode=ON_OFF)
+        async def voice(interaction: discord.Interaction, mode: str) -> None:
+            await self._slash(interaction, Command("voice", mode))
+
+        commands: list[tuple[str, Any, str]] = [
             ("ask", ask, "Ask the bot a question"),
             ("reset", reset, "Forget this conversation"),
             ("persona", persona, "Change the persona"),
             ("model", model, "Change the model"),
             ("help", help_, "What the bot can do"),
-        ):
+        ]
+        if self.settings.media.enabled:  # with media off, no pictures and no speech
+            commands += [
+                ("image", image, "Draw a picture"),
+                ("voice", voice, "Turn spoken answers on or off"),
+            ]
+        for command_name, callback, description in commands:
             tree.add_command(
                 app_commands.Command(name=command_name, description=description, callback=callback)
             )
@@ -353,11 +276,14 @@ class DiscordAdapter:
             thread = await channel.create_thread(
                 name=_thread_name(command.args), type=discord.ChannelType.public_thread
             )
-            responder: Any = ChannelResponder(thread, reply_to=None, edit_interval=self._interval())
+            responder: Any = self._responder(thread, reply_to=None)
             channel = thread
         else:
             responder = InteractionResponder(
-                interaction, edit_interval=self._interval(), expiry=self.platform.interaction_expiry
+                interaction,
+                edit_interval=self._interval(),
+                expiry=self.platform.interaction_expiry,
+                fetcher=self.fetcher,
             )
         author = str(interaction.user.id)
         message = Message(

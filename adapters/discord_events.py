@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from adapters.discord_media import attachments_of
 from core.model import ContextKey, Message, User, parse_command
 
 
@@ -38,7 +39,8 @@ def strip_bot_mention(content: str, bot_id: int) -> str:
 
 def to_message(msg: Any, channel: Any, bot_id: int, admins: Collection[str]) -> Message:
     """The core's `Message` for a discord.py message the bot answers in `channel` (the
-    message's own channel, or the thread opened for the answer)."""
+    message's own channel, or the thread opened for the answer). Its files come along as
+    `attachments`, so a picture or a voice message without a word is a message too."""
     content = msg.content if isinstance(msg.content, str) else ""  # discord.py keeps a null
     text = strip_bot_mention(content, bot_id)
     author = str(msg.author.id)
@@ -49,4 +51,5 @@ def to_message(msg: Any, channel: Any, bot_id: int, admins: Collection[str]) -> 
         text=text,
         message_id=str(msg.id),
         command=parse_command(text),
+        attachments=attachments_of(msg),
     )

@@ -1,23 +1,32 @@
-"""A local fake of Discord: the REST API and the gateway, driven by the real discord.py.
+"""A local fake of Discord: the REST API, the gateway and the CDN, driven by the real
+discord.py.
 
 REST answers with `Content-Type: application/json` exactly (discord.py reads anything else
 as text). The gateway sends HELLO, takes IDENTIFY, ACKs heartbeats, dispatches READY and
 GUILD_CREATE, and then whatever the test sends (MESSAGE_CREATE, INTERACTION_CREATE).
-Every REST call is recorded; `fail()` injects 5xx or 429 answers.
+Files: `attachment()` puts bytes on the fake's CDN (`/attachments/...`, signed-URL style)
+and `user_sends_file()` posts them in a MESSAGE_CREATE; the bot's uploads (multipart
+`payload_json` + `files[n]`, to a channel or an interaction's follow-up) are kept in
+`uploads` and served back the same way. As on Discord, the first follow-up after a
+deferred response takes that response's place.
+Every REST and CDN call is recorded; `fail()` injects 5xx or 429 answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
+import mimetypes
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from tests.fakes.common import Screen, serve_locally
 
@@ -28,6 +37,7 @@ GUILD = "910000000000000001"
 CHANNEL = "920000000000000001"
 DM_CHANNEL = "920000000000000099"
 USER_ID = "930000000000000001"
+VOICE_MESSAGE = 1 << 13  # the message flag IS_VOICE_MESSAGE
 
 _ids = itertools.count(940000000000000001)
 
@@ -58,6 +68,20 @@ class Call:
     body: dict[str, Any]
     query: dict[str, str]
     at: float = field(default_factory=time.monotonic)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Upload:
+    """A file the bot posted: where (`channel`, or the interaction `token`), with what."""
+
+    data: bytes
+    filename: str
+    content: str
+    channel: str
+    message_id: str
+    message_reference: dict[str, Any] | None = None
+    token: str | None = None
 
 
 def _now() -> str:
@@ -73,6 +97,9 @@ class FakeDiscord:
         self.screen = Screen()
         self.failures: dict[str, deque[tuple[int, dict[str, Any]]]] = {}
         self.threads: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, tuple[bytes, str]] = {}  # CDN path -> (bytes, content type)
+        self.uploads: list[Upload] = []
+        self.deferred: set[str] = set()  # interaction tokens whose response is "thinking…"
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._sockets: list[web.WebSocketResponse] = []
@@ -94,6 +121,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        app.router.add_get("/attachments/{path:.*}", self._cdn)
         self._runner, self.port = await serve_locally(app, shutdown_timeout=0.2)
         return self
 
@@ -127,7 +155,8 @@ class FakeDiscord:
         await self._sockets[-1].send_str(json.dumps(payload))
 
     async def user_says(self, content: str, *, channel_id: str = CHANNEL, guild: bool = True,
-                        mention_bot: bool = False, author: dict[str, Any] | None = None
+                        mention_bot: bool = False, author: dict[str, Any] | None = None,
+                        attachments: list[dict[str, Any]] | None = None, flags: int = 0
                         ) -> dict[str, Any]:  # fmt: skip
         """A MESSAGE_CREATE from a user."""
         author = author or human()
@@ -135,7 +164,8 @@ class FakeDiscord:
             "id": snowflake(), "channel_id": channel_id, "author": author, "content": content,
             "timestamp": _now(), "edited_timestamp": None, "tts": False,
             "mention_everyone": False, "mentions": [bot_user()] if mention_bot else [],
-            "mention_roles": [], "attachments": [], "embeds": [], "pinned": False, "type": 0,
+            "mention_roles": [], "attachments": attachments or [], "embeds": [],
+            "pinned": False, "type": 0, "flags": flags,
         }  # fmt: skip
         if guild:
             message["guild_id"] = GUILD
@@ -143,6 +173,40 @@ class FakeDiscord:
                                  "flags": 0}  # fmt: skip
         await self.dispatch("MESSAGE_CREATE", message)
         return message
+
+    def attachment(
+        self,
+        data: bytes,
+        filename: str,
+        content_type: str | None,
+        *,
+        channel_id: str = CHANNEL,
+        voice: bool = False,
+    ) -> dict[str, Any]:
+        """Put `data` on the CDN; the attachment object a message carries, shaped like
+        Discord's (a voice message's has its duration and waveform)."""
+        attachment_id = snowflake()
+        path = f"/attachments/{channel_id}/{attachment_id}/{quote(filename)}"
+        self.files[path] = (data, content_type or "application/octet-stream")
+        url = f"http://127.0.0.1:{self.port}{path}?ex=6800000a&is=68000000&hm=abc123&"
+        item: dict[str, Any] = {"id": attachment_id, "filename": filename, "size": len(data),
+                                "url": url, "proxy_url": url, "flags": 0}  # fmt: skip
+        if content_type is not None:
+            item["content_type"] = content_type
+        if voice:
+            item["duration_secs"] = 1.5
+            item["waveform"] = base64.b64encode(bytes(range(0, 256, 4))).decode()
+        return item
+
+    async def user_sends_file(self, data: bytes, filename: str, content_type: str | None,
+                              content: str = "", *, voice: bool = False, **says: Any
+                              ) -> dict[str, Any]:  # fmt: skip
+        """A MESSAGE_CREATE carrying one file (a voice message when `voice`); `says` as for
+        `user_says` (channel_id, guild, mention_bot, author)."""
+        channel_id = says.get("channel_id", CHANNEL)
+        item = self.attachment(data, filename, content_type, channel_id=channel_id, voice=voice)
+        return await self.user_says(content, attachments=[item],
+                                    flags=VOICE_MESSAGE if voice else 0, **says)  # fmt: skip
 
     async def slash(
         self, name: str, options: dict[str, str] | list[dict[str, Any]] | None = None
@@ -215,30 +279,53 @@ class FakeDiscord:
     async def _rest(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["path"]
         body: dict[str, Any] = {}
-        if request.can_read_body:
+        files: list[tuple[str, bytes]] = []
+        if request.content_type.startswith("multipart/"):
+            body, files = await _read_multipart(request)
+        elif request.can_read_body:
             raw = await request.read()
             if raw:
-                if request.content_type.startswith("multipart/"):
-                    body = {"multipart": True}
-                else:
-                    body = json.loads(raw)
-        self.calls.append(Call(request.method, path, body, dict(request.query)))
+                body = json.loads(raw)
+        self.calls.append(
+            Call(request.method, path, body, dict(request.query), headers=dict(request.headers))
+        )
         if not path.startswith(("/interactions/", "/webhooks/")) and (
             request.headers.get("Authorization") != f"Bot {TOKEN}"
         ):
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        failed = self._failure(request.method, path)
+        if failed is not None:
+            return failed
+        return self._route(request.method, path, body, files)
+
+    def _failure(self, method: str, path: str) -> web.Response | None:
         for key, queue in self.failures.items():
-            method, _, prefix = key.partition(" ")
-            if queue and method == request.method and path.startswith(prefix):
+            wanted, _, prefix = key.partition(" ")
+            if queue and method == wanted and path.startswith(prefix):
                 status, extra = queue.popleft()
                 if status == 429:
                     retry = extra.get("retry_after", 0.2)
                     return _json({"message": "You are being rate limited.", "retry_after": retry,
                                   "global": False}, 429, {"Retry-After": str(retry)})  # fmt: skip
                 return _json({"message": "Server error", "code": 0}, status)
-        return self._route(request.method, path, body)
+        return None
 
-    def _route(self, method: str, path: str, body: dict[str, Any]) -> web.Response:
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        """The CDN: no auth (the URL is signed), the bytes with their content type."""
+        path = request.rel_url.raw_path
+        self.calls.append(Call("GET", path, {}, dict(request.query),
+                               headers=dict(request.headers)))  # fmt: skip
+        failed = self._failure("GET", path)
+        if failed is not None:
+            return failed
+        if path not in self.files:
+            return web.Response(status=404, text="Not Found")
+        data, content_type = self.files[path]
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
+    def _route(
+        self, method: str, path: str, body: dict[str, Any], files: list[tuple[str, bytes]]
+    ) -> web.Response:
         parts = path.strip("/").split("/")
         if path == "/users/@me":
             return _json(bot_user())
@@ -251,7 +338,7 @@ class FakeDiscord:
             limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
             return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
         if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
-            commands = body if isinstance(body, list) else []
+            commands: list[dict[str, Any]] = body if isinstance(body, list) else []
             return _json([{**c, "id": snowflake(), "application_id": APP_ID, "version": "1",
                            "default_member_permissions": None, "type": 1}
                           for c in commands])  # fmt: skip
@@ -266,7 +353,7 @@ class FakeDiscord:
             self.threads[thread["id"]] = thread
             return _json(thread, 201)
         if parts[0] == "channels" and parts[-1] == "messages" and method == "POST":
-            return _json(self._store(parts[1], body))
+            return _json(self._store(parts[1], body, files=files))
         if parts[0] == "channels" and len(parts) == 4 and method == "PATCH":
             return self._edit(parts[3], body)
         if parts[0] == "channels" and len(parts) == 4 and method == "DELETE":
@@ -279,31 +366,65 @@ class FakeDiscord:
             message_id = snowflake()
             content = (body.get("data") or {}).get("content", "")  # type 4 answers at once
             self._store(CHANNEL, {"content": content}, message_id=message_id, token=parts[2])
+            if body.get("type") == 5:
+                self.deferred.add(parts[2])
             return _json({"interaction": {"id": parts[1], "type": 2, "response_message_id":
                           message_id, "response_message_loading": True,
                           "response_message_ephemeral": False},
                           "resource": {"type": 5}})  # fmt: skip
         if parts[0] == "webhooks" and len(parts) == 3 and method == "POST":
-            return _json(self._store(CHANNEL, body, token=parts[2]))
+            if parts[2] in self.deferred:  # the first follow-up is the deferred response
+                self.deferred.discard(parts[2])
+                return self._fill_deferred(parts[2], body, files)
+            return _json(self._store(CHANNEL, body, token=parts[2], files=files))
         if parts[0] == "webhooks" and parts[-2] == "messages" and method == "PATCH":
             if parts[-1] == "@original":
+                self.deferred.discard(parts[2])
                 found = [m for m in self.messages.values() if m.get("token") == parts[2]]
                 return self._edit(found[0]["id"] if found else "missing", body)
             return self._edit(parts[-1], body)
         return _json({"message": f"404: Not Found ({method} {path})", "code": 0}, 404)
 
     def _store(self, channel_id: str, body: dict[str, Any], *, message_id: str | None = None,
-               token: str | None = None) -> dict[str, Any]:  # fmt: skip
-        message = {"id": message_id or snowflake(), "channel_id": channel_id, "author": bot_user(),
-                   "content": body.get("content", ""), "timestamp": _now(),
-                   "edited_timestamp": None, "tts": False, "mention_everyone": False,
-                   "mentions": [], "mention_roles": [], "attachments": [], "embeds": [],
-                   "pinned": False, "type": 0, "flags": 0}  # fmt: skip
+               token: str | None = None, files: list[tuple[str, bytes]] | None = None
+               ) -> dict[str, Any]:  # fmt: skip
+        message: dict[str, Any] = {
+            "id": message_id or snowflake(), "channel_id": channel_id, "author": bot_user(),
+            "content": body.get("content") or "", "timestamp": _now(), "edited_timestamp": None,
+            "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
+            "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": 0,
+        }  # fmt: skip
         if message_id is None and token is None and "guild_id" not in body:
             message["guild_id"] = GUILD
+        message["attachments"] = self._uploaded(message, body, files or [], token)
         self.messages[message["id"]] = {**message, "token": token}
         self.screen.posted(channel_id, message["id"])
         return message
+
+    def _fill_deferred(
+        self, token: str, body: dict[str, Any], files: list[tuple[str, bytes]]
+    ) -> web.Response:
+        found = [m for m in self.messages.values() if m.get("token") == token]
+        if not found:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        stored = found[0]
+        stored["content"] = body.get("content") or ""
+        stored["attachments"] = self._uploaded(stored, body, files, token)
+        self.screen.changed(stored["channel_id"])
+        return _json({k: v for k, v in stored.items() if k != "token"})
+
+    def _uploaded(self, message: dict[str, Any], body: dict[str, Any],
+                  files: list[tuple[str, bytes]], token: str | None
+                  ) -> list[dict[str, Any]]:  # fmt: skip
+        """The attachment objects of the files posted with `message` (on the CDN too)."""
+        items = []
+        for filename, data in files:
+            guessed = mimetypes.guess_type(filename)[0]
+            items.append(self.attachment(data, filename, guessed, channel_id=message["channel_id"]))
+            self.uploads.append(Upload(data, filename, message["content"], message["channel_id"],
+                                       message["id"], body.get("message_reference"),
+                                       token))  # fmt: skip
+        return items
 
     def _edit(self, message_id: str, body: dict[str, Any]) -> web.Response:
         stored = self.messages.get(message_id)
@@ -314,6 +435,22 @@ class FakeDiscord:
         stored["edited_timestamp"] = _now()
         self.screen.changed(stored["channel_id"])
         return _json({k: v for k, v in stored.items() if k != "token"})
+
+
+async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """discord.py's multipart body: `payload_json` (the JSON it sends otherwise) and one
+    `files[n]` part per file."""
+    payload: dict[str, Any] = {}
+    files: list[tuple[str, bytes]] = []
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "payload_json":
+            payload = json.loads(await part.text())
+        elif (part.name or "").startswith("files["):
+            files.append((part.filename or "", bytes(await part.read())))
+    return payload, files
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -71,7 +71,8 @@ async def bot(discord: FakeDiscord, fake_openai: FakeOpenAI, redis: Redis, key_p
 async def test_commands_are_synced_to_the_guild(bot: FakeDiscord):
     synced = bot.calls_to("PUT", f"/guilds/{GUILD}/commands")
     assert synced
-    assert {c["name"] for c in synced[-1].body} == {"ask", "reset", "persona", "model", "help"}
+    names = {c["name"] for c in synced[-1].body}
+    assert names == {"ask", "reset", "persona", "model", "help", "image", "voice"}
     persona = next(c for c in synced[-1].body if c["name"] == "persona")
     assert {c["value"] for c in persona["options"][0]["choices"]} == {"default", "pirate"}
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from adapters.discord import LIMIT, ChannelResponder
 from adapters.discord_events import conversation_key, strip_bot_mention, to_message
+from adapters.discord_media import make_fetcher
 from core.model import MessageRef, parse_command
 from core.streaming.splitting import split_text
 from tests.fakes import discord as fd
@@ -181,7 +182,9 @@ def _wire_body(kwargs: dict[str, Any]) -> dict[str, Any]:
 async def _answer(text: str) -> list[dict[str, Any]]:
     """Send every part of `text` as ChannelResponder does, and edit the last one."""
     channel = RecordingChannel()
-    responder = ChannelResponder(channel, reply_to=None, edit_interval=0)
+    responder = ChannelResponder(
+        channel, reply_to=None, edit_interval=0, fetcher=make_fetcher(None)
+    )
     parts = split_text(text, responder.limit)
     ref: MessageRef | None = None
     for part in parts:
