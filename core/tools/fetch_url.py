@@ -20,6 +20,7 @@ import codecs
 import contextlib
 import logging
 import ssl
+import zlib
 from collections.abc import AsyncIterable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,9 @@ class WebFetcher:
                 body, truncated = await read_bounded(
                     response.aiter_stream(), self.settings.max_bytes
                 )
+                encoding = found.get("content-encoding", "identity").strip().lower()
+                body, cut = decompress(body, encoding, self.settings.max_bytes)
+                truncated = truncated or cut
                 log.info(
                     "fetch_url: HTTP %d, %s, %d bytes%s",
                     status,
@@ -232,6 +236,23 @@ async def read_bounded(chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[by
             if len(body) > max_bytes:
                 return bytes(body[:max_bytes]), True
     return bytes(body), False
+
+
+def decompress(body: bytes, encoding: str, max_bytes: int) -> tuple[bytes, bool]:
+    """The body a server compressed although asked for `identity`: gzip and deflate undone
+    up to `max_bytes` (a small bomb stays small), whether more was there; others refused."""
+    if encoding in ("", "identity"):
+        return body, False
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ToolError(f"the page came compressed as {encoding}, which fetch_url cannot read")
+    wbits = zlib.MAX_WBITS | 32 if encoding != "deflate" else zlib.MAX_WBITS  # 32: gzip or zlib
+    for bits in (wbits, -zlib.MAX_WBITS):  # deflate is sometimes sent without its header
+        try:
+            plain = zlib.decompressobj(bits).decompress(body, max_bytes + 1)
+        except zlib.error:
+            continue
+        return plain[:max_bytes], len(plain) > max_bytes
+    raise ToolError(f"the page's {encoding} compression is broken")
 
 
 def parse_content_type(value: str) -> tuple[str, str | None]:

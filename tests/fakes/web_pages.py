@@ -6,7 +6,8 @@ trafilatura should keep is `ARTICLE_SENTENCES`, what it should drop `BOILERPLATE
 `/report.pdf`, `/photo.png` files; `/chain/{n}` redirects n
 times, then to `/article`; `/go?to=URL` redirects anywhere; `/loop` redirects to itself;
 `/slow` answers after `slow_seconds`; `/drip` sends a byte every 0.2 s forever (each read is
-quick, the whole never ends); `/huge` streams megabytes; `/missing` 404, `/broken` 500.
+quick, the whole never ends); `/huge` streams megabytes; `/gzipped` is gzip although
+identity was asked for; `/missing` 404, `/broken` 500.
 Every request's path and headers are recorded.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -100,6 +102,7 @@ class FakeSite:
         get("/slow", self._slow)
         get("/drip", self._drip)
         get("/huge", self._huge)
+        get("/gzipped", self._gzipped)
         get("/missing", self._status(404))
         get("/broken", self._status(500))
         self._runner, self.port = await serve_locally(app)
@@ -131,6 +134,11 @@ class FakeSite:
             return web.Response(status=status, text="no")
 
         return handler
+
+    async def _gzipped(self, request: web.Request) -> web.Response:
+        """Compressed although the client asked for identity, as some servers do."""
+        headers = {"Content-Type": "text/plain", "Content-Encoding": "gzip"}
+        return web.Response(body=gzip.compress(PLAIN.encode() * 1000), headers=headers)
 
     async def _chain(self, request: web.Request) -> web.Response:
         n = int(request.match_info["n"])

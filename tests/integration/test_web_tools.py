@@ -182,6 +182,14 @@ async def test_huge_page_read_up_to_max_bytes(site: FakeSite):
     assert time.monotonic() - start < 5
 
 
+async def test_compressed_anyway_is_read_within_max_bytes(site: FakeSite):
+    result = await fetch(site.url("/gzipped"), FetchSettings(allow_private=True, max_chars=10**5))
+    assert result["text"] == PLAIN * 1000 and "note" not in result
+    assert site.visits[0].headers["Accept-Encoding"] == "identity"
+    small = await fetch(site.url("/gzipped"), FetchSettings(allow_private=True, max_bytes=1000))
+    assert small["text"] == (PLAIN * 1000)[:1000] and "larger than 1000 bytes" in small["note"]
+
+
 # fetch_url: never the bot's own network
 
 
