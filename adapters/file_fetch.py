@@ -11,7 +11,6 @@ network, or a test at a fake, chose that address.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from core.net import AddressGuard
 from core.protocols import FetchError
 
 MAX_REDIRECTS = 3
@@ -30,31 +30,19 @@ def host_of(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
-def is_public(address: str) -> bool:
-    """An address the internet routes: not private, loopback, link-local (cloud metadata),
-    multicast, reserved or unspecified."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
 class _PublicResolver(AbstractResolver):
     """Resolves as usual, then refuses a host that has a non-public address (unless the
-    operator configured that host)."""
+    operator configured that host): `core.net.AddressGuard` decides."""
 
     def __init__(self, trusted: frozenset[str]) -> None:
         self._inner = aiohttp.ThreadedResolver()
-        self._trusted = trusted
+        self._guard = AddressGuard.of(trusted=trusted)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        if host.lower() not in self._trusted:
-            for result in results:
-                if not is_public(result["host"]):
-                    raise OSError(f"{host} resolves to a private address")
+        self._guard.check(host, [result["host"] for result in results])
         return results
 
     async def close(self) -> None:
