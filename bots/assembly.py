@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
@@ -47,8 +48,10 @@ from core.storage import AnswerJournal, StateStore
 from core.tools.actions import HttpActions
 from core.tools.approvals import Approvals
 from core.tools.builtin import calculator_tool, current_time_tool
+from core.tools.fetch_url import fetch_url_tool
 from core.tools.mcp import MCPServers, plan_servers
 from core.tools.toolbox import Toolbox
+from core.tools.web_search import search_config_problem, search_provider, web_search_tool
 from stores.limits import StoreLimits
 from stores.memory import MemoryStore
 from stores.redis.keys import KeyBuilder
@@ -95,6 +98,10 @@ def check_tools(settings: Settings, plugins: Plugins) -> None:
                 "a plugin's tools need the plugin listed under `plugins`; an MCP server's "
                 "are `<server>__<tool>` or `<server>__*` with the server under `mcp.servers`)"
             )
+    if "web_search" in settings.tools.enabled:
+        problem = search_config_problem(settings.tools.search, os.environ)
+        if problem:
+            raise ConfigError(problem)
 
 
 def build_toolbox(
@@ -114,6 +121,11 @@ def build_toolbox(
         elif name == "generate_image":
             if drawing is not None:
                 toolbox.tools[name] = drawing.as_tool()
+        elif name == "fetch_url":
+            toolbox.tools[name] = fetch_url_tool(settings.tools.fetch)
+        elif name == "web_search":
+            search = settings.tools.search
+            toolbox.tools[name] = web_search_tool(search, search_provider(search, os.environ))
         elif name.startswith(mcp_prefixes):
             continue  # MCPServers adds these while their server is up
         elif actions is not None and name in actions.actions:

@@ -86,7 +86,13 @@ class FetchSettings(_Section):
     """The `fetch_url` tool: a web page's readable text, bounded, never a private address."""
 
     max_bytes: int = Field(2_000_000, gt=0, description="a larger page is cut here")
-    max_chars: int = Field(12_000, gt=0, description="the text the model gets is cut here")
+    max_chars: int = Field(
+        7_000,
+        gt=0,
+        le=7_500,
+        description="the text the model gets is cut here (a tool "
+        "result is at most 8,000 characters whole)",
+    )
     timeout: float = Field(15.0, gt=0, description="seconds for the whole fetch")
     allow_private: bool = Field(
         False, description="fetch private and loopback addresses too (tests, an intranet)"
