@@ -7,7 +7,9 @@ Telegram's flood limits, honours `retry_after`, and sends final messages first: 
 partial edits and typing signals are best-effort, skipped when the budget is short. Private
 answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end with one `sendMessage`;
 group answers are posted and edited. Every form is Telegram HTML (parts are cut to fit after
-rendering), resent as plain text if Telegram rejects the markup.
+rendering), resent as plain text if Telegram rejects the markup. Files come in as attachments
+(adapters/telegram_media.py) fetched through `getFile`, and go out as photos, voice notes or
+documents.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 UPDATES_AT_ONCE = 1 << 20  # PTB's bound, far above the core's limits.max_in_flight
+API_ANSWER_BYTES = 1 << 20  # room for a Bot API answer above the largest file downloaded
 COMMANDS = [
     BotCommand("ask", "Ask a question"),
     BotCommand("reset", "Forget this conversation"),
@@ -117,12 +120,15 @@ class TelegramAdapter:
             # PTB adds the long-poll timeout to the getUpdates read timeout
             ApplicationBuilder().token(self.token).rate_limiter(limiter)
             .concurrent_updates(UPDATES_AT_ONCE)
-            .request(AiohttpRequest()).get_updates_request(CheckedUpdatesRequest(read_timeout=5.0))
+            .request(AiohttpRequest(max_body=self.settings.media.max_bytes + API_ANSWER_BYTES))
+            .get_updates_request(CheckedUpdatesRequest(read_timeout=5.0))
             .updater(None)  # `Poller` polls, under our supervisor
         )  # fmt: skip
         if self.api_url:
-            base = self.api_url.rstrip("/")
-            builder = builder.base_url(base if base.endswith("/bot") else base + "/bot")
+            # TELEGRAM_API_URL is the server's root (or its /bot prefix); files are under
+            # <root>/file/bot<token>/, as on api.telegram.org and a self-hosted server.
+            root = self.api_url.rstrip("/").removesuffix("/bot")
+            builder = builder.base_url(root + "/bot").base_file_url(root + "/file/bot")
         application = builder.build()
         application.add_handler(TypeHandler(Update, self._on_update))
         return application

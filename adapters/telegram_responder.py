@@ -1,7 +1,8 @@
-"""Answering in one Telegram chat: drafts, posts and edits of our HTML.
+"""Answering in one Telegram chat: drafts, posts and edits of our HTML, and files.
 
 Private answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end with one
-`sendMessage`; group answers are posted and edited.
+`sendMessage`; group answers are posted and edited. Files the core fetches or posts go
+through adapters/telegram_media.py.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from telegram import ReplyParameters
+from telegram import InputFile, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest
 
 from adapters.telegram_format import measure as telegram_measure
 from adapters.telegram_format import to_telegram_html, visible_text
 from adapters.telegram_limits import BEST_EFFORT, LOW, SKIPPED
-from core.model import MessageRef
+from adapters.telegram_media import caption_of, fetch_file, upload_method
+from core.model import Attachment, MessageRef, OutgoingFile
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ class TelegramResponder:
     """Answers in one chat (and topic): drafts in private chats, edits in groups.
 
     Every form is our HTML: the in-progress one ends with a marker. Plain text is only the
-    fallback when Telegram rejects the markup ("can't parse entities"), logged once.
+    fallback when Telegram rejects the markup ("can't parse entities"), logged once. Files
+    the bot posts reply to the question in groups, as the first part of a text answer does.
     """
 
     limit = TELEGRAM_LIMIT - len(MARKER)  # the in-progress form adds the marker
@@ -53,6 +56,7 @@ class TelegramResponder:
         self.chat_id = chat_id
         self.thread_id = thread_id
         self.reply_to = reply_to
+        self.question = reply_to  # what files reply to (`reply_to` is spent by the first part)
         self.edit_interval = edit_interval
         self.drafts = drafts
         self._shown: dict[str, str] = {}
@@ -111,6 +115,47 @@ class TelegramResponder:
         if not ref.id.startswith("draft:"):  # a draft vanishes by itself
             await self.bot.delete_message(self.chat_id, int(ref.id))
             self._shown.pop(ref.id, None)
+
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
+        return await fetch_file(self.bot, attachment, max_bytes)
+
+    async def send_file(self, file: OutgoingFile) -> MessageRef:
+        """A photo, a voice note or a document, with its caption as our HTML. A photo
+        Telegram will not take (its sides, its size) goes again as a document."""
+        method = upload_method(file)
+        try:
+            message_id = await self._upload(method, file)
+        except BadRequest as exc:
+            if method != "photo":
+                raise
+            log.info("telegram: photo refused (%s); sending it as a document", exc.message)
+            message_id = await self._upload("document", file)
+        return MessageRef(str(message_id), str(self.chat_id))
+
+    async def _upload(self, method: str, file: OutgoingFile) -> int:
+        """send_photo / send_voice / send_document (rate-limited as a required call)."""
+        reply = None
+        if self.question is not None:
+            reply = ReplyParameters(self.question, allow_sending_without_reply=True)
+        send = getattr(self.bot, f"send_{method}")
+        sent_ids: list[int] = []
+
+        async def upload(caption: str, parse_mode: str | None) -> bool:
+            part = InputFile(file.data, filename=file.name)
+            part.mimetype = file.mime_type or part.mimetype
+            sent = await send(
+                self.chat_id, part, caption=caption or None, parse_mode=parse_mode,
+                message_thread_id=self.thread_id, reply_parameters=reply,
+            )  # fmt: skip
+            sent_ids.append(int(sent.message_id))
+            return True
+
+        caption, markup = caption_of(file.caption)
+        if markup:
+            await self._html_or_plain(upload, caption)
+        else:
+            await upload(caption, None)
+        return sent_ids[-1]
 
     async def _draft(self, draft_id: int, text: str) -> None:
         async def draft(body: str, parse_mode: str | None) -> bool:
