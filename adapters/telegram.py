@@ -7,18 +7,17 @@ Telegram's flood limits, honours `retry_after`, and sends final messages first: 
 partial edits and typing signals are best-effort, skipped when the budget is short. Private
 answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end with one `sendMessage`;
 group answers are posted and edited. Every form is Telegram HTML (parts are cut to fit after
-rendering), resent as plain text if Telegram rejects the markup.
+rendering), resent as plain text if Telegram rejects the markup. Files come in as attachments
+(adapters/telegram_media.py) fetched through `getFile`, and go out as photos, voice notes or
+documents.
 """
 
 from __future__ import annotations
 
 import hmac
-import html
-import itertools
 import logging
 import os
-import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -27,22 +26,20 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 from aiohttp import web
-from telegram import BotCommand, ReplyParameters, Update
-from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, InvalidToken, TelegramError
+from telegram import BotCommand, Update
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.base import AdapterStartError
 from adapters.supervisor import Supervisor
-from adapters.telegram_format import measure as telegram_measure
-from adapters.telegram_format import to_telegram_html, visible_text
 from adapters.telegram_http import AiohttpRequest
-from adapters.telegram_limits import BEST_EFFORT, LOW, SKIPPED, PriorityRateLimiter
+from adapters.telegram_limits import PriorityRateLimiter
 from adapters.telegram_polling import CheckedUpdatesRequest, Poller
+from adapters.telegram_responder import TELEGRAM_LIMIT, TelegramResponder
 from adapters.telegram_updates import BotIdentity, to_message
 from adapters.webhook_guard import Refused, ThrottledLog, guarded, json_object
 from core.config import Settings, TelegramSettings
-from core.model import Message, MessageRef
+from core.model import Message
 from core.protocols import Handler
 
 if TYPE_CHECKING:
@@ -60,13 +57,14 @@ if TYPE_CHECKING:
         JobQueue[ContextTypes.DEFAULT_TYPE],
     ]
 
+__all__ = ["TELEGRAM_LIMIT", "TelegramAdapter", "TelegramResponder"]
+
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-TELEGRAM_LIMIT = 4096  # UTF-16 units of the text after entity parsing
-MARKER = " ▌"  # ends the in-progress form of a part
 UPDATES_AT_ONCE = 1 << 20  # PTB's bound, far above the core's limits.max_in_flight
+API_ANSWER_BYTES = 1 << 20  # room for a Bot API answer above the largest file downloaded
 COMMANDS = [
     BotCommand("ask", "Ask a question"),
     BotCommand("reset", "Forget this conversation"),
@@ -75,144 +73,6 @@ COMMANDS = [
     BotCommand("help", "What I can do"),
     BotCommand("start", "Say hello"),
 ]
-_draft_ids = itertools.count(secrets.randbelow(1_000_000) + 1)
-
-
-class TelegramResponder:
-    """Answers in one chat (and topic): drafts in private chats, edits in groups.
-
-    Every form is our HTML: the in-progress one ends with a marker. Plain text is only the
-    fallback when Telegram rejects the markup ("can't parse entities"), logged once.
-    """
-
-    limit = TELEGRAM_LIMIT - len(MARKER)  # the in-progress form adds the marker
-    typing_interval = 4.0  # Telegram shows "typing…" for 5 s
-
-    def __init__(
-        self,
-        bot: Any,
-        chat_id: int,
-        *,
-        thread_id: int | None,
-        reply_to: int | None,
-        edit_interval: float,
-        drafts: bool,
-    ) -> None:
-        self.bot = bot
-        self.chat_id = chat_id
-        self.thread_id = thread_id
-        self.reply_to = reply_to
-        self.edit_interval = edit_interval
-        self.drafts = drafts
-        self._shown: dict[str, str] = {}
-        self._plain_logged = False
-
-    def measure(self, text: str) -> int:
-        """UTF-16 units of the text Telegram shows, as its limit counts them."""
-        return telegram_measure(text)
-
-    async def typing(self) -> None:
-        await self.bot.send_chat_action(
-            self.chat_id,
-            ChatAction.TYPING,
-            message_thread_id=self.thread_id,
-            rate_limit_args=LOW,
-        )
-
-    async def send(self, text: str, *, final: bool) -> MessageRef:
-        if self.drafts and not final:
-            draft = next(_draft_ids)
-            await self._draft(draft, text)
-            return MessageRef(f"draft:{draft}", str(self.chat_id))
-        message_id = await self._post(text, final=final)
-        return MessageRef(str(message_id), str(self.chat_id))
-
-    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
-        if ref.id.startswith("draft:"):
-            if final:
-                await self._post(text, final=True)
-            else:
-                await self._draft(int(ref.id.split(":", 1)[1]), text)
-            return
-        rendered = _form(text, final)
-        if self._shown.get(ref.id) == rendered:
-            return  # never an edit that changes nothing
-
-        async def edit(body: str, parse_mode: str | None) -> bool:
-            edited = await self.bot.edit_message_text(
-                body, chat_id=self.chat_id, message_id=int(ref.id), parse_mode=parse_mode,
-                rate_limit_args=None if final else BEST_EFFORT,
-            )  # fmt: skip
-            return edited is not SKIPPED
-
-        try:
-            shown = await self._html_or_plain(edit, rendered)
-        except BadRequest as exc:
-            if "not modified" not in exc.message:
-                raise
-            shown = rendered
-        if shown is None:
-            return  # skipped, not shown: the next edit carries the whole text (and the final
-            # is not taken for a repeat of it)
-        self._shown[ref.id] = shown
-
-    async def delete(self, ref: MessageRef) -> None:
-        if not ref.id.startswith("draft:"):  # a draft vanishes by itself
-            await self.bot.delete_message(self.chat_id, int(ref.id))
-            self._shown.pop(ref.id, None)
-
-    async def _draft(self, draft_id: int, text: str) -> None:
-        async def draft(body: str, parse_mode: str | None) -> bool:
-            # A skipped draft (the rate budget is short) is harmless: the next has it all.
-            await self.bot.send_message_draft(
-                self.chat_id, draft_id, body, message_thread_id=self.thread_id,
-                parse_mode=parse_mode, rate_limit_args=BEST_EFFORT,
-            )  # fmt: skip
-            return True
-
-        await self._html_or_plain(draft, _form(text, final=False))
-
-    async def _post(self, text: str, *, final: bool) -> int:
-        reply = None
-        if self.reply_to is not None:
-            reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True)
-        sent_ids: list[int] = []
-
-        async def post(body: str, parse_mode: str | None) -> bool:
-            sent = await self.bot.send_message(
-                self.chat_id, body, parse_mode=parse_mode, message_thread_id=self.thread_id,
-                reply_parameters=reply,
-            )  # fmt: skip
-            sent_ids.append(int(sent.message_id))
-            return True
-
-        shown = await self._html_or_plain(post, _form(text, final))
-        self._shown[str(sent_ids[-1])] = shown or ""
-        self.reply_to = None  # only the first part replies to the question
-        return sent_ids[-1]
-
-    async def _html_or_plain(
-        self, call: Callable[[str, str | None], Awaitable[bool]], rendered: str
-    ) -> str | None:
-        """Make `call` with our HTML; if Telegram rejects the markup, with the same text as
-        plain text (the same length, so it fits too). Returns what was sent, or None when
-        the rate limiter skipped a best-effort call (`call` returned False)."""
-        try:
-            return rendered if await call(rendered, ParseMode.HTML) else None
-        except BadRequest as exc:
-            if "parse entities" not in exc.message:
-                raise
-            if not self._plain_logged:  # one line per answer
-                self._plain_logged = True
-                log.warning("telegram: markup rejected (%s); sending plain text", exc.message)
-        plain = visible_text(rendered)
-        return plain if await call(plain, None) else None
-
-
-def _form(text: str, final: bool) -> str:
-    """Our HTML for a part; the in-progress form ends with the marker."""
-    rendered = to_telegram_html(text) or html.escape(text.strip() or "…", quote=False)
-    return rendered if final else rendered + html.escape(MARKER, quote=False)
 
 
 class TelegramAdapter:
@@ -260,12 +120,15 @@ class TelegramAdapter:
             # PTB adds the long-poll timeout to the getUpdates read timeout
             ApplicationBuilder().token(self.token).rate_limiter(limiter)
             .concurrent_updates(UPDATES_AT_ONCE)
-            .request(AiohttpRequest()).get_updates_request(CheckedUpdatesRequest(read_timeout=5.0))
+            .request(AiohttpRequest(max_body=self.settings.media.max_bytes + API_ANSWER_BYTES))
+            .get_updates_request(CheckedUpdatesRequest(read_timeout=5.0))
             .updater(None)  # `Poller` polls, under our supervisor
         )  # fmt: skip
         if self.api_url:
-            base = self.api_url.rstrip("/")
-            builder = builder.base_url(base if base.endswith("/bot") else base + "/bot")
+            # TELEGRAM_API_URL is the server's root (or its /bot prefix); files are under
+            # <root>/file/bot<token>/, as on api.telegram.org and a self-hosted server.
+            root = self.api_url.rstrip("/").removesuffix("/bot")
+            builder = builder.base_url(root + "/bot").base_file_url(root + "/file/bot")
         application = builder.build()
         application.add_handler(TypeHandler(Update, self._on_update))
         return application

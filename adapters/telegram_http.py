@@ -6,6 +6,9 @@ at once: httpcore's pool rescans every connection and request on each call. The 
 aiohttp's connector does the same work for a fraction. PTB supports exactly this through
 `BaseRequest`; everything above `do_request` (JSON decoding, error mapping, retries, the rate
 limiter) stays PTB's.
+
+Files (`File.download_*`) come through the same object, so a response is read only up to
+`max_body` bytes: a file larger than announced never fills memory.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
 
+class ResponseTooLarge(NetworkError):
+    """A response (a downloaded file) went past `max_body`."""
+
+
 class AiohttpRequest(BaseRequest):
     """One aiohttp session per PTB request object (PTB keeps two: calls and getUpdates)."""
 
@@ -30,12 +37,14 @@ class AiohttpRequest(BaseRequest):
         write_timeout: float | None = 5.0,
         connect_timeout: float | None = 5.0,
         pool_timeout: float | None = 1.0,
+        max_body: int | None = None,
     ) -> None:
         self._limit = connection_limit
         self._read = read_timeout
         self._write = write_timeout
         self._connect = connect_timeout
         self._pool = pool_timeout
+        self._max_body = max_body
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -77,12 +86,27 @@ class AiohttpRequest(BaseRequest):
             async with self._session.request(
                 method, url, data=_body(request_data), timeout=timeout
             ) as response:
-                return response.status, await response.read()
+                return response.status, await self._body_of(response)
         except TimeoutError as exc:
             raise TimedOut from exc
         except aiohttp.ClientError as exc:
             # the URL holds the bot token: name the error, never repeat its text
             raise NetworkError(f"aiohttp.{type(exc).__name__}") from None
+
+    async def _body_of(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, at most `max_body` bytes (`ResponseTooLarge` past that). A response
+        with a length (every Bot API answer) is read at once, as before."""
+        bound, declared = self._max_body, response.content_length
+        if bound is None or (declared is not None and declared <= bound):
+            return await response.read()
+        if declared is not None:
+            raise ResponseTooLarge(f"response larger than {bound} bytes")
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > bound:
+                raise ResponseTooLarge(f"response larger than {bound} bytes")
+        return bytes(body)
 
 
 def _body(request_data: RequestData | None) -> Any:

@@ -4,6 +4,10 @@ In private chats every text is for the bot. In groups only a mention of the bot 
 `mention` or `text_mention` entity; offsets are UTF-16, which PTB's `parse_entities`
 handles), a reply to one of the bot's messages, or a command addressed to it. Forum topics
 (`message_thread_id` on topic messages) are their own conversations.
+
+A photo, document, voice note or audio file comes as `Message.attachments`, its caption as
+the text (a caption mentions or commands the bot as a text does). Without a caption it is
+addressed as a text would be: in a private chat, or as a reply to the bot in a group.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from telegram import Message as TgMessage
 from telegram import MessageEntity, Update
 
+from adapters.telegram_media import attachments_of
 from core.model import Command, ContextKey, Message, User, parse_command
 
 
@@ -30,8 +35,9 @@ def to_message(
     if tg is None or tg.from_user is None or tg.from_user.is_bot:
         return None  # edits, channel posts, service messages, other bots and ourselves
     text = tg.text or tg.caption or ""
-    if not text:
-        return None
+    attachments = attachments_of(tg)
+    if not text and not attachments:
+        return None  # stickers, locations, polls, service messages
     private = tg.chat.type == "private"
     command = _command(tg, text, bot)
     if text.startswith("/") and command is None and not private:
@@ -56,6 +62,7 @@ def to_message(
         message_id=str(tg.message_id),
         addressed=True,
         command=command,
+        attachments=attachments,
         private=private,
     )
 

@@ -5,27 +5,54 @@
 "error_code": ..., "description": ...}`. getUpdates long-polls for real (holds up to
 `timeout`, honours `offset`). An unchanged edit and malformed HTML get Telegram's 400s,
 `fail(method, ...)` injects a 429 with `parameters.retry_after`. Every call is recorded.
+
+Files as the Bot API serves them: `add_file(data)` stores one and gives its file_id, which
+updates built with `photo` / `document` / `voice` / `audio` and `media_message` carry;
+`getFile` gives its `file_path`, and `GET /file/bot<token>/<file_path>` its bytes (404 for
+a wrong token or path, `fail_download` for a failure). `sendPhoto`, `sendVoice`,
+`sendDocument` and `sendAudio` take a multipart upload under the field of their name (or
+`attach://<part>`, or a known file_id), record it in `uploads`, and answer with the Message
+Telegram sends back; a photo Pillow cannot read is refused as Telegram refuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from PIL import Image, UnidentifiedImageError
 
 from tests.fakes.common import Screen, read_params, serve_locally
 
 BOT_ID = 7000001
 BOT_USERNAME = "TestChatBot"
+CAPTION_LIMIT = 1024
+MAX_UPLOAD = 50 * 1024 * 1024  # what bots may upload to the cloud Bot API
+MAX_DOWNLOAD = 20 * 1024 * 1024  # what getFile serves bots on the cloud Bot API
+UPLOAD_FIELDS = {"sendPhoto": "photo", "sendVoice": "voice", "sendDocument": "document",
+                 "sendAudio": "audio"}  # fmt: skip
+FOLDERS = {"photo": "photos", "voice": "voice", "audio": "music", "document": "documents"}
 HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",
              "blockquote", "tg-spoiler", "span", "tg-emoji"}  # fmt: skip
+
+
+@dataclass
+class Part:
+    """One file part of a multipart request, as it arrived."""
+
+    filename: str
+    content_type: str
+    data: bytes
 
 
 @dataclass
@@ -33,6 +60,38 @@ class Call:
     method: str
     params: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
+    files: dict[str, Part] = field(default_factory=dict)
+
+
+@dataclass
+class StoredFile:
+    """A file the fake serves: what getFile says of it and the bytes a download gives."""
+
+    file_id: str
+    file_unique_id: str
+    file_path: str
+    data: bytes
+    file_size: int  # as announced (a test may make it differ from len(data))
+    name: str = ""
+    mime_type: str = ""
+    chunked: bool = False  # served without a Content-Length
+
+
+@dataclass
+class Upload:
+    """A file the bot posted (sendPhoto, sendVoice, sendDocument, sendAudio)."""
+
+    method: str
+    chat_id: int
+    thread_id: int | None
+    message_id: int
+    filename: str
+    content_type: str
+    data: bytes
+    caption: str
+    parse_mode: str
+    reply_to: int | None
+    file_id: str
 
 
 class _HtmlCheck(HTMLParser):
@@ -91,6 +150,10 @@ class FakeTelegram:
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
         self.messages: dict[tuple[int, int], str] = {}  # (chat, id) -> text as shown
+        self.files: dict[str, StoredFile] = {}  # file_id -> the file
+        self.uploads: list[Upload] = []  # files the bot posted, in order
+        self.downloads: list[str] = []  # file paths downloaded, in order
+        self._file_ids = itertools.count(1)
         self.screen = Screen()
         self.failures: dict[str, deque[tuple[int, str, dict[str, Any]]]] = {}
         self._new_update = asyncio.Condition()
@@ -104,8 +167,9 @@ class FakeTelegram:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> FakeTelegram:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_UPLOAD + 1024 * 1024)
         app.router.add_post("/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner, self.port = await serve_locally(app, shutdown_timeout=0.2)
         return self
 
@@ -130,9 +194,81 @@ class FakeTelegram:
         """The final text of every message in a chat, in order."""
         return [self.messages[key] for key in self.screen.keys(str(chat_id))]  # type: ignore[index]
 
+    def add_file(
+        self,
+        data: bytes,
+        *,
+        kind: str = "document",
+        name: str = "",
+        mime_type: str = "",
+        file_size: int | None = None,
+        chunked: bool = False,
+    ) -> str:
+        """Store a file as Telegram would after a user sent it; returns its file_id.
+        `file_size` is what Telegram announces (default: the real size)."""
+        number = next(self._file_ids)
+        suffix = Path(name).suffix or {"photo": ".jpg", "voice": ".oga", "audio": ".mp3"}.get(
+            kind, ""
+        )
+        stored = StoredFile(
+            file_id=f"AgAC{secrets.token_urlsafe(24)}",
+            file_unique_id=f"AQAD{secrets.token_urlsafe(8)}",
+            file_path=f"{FOLDERS.get(kind, 'documents')}/file_{number}{suffix}",
+            data=data,
+            file_size=len(data) if file_size is None else file_size,
+            name=name,
+            mime_type=mime_type,
+            chunked=chunked,
+        )
+        self.files[stored.file_id] = stored
+        return stored.file_id
+
+    def photo(self, *file_ids: str) -> list[dict[str, Any]]:
+        """A message's `photo` field: one PhotoSize per file, smallest first as Telegram sends."""
+        sizes = []
+        for file_id in file_ids:
+            stored = self.files[file_id]
+            width, height = _image_size(stored.data) or (90, 90)
+            sizes.append({**self._file_fields(stored), "width": width, "height": height})
+        return sorted(sizes, key=lambda size: size["width"] * size["height"])
+
+    def document(self, file_id: str) -> dict[str, Any]:
+        """A message's `document` field."""
+        stored = self.files[file_id]
+        fields = self._file_fields(stored)
+        if stored.name:
+            fields["file_name"] = stored.name
+        if stored.mime_type:
+            fields["mime_type"] = stored.mime_type
+        return fields
+
+    def voice(self, file_id: str, duration: int = 2) -> dict[str, Any]:
+        """A message's `voice` field (a voice note is OGG/Opus)."""
+        stored = self.files[file_id]
+        return {**self._file_fields(stored), "duration": duration,
+                "mime_type": stored.mime_type or "audio/ogg"}  # fmt: skip
+
+    def audio(self, file_id: str, duration: int = 3) -> dict[str, Any]:
+        """A message's `audio` field (a music file)."""
+        return {**self.document(file_id), "duration": duration}
+
+    @staticmethod
+    def _file_fields(stored: StoredFile) -> dict[str, Any]:
+        return {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
+                "file_size": stored.file_size}  # fmt: skip
+
+    def fail_download(self, status: int = 500, description: str = "Internal Server Error") -> None:
+        """The next file download fails with `status`."""
+        self.failures.setdefault("download", deque()).append((status, description, {}))
+
+    def uploads_in(self, chat_id: int) -> list[Upload]:
+        return [u for u in self.uploads if u.chat_id == chat_id]
+
     def update(self, message: dict[str, Any]) -> dict[str, Any]:
         """Queue an update for getUpdates and return it (for webhook delivery too)."""
-        return self.raw_update({"update_id": self.next_update_id(), "message": message})
+        update: dict[str, Any] = {"update_id": self.next_update_id(), "message": message}
+        self.raw_update(update)
+        return update
 
     def next_update_id(self) -> int:
         return next(self._update_ids)
@@ -155,15 +291,106 @@ class FakeTelegram:
             return _error(401, "Unauthorized")
         method = request.match_info["method"]
         params = await read_params(request)
-        self.calls.append(Call(method, params))
+        files = await _parts(request)
+        self.calls.append(Call(method, params, files=files))
         queued = self.failures.get(method)
         if queued:
             status, description, parameters = queued.popleft()
             return _error(status, description, parameters)
+        if method in UPLOAD_FIELDS:
+            return await self._send_file(method, params, files)
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return _ok(True)
-        return await handler(params)
+        response: web.Response = await handler(params)
+        return response
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        """`GET /file/bot<token>/<file_path>`: the bytes, or Telegram's JSON 404."""
+        path = request.match_info["path"]
+        self.downloads.append(path)
+        queued = self.failures.get("download")
+        if queued:
+            status, description, parameters = queued.popleft()
+            return _error(status, description, parameters)
+        stored = next((f for f in self.files.values() if f.file_path == path), None)
+        if request.match_info["token"] != self.token or stored is None:
+            return _error(404, "Not Found")
+        if not stored.chunked:
+            return web.Response(body=stored.data, content_type="application/octet-stream")
+        response = web.StreamResponse()
+        response.content_type = "application/octet-stream"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(stored.data), 65536):
+            await response.write(stored.data[start : start + 65536])
+        await response.write_eof()
+        return response
+
+    async def _m_getFile(self, params: dict[str, Any]) -> web.Response:
+        stored = self.files.get(str(params.get("file_id", "")))
+        if stored is None:
+            return _error(400, "Bad Request: invalid file_id")
+        if stored.file_size > MAX_DOWNLOAD:
+            return _error(400, "Bad Request: file is too big")
+        return _ok({**self._file_fields(stored), "file_path": stored.file_path})
+
+    async def _send_file(
+        self, method: str, params: dict[str, Any], files: dict[str, Part]
+    ) -> web.Response:
+        """sendPhoto / sendVoice / sendDocument / sendAudio, as the Bot API takes them."""
+        name = UPLOAD_FIELDS[method]
+        part = self._uploaded(params.get(name), files.get(name), files)
+        if part is None:
+            return _error(400, f"Bad Request: there is no {name} in the request")
+        caption = str(params.get("caption", "") or "")
+        parse_mode = str(params.get("parse_mode", "") or "")
+        html = parse_mode.upper() == "HTML"
+        if html and caption and html_error(caption):
+            return _error(400, f"Bad Request: can't parse entities: {html_error(caption)}")
+        if shown_length(caption, html) > CAPTION_LIMIT:
+            return _error(400, "Bad Request: message caption is too long")
+        size = _image_size(part.data) if name == "photo" else None
+        if name == "photo" and size is None:
+            return _error(400, "Bad Request: IMAGE_PROCESS_FAILED")
+        chat_id, message_id = int(params["chat_id"]), next(self._message_ids)
+        file_id = self.add_file(part.data, kind=name, name=part.filename,
+                                mime_type=part.content_type)  # fmt: skip
+        reply = params.get("reply_parameters")
+        thread = params.get("message_thread_id")
+        self.uploads.append(Upload(
+            method=method, chat_id=chat_id, thread_id=int(thread) if thread else None,
+            message_id=message_id, filename=part.filename, content_type=part.content_type,
+            data=part.data, caption=caption, parse_mode=parse_mode,
+            reply_to=int(reply["message_id"]) if isinstance(reply, dict) else None,
+            file_id=file_id,
+        ))  # fmt: skip
+        self.screen.changed(str(chat_id))
+        message = _message(chat_id, message_id, "", params)
+        del message["text"]
+        if caption:
+            message["caption"] = _shown(caption, html)
+        if name == "photo":
+            assert size is not None
+            message["photo"] = [{**self._file_fields(self.files[file_id]),
+                                 "width": size[0], "height": size[1]}]  # fmt: skip
+        elif name == "voice":
+            message["voice"] = self.voice(file_id)
+        else:
+            message[name] = self.document(file_id) if name == "document" else self.audio(file_id)
+        return _ok(message)
+
+    def _uploaded(self, value: Any, part: Part | None, files: dict[str, Part]) -> Part | None:
+        """The file a send method was given: an upload under its own field, `attach://x`
+        naming another part, or the file_id of a file Telegram already has."""
+        if part is not None:
+            return part
+        if isinstance(value, str) and value.startswith("attach://"):
+            return files.get(value.removeprefix("attach://"))
+        stored = self.files.get(value) if isinstance(value, str) else None
+        if stored is not None:
+            return Part(stored.name, stored.mime_type, stored.data)
+        return None
 
     async def _m_getMe(self, params: dict[str, Any]) -> web.Response:
         return _ok({"id": BOT_ID, "is_bot": True, "first_name": "Test Bot",
@@ -184,8 +411,8 @@ class FakeTelegram:
         offset = int(params.get("offset", 0) or 0)
         timeout = float(params.get("timeout", 0) or 0)
         if offset:
-            self.updates = [u for u in self.updates if _update_id(u) is None
-                            or _update_id(u) >= offset]  # fmt: skip
+            self.updates = [u for u in self.updates
+                            if (number := _update_id(u)) is None or number >= offset]  # fmt: skip
         if not self.updates and timeout:
             async with self._new_update:
                 with contextlib.suppress(TimeoutError):
@@ -221,6 +448,11 @@ class FakeTelegram:
 
     async def _m_deleteMessage(self, params: dict[str, Any]) -> web.Response:
         chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        upload = next((u for u in self.uploads_in(chat_id) if u.message_id == message_id), None)
+        if upload is not None:
+            self.uploads.remove(upload)
+            self.screen.changed(str(chat_id))
+            return _ok(True)
         if self.messages.pop((chat_id, message_id), None) is None:
             return _error(400, "Bad Request: message to delete not found")
         self.screen.removed(str(chat_id), (chat_id, message_id))
@@ -242,6 +474,37 @@ class FakeTelegram:
         if shown_length(text, html) > 4096:
             return "Bad Request: message is too long"
         return ""
+
+
+async def _parts(request: web.Request) -> dict[str, Part]:
+    """The file parts of a multipart body (read_params keeps only its text fields)."""
+    if request.content_type != "multipart/form-data":
+        return {}
+    form = await request.post()  # aiohttp keeps the parsed form: read_params read it already
+    return {
+        key: Part(value.filename, value.content_type, value.file.read())
+        for key, value in form.items()
+        if isinstance(value, web.FileField)
+    }
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """An image's width and height, None when Pillow cannot read it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
+def _shown(text: str, html: bool) -> str:
+    """The text Telegram shows for a caption: the tags gone, the entities resolved."""
+    if not html:
+        return text
+    checker = _HtmlCheck()
+    checker.feed(text)
+    checker.close()
+    return "".join(checker.text)
 
 
 def _update_id(entry: Any) -> int | None:
@@ -278,18 +541,51 @@ def text_message(
     topic: int | None = None,
 ) -> dict[str, Any]:
     """An incoming message as Telegram delivers it. Commands get their bot_command entity."""
+    message = _incoming(chat_id, kind, from_id, reply_to, topic)
+    message["text"] = text
+    _add_entities(message, "entities", text, entities)
+    return message
+
+
+def media_message(
+    media: dict[str, Any],
+    *,
+    caption: str = "",
+    chat_id: int = 42,
+    kind: str = "private",
+    from_id: int = 42,
+    entities: list[dict[str, Any]] | None = None,
+    reply_to: dict[str, Any] | None = None,
+    topic: int | None = None,
+) -> dict[str, Any]:
+    """An incoming message with a file: `media` is e.g. `{"photo": tg.photo(small, big)}` or
+    `{"voice": tg.voice(file_id)}`; the caption (and its entities) as Telegram sends them."""
+    message = {**_incoming(chat_id, kind, from_id, reply_to, topic), **media}
+    if caption:
+        message["caption"] = caption
+        _add_entities(message, "caption_entities", caption, entities)
+    return message
+
+
+def _add_entities(
+    message: dict[str, Any], field: str, text: str, entities: list[dict[str, Any]] | None
+) -> None:
+    found = list(entities or [])
+    if text.startswith("/"):
+        found.append({"type": "bot_command", "offset": 0, "length": len(text.split(" ")[0])})
+    if found:
+        message[field] = found
+
+
+def _incoming(
+    chat_id: int, kind: str, from_id: int, reply_to: dict[str, Any] | None, topic: int | None
+) -> dict[str, Any]:
     message: dict[str, Any] = {
         "message_id": next(_incoming_ids),
         "from": user(from_id),
         "chat": chat(chat_id, kind, forum=topic is not None),
         "date": int(time.time()),
-        "text": text,
     }
-    found = list(entities or [])
-    if text.startswith("/"):
-        found.append({"type": "bot_command", "offset": 0, "length": len(text.split(" ")[0])})
-    if found:
-        message["entities"] = found
     if reply_to is not None:
         message["reply_to_message"] = reply_to
     if topic is not None:
