@@ -89,9 +89,8 @@ class FetchSettings(_Section):
     max_chars: int = Field(
         7_000,
         gt=0,
-        le=7_500,
-        description="the text the model gets is cut here (a tool "
-        "result is at most 8,000 characters whole)",
+        description="the text the model gets is cut here (keep it under 8,000: a longer tool "
+        "result is cut by the toolbox, mid-JSON)",
     )
     timeout: float = Field(15.0, gt=0, description="seconds for the whole fetch")
     allow_private: bool = Field(
