@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILES = 10  # per message; more are named, not read
 HEARD_CHARS = 200  # the quoted line of what was heard
+CPU_AT_ONCE = 2  # images decoded or documents parsed at once, in this process
 
 
 @dataclass(slots=True)
@@ -69,6 +70,9 @@ class MediaReader:
         self.counter = counter
         self.transcription_model = transcription_model
         self.document_tokens = document_tokens
+        # Decoding and parsing run in threads; bounded, so a burst of files cannot fill the
+        # default thread pool that DNS lookups share, nor hold a gigabyte of pixels.
+        self._cpu = asyncio.Semaphore(CPU_AT_ONCE)
 
     async def read(self, message: Message, responder: Responder) -> Gathered:
         files = message.attachments
@@ -96,6 +100,13 @@ class MediaReader:
         return gathered
 
     async def _one(self, attachment: Attachment, responder: MediaResponder) -> _Part:
+        try:
+            return await self._read(attachment, responder)
+        except Exception as exc:  # one odd file must not lose the message or its other files
+            log.error("reading an attachment failed: %s", type(exc).__name__)
+            return _Part(problem=f"I couldn't read {_quoted(attachment.name)}.")
+
+    async def _read(self, attachment: Attachment, responder: MediaResponder) -> _Part:
         name = _quoted(attachment.name)
         if attachment.kind is MediaKind.OTHER:
             return _Part(
@@ -110,9 +121,6 @@ class MediaReader:
         except FetchError as exc:
             log.warning("could not fetch an attachment: %s", exc)
             return _Part(problem=f"I couldn't download {name}: {exc}.")
-        except Exception as exc:  # an adapter bug must not lose the message
-            log.error("fetching an attachment failed: %s", type(exc).__name__)
-            return _Part(problem=f"I couldn't download {name}.")
         if attachment.kind is MediaKind.IMAGE or (
             attachment.kind is MediaKind.DOCUMENT and image_type(data)
         ):
@@ -123,7 +131,10 @@ class MediaReader:
 
     async def _image(self, attachment: Attachment, data: bytes) -> _Part:
         try:
-            scaled, mime = await asyncio.to_thread(prepare_image, data, self.settings.image_side)
+            async with self._cpu:
+                scaled, mime = await asyncio.to_thread(
+                    prepare_image, data, self.settings.image_side
+                )
         except NotAnImage:
             return _Part(problem=f"{_quoted(attachment.name)} is not an image I can read.")
         image = Image(secrets.token_hex(8), mime, scaled)
@@ -151,17 +162,22 @@ class MediaReader:
 
     async def _document(self, attachment: Attachment, data: bytes) -> _Part:
         name = _quoted(attachment.name)
+        enough = self.document_tokens * 16  # characters: more than the budget will keep
         try:
-            document = await asyncio.to_thread(read_document, data, self.settings.max_pages)
+            async with self._cpu:
+                document = await asyncio.to_thread(
+                    read_document, data, self.settings.max_pages, enough
+                )
+                text = await asyncio.to_thread(self._document_text, attachment.name, document)
         except Unreadable as exc:
             return _Part(problem=f"I couldn't read {name}: {exc}.")
-        return _Part(await asyncio.to_thread(self._document_text, attachment.name, document))
+        return _Part(text)
 
     def _document_text(self, name: str, document: DocumentText) -> str:
         notes = []
+        text = document.text[: self.document_tokens * 16]  # counting all of it costs seconds
         if document.read_pages < document.pages:
             notes.append(f"pages 1-{document.read_pages} of {document.pages}")
-        text = document.text
         if self.counter.text(text) > self.document_tokens:
             text = _cut(text, self.document_tokens, self.counter)
             notes.append("cut to fit: the rest of the text was left out")

@@ -197,7 +197,7 @@ for i = 1, #turns do
   if ok and turn['u'] == ARGV[1] then
     removed = removed + 1
     answer_next = true
-  elseif answer_next and ok and turn['r'] == 'assistant' then
+  elseif answer_next and ok and turn['r'] == 'assistant' and turn['u'] == nil then
     removed = removed + 1
     answer_next = false
   else
