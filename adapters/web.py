@@ -567,8 +567,9 @@ class WebAdapter:
         except (ConnectionError, RuntimeError):
             pass  # the client left: the answer goes on into the history
         finally:
-            gone[0] = not opened.is_set() or gone[0]
-            opened.set()  # a waiting sink gives up rather than hold the conversation
+            if not opened.is_set():  # no stream to write to: a waiting sink gives up
+                gone[0] = True  # rather than hold the conversation
+                opened.set()
         return stream
 
     async def _socket_decide(
