@@ -7,6 +7,9 @@ frames or one JSON answer. Files come and go as base64 in that same JSON
 (adapters/web_files.py). The page is static (`adapters/web_static/`); the API is
 documented in docs/web.md. A client's message id is the delivery id: a retried request is
 answered once, and gets the first one's final text (kept for `redis.dedupe_ttl` seconds).
+A tool that needs a person's yes posts an `approval` event; the press (`POST
+/api/approvals/{id}` or a `decide` frame) is answered by the core's notice or settled text, and
+the continued answer streams back in the response to the press (see `WebPress`).
 """
 
 from __future__ import annotations
@@ -32,17 +35,20 @@ from adapters.web_files import TooLarge, Uploads, body_limit, file_event, files_
 from adapters.web_files import read_attachments as _read_attachments
 from core.config import Settings
 from core.model import (
+    ApprovalRequest,
     Attachment,
     ContextKey,
     Conversation,
+    Decision,
     Message,
     MessageRef,
     OutgoingFile,
     User,
     parse_command,
 )
-from core.protocols import FetchError, Handler
+from core.protocols import DecisionHandler, FetchError, Handler, Responder
 from core.storage import CacheEntry
+from core.tools.approvals import GONE
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,8 @@ left."""
 class WebResponder:
     """The core's reply stream as deltas; the whole answer is the final text of every part.
     Holds the turn's uploads (the only copy of their bytes) and sends files as `file` events;
-    without a sink (JSON mode, `keep_files`) the files wait for the final answer."""
+    without a sink (JSON mode, `keep_files`) the files (and approval requests) wait for the
+    final answer."""
 
     limit = 1_000_000  # one part: the page renders any length
     typing_interval = 0.0
@@ -150,6 +157,7 @@ class WebResponder:
         self.parts: dict[str, str] = {}  # in the order they were sent
         self.uploads = dict(uploads or {})  # handle -> bytes, for this turn only
         self.files: list[dict[str, str]] = []  # JSON mode: what the answer's `files` lists
+        self.approvals: list[dict[str, str]] = []  # JSON mode: the answer's `approvals`
         self._keep_files = keep_files
         self._shown = ""  # what the client has, as the concatenation of its deltas
         self._ids = itertools.count(1)
@@ -195,6 +203,14 @@ class WebResponder:
         await self._emit("file", event)
         return ref
 
+    def extras(self) -> dict[str, list[dict[str, str]]]:
+        """What a JSON answer carries beside its text (kept in JSON mode only)."""
+        return {
+            name: items
+            for name, items in (("files", self.files), ("approvals", self.approvals))
+            if items
+        }
+
     async def _delta(self) -> None:
         now = self.answer
         if not now.startswith(self._shown) or now == self._shown:
@@ -214,6 +230,64 @@ class WebResponder:
             self.sink = None  # the client left or stopped reading: the answer is still saved
 
 
+class WebApprover(WebResponder):
+    """A `WebResponder` that can ask for approvals (when the adapter has an `on_decision`):
+    an `approval` event `{"id", "text" (Markdown), "tool"}` between the deltas; in JSON mode,
+    an entry of the answer's `approvals`."""
+
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
+        event = {"id": request.id, "text": request.text, "tool": request.tool}
+        if self._keep_files:
+            self.approvals.append(event)
+        await self._emit("approval", event)
+        return MessageRef(f"approval-{request.id}")
+
+
+class WebPress:
+    """One press's `DecisionReply`. The web has no message to edit: what the core says is
+    what the press is answered with. `said` is set at the core's first word (or when it ends
+    without one), so a POST answers a notice as an error (403 not yours, 410 gone) and a
+    settled request as 200 with the continued answer; on a WebSocket each word is a frame."""
+
+    def __init__(self, decision: Decision, frames: Sink | None = None) -> None:
+        self.decision = decision
+        self.frames = frames
+        self.notices: list[str] = []
+        self.settled: str | None = None
+        self.failed = False  # the decision raised (logged; the client gets a short error)
+        self.said = asyncio.Event()
+
+    @property
+    def outcome(self) -> str:
+        """approved, denied or expired: the core says it only in its settled text."""
+        if self.settled is not None and self.settled.startswith("⌛"):
+            return "expired"
+        return "approved" if self.decision.approve else "denied"
+
+    @property
+    def status(self) -> int:
+        """What a POST answers when the request was not settled."""
+        if self.failed or not self.notices:
+            return 500
+        return 410 if self.notices[0] == GONE else 403
+
+    async def notice(self, text: str) -> None:
+        self.notices.append(text)
+        self.said.set()
+        await self._frame("notice", {"id": self.decision.approval_id, "text": text})
+
+    async def settle(self, text: str) -> None:
+        self.settled = text
+        self.said.set()
+        data = {"id": self.decision.approval_id, "text": text, "outcome": self.outcome}
+        await self._frame("settled", data)
+
+    async def _frame(self, event: str, data: dict[str, str]) -> None:
+        if self.frames is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.frames(event, data)
+
+
 class WebAdapter:
     """Mounts `/`, `/static/`, `/api/...` and `/api/ws` on the bot's aiohttp server."""
 
@@ -227,8 +301,10 @@ class WebAdapter:
         *,
         jwt_secret: str | None,
         local_user: str = "local",
+        on_decision: DecisionHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.on_decision = on_decision  # None: tools that need a yes are not run here
         self.conversations = conversations
         self.settings = settings
         self.web = settings.platforms.web
@@ -251,6 +327,7 @@ class WebAdapter:
         app.router.add_get("/api/conversations/{cid}/messages", self._history)
         app.router.add_post("/api/conversations/{cid}/messages", self._post)
         app.router.add_delete("/api/conversations/{cid}", self._forget)
+        app.router.add_post("/api/approvals/{aid}", self._decide_post)
         app.router.add_route("*", "/api/{tail:.*}", self._not_found)
 
     async def start(self) -> None:
@@ -278,8 +355,15 @@ class WebAdapter:
 
     def responder_for(self, message: Message) -> WebResponder:
         """After a crash: answered into the history (the client reads it back there); the
-        uploads died with the process, so `fetch` says so."""
-        return WebResponder(None, self.edit_interval)
+        uploads died with the process, so `fetch` says so. (A press's continued answer goes
+        to the press's own response instead: `_decide`.)"""
+        return self._responder(None)
+
+    def _responder(
+        self, sink: Sink | None, uploads: Mapping[str, bytes] | None = None, *, keep: bool = False
+    ) -> WebResponder:
+        kind = WebApprover if self.on_decision is not None else WebResponder
+        return kind(sink, self.edit_interval, uploads, keep_files=keep)
 
     # --- requests ---
 
@@ -317,10 +401,8 @@ class WebAdapter:
         if not self._open:
             return _error(503, "the bot is restarting; try again in a moment")
         if "text/event-stream" not in request.headers.get("Accept", ""):
-            answer, files = await self._answer(user, cid, text, client_id, None, uploads)
-            return web.json_response(
-                {"text": answer, "files": files} if files else {"text": answer}
-            )
+            answer, extras = await self._answer(user, cid, text, client_id, None, uploads)
+            return web.json_response({"text": answer, **extras})
         stream = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -364,6 +446,9 @@ class WebAdapter:
             async with sending:
                 await ws.send_json(frame)
 
+        def release(_: object) -> None:
+            in_flight[0] -= 1
+
         try:
             async for frame in ws:
                 if frame.type != WSMsgType.TEXT:
@@ -372,14 +457,20 @@ class WebAdapter:
                     data = await _parse_json(frame.data)
                 except ValueError:
                     data = None
+                if isinstance(data, dict) and data.get("type") == "decide":
+                    if in_flight[0] >= PER_SOCKET:
+                        await send(_busy(str(data.get("id", ""))[:MAX_ID]))
+                        continue
+                    in_flight[0] += 1
+                    self._spawn(self._socket_decide(user, data, send)).add_done_callback(release)
+                    continue
                 try:
                     cid, text, client_id = _socket_message(data)
                 except ValueError as exc:
                     await send({"type": "error", "id": "", "error": str(exc)})
                     continue
                 if in_flight[0] >= PER_SOCKET:
-                    await send({"type": "error", "id": client_id,
-                                "error": f"at most {PER_SOCKET} messages in flight"})  # fmt: skip
+                    await send(_busy(client_id))
                     continue
                 try:
                     if len(frame.data) - files_size(data) > self.web.max_body:
@@ -390,7 +481,7 @@ class WebAdapter:
                     continue
                 in_flight[0] += 1
                 task = self._spawn(self._socket_turn(user, cid, text, client_id, uploads, send))
-                task.add_done_callback(lambda _: in_flight.__setitem__(0, in_flight[0] - 1))
+                task.add_done_callback(release)
         finally:
             self._sockets.pop(ws, None)
             if expiry is not None:
@@ -407,13 +498,129 @@ class WebAdapter:
         send: Callable[[dict[str, str]], Awaitable[None]],
     ) -> None:
         async def sink(event: str, data: dict[str, str]) -> None:
-            await send({"type": event, "id": client_id, **data})
+            await send(_frame(event, client_id, data))
 
         try:
             await self._answer(user, cid, text, client_id, sink, uploads)
         except RetryPending as exc:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await send({"type": "error", "id": client_id, "error": str(exc)})
+
+    # --- approvals ---
+
+    async def _decide_post(self, request: web.Request) -> web.StreamResponse:
+        """`POST /api/approvals/{id}` `{"approve": bool}`: the token's user decides. A notice
+        is the error (403, 410); a settled request is 200 with the continued answer, as SSE
+        (`settled`, then `delta`, `file`, `approval`, `done`) or as JSON."""
+        user = self.auth.from_request(request)
+        approval_id = request.match_info["aid"]
+        if len(approval_id) > MAX_ID:
+            raise web.HTTPBadRequest(reason=f"an approval id has at most {MAX_ID} characters")
+        approve = _approve_field(await self._json_body(request))
+        if self.on_decision is None:
+            return _error(404, "approvals are not enabled here")
+        if not self._open:
+            return _error(503, "the bot is restarting; try again in a moment")
+        streamed = "text/event-stream" in request.headers.get("Accept", "")
+        stream = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        opened, gone = asyncio.Event(), [False]
+
+        async def sink(event: str, data: dict[str, str]) -> None:
+            await opened.wait()  # the answer waits for the response's head and `settled`
+            if gone[0]:
+                raise ConnectionError("the press's request is gone")
+            payload = json.dumps(data, ensure_ascii=False)
+            await stream.write(f"event: {event}\ndata: {payload}\n\n".encode())
+
+        press = WebPress(self._decision(user, approval_id, approve))
+        responder = self._responder(sink if streamed else None, keep=not streamed)
+        task = self._spawn(self._decide(press, responder))
+        try:
+            await asyncio.shield(press.said.wait())
+            if press.settled is None:
+                shown = press.notices[0] if press.notices else "the decision failed; try again"
+                return _error(press.status, shown)
+            if not streamed:
+                await asyncio.shield(task)
+                return web.json_response({
+                    "outcome": press.outcome, "settled": press.settled,
+                    "text": responder.answer, **responder.extras(),
+                })  # fmt: skip
+            _allow_origin(request, stream, self.web.allowed_origins)
+            await stream.prepare(request)
+            settled = {"id": approval_id, "text": press.settled, "outcome": press.outcome}
+            payload = json.dumps(settled, ensure_ascii=False)
+            await stream.write(f"event: settled\ndata: {payload}\n\n".encode())
+            opened.set()
+            await asyncio.shield(task)
+            if press.failed:
+                await sink("error", {"error": "the answer could not be continued"})
+            else:
+                await responder.done()
+            await stream.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client left: the answer goes on into the history
+        finally:
+            if not opened.is_set():  # no stream to write to: a waiting sink gives up
+                gone[0] = True  # rather than hold the conversation
+                opened.set()
+        return stream
+
+    async def _socket_decide(
+        self, user: WebUser, data: dict[str, Any], send: Callable[[dict[str, str]], Awaitable[None]]
+    ) -> None:
+        """A `decide` frame: `notice` / `settled` frames, then the continued answer as frames
+        whose `id` is the approval's."""
+        approval_id, approve = data.get("id"), data.get("approve")
+        if not isinstance(approval_id, str) or not approval_id or len(approval_id) > MAX_ID:
+            await send({"type": "error", "id": "", "error": "id: the approval's id"})
+            return
+        if not isinstance(approve, bool):
+            await send({"type": "error", "id": approval_id, "error": "approve: true or false"})
+            return
+        if self.on_decision is None:
+            await send({"type": "error", "id": approval_id,
+                        "error": "approvals are not enabled here"})  # fmt: skip
+            return
+
+        async def sink(event: str, frame: dict[str, str]) -> None:
+            await send(_frame(event, approval_id, frame))
+
+        press = WebPress(self._decision(user, approval_id, approve), sink)
+        responder = self._responder(sink)
+        await self._decide(press, responder)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            if press.failed:
+                await send({"type": "error", "id": approval_id,
+                            "error": "the decision failed; try again"})  # fmt: skip
+            elif press.settled is not None:
+                await responder.done()
+
+    def _decision(self, user: WebUser, approval_id: str, approve: bool) -> Decision:
+        admin = user.id in self.web.admins
+        return Decision(approval_id, approve, User(user.id, user.name or user.id, admin), "web")
+
+    async def _decide(self, press: WebPress, responder: WebResponder) -> None:
+        """Run the core's decision; the continued answer goes to this press's responder
+        (the client that pressed), not to `responder_for`'s history-only one."""
+        assert self.on_decision is not None
+
+        def continued(message: Message) -> Responder:
+            return responder
+
+        try:
+            await self.on_decision(press.decision, press, continued)
+        except Exception as exc:  # logged; never a stack trace to the client
+            press.failed = True
+            log.error("an approval decision failed: %s", type(exc).__name__)
+        finally:
+            press.said.set()
 
     # --- the answer ---
 
@@ -425,10 +632,11 @@ class WebAdapter:
         client_id: str,
         sink: Sink | None,
         uploads: Uploads,
-    ) -> tuple[str, list[dict[str, str]]]:
+    ) -> tuple[str, dict[str, list[dict[str, str]]]]:
         """Run the turn (detached from the request: a client that leaves does not cancel it)
-        and return the whole answer and, without a sink, the files sent; a retried id gets
-        the first request's answer (its text: files go to the first request only)."""
+        and return the whole answer and, without a sink, the files sent and approvals asked
+        (`extras`); a retried id gets the first request's answer (its text: files and
+        approval requests go to the first request only)."""
         # JSON, not a join: ids may hold any character, and two users' keys must never meet
         delivery = json.dumps([user.id, cid, client_id]) if client_id else ""
         running = self._running.get(delivery) if delivery else None
@@ -438,8 +646,8 @@ class WebAdapter:
             if sink is not None:  # the client waits for its `done`, as after a turn
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await sink("done", {"text": answer})
-            return answer, []
-        responder = WebResponder(sink, self.edit_interval, uploads.data, keep_files=sink is None)
+            return answer, {}
+        responder = self._responder(sink, uploads.data, keep=sink is None)
         message = Message(
             platform="web",
             key=self._key(user, cid),
@@ -455,7 +663,7 @@ class WebAdapter:
         turn = self._spawn(self._turn(message, responder, delivery))
         answer = await asyncio.shield(turn)
         await responder.done()
-        return answer, responder.files
+        return answer, responder.extras()
 
     async def _turn(self, message: Message, responder: WebResponder, delivery: str) -> str:
         future: asyncio.Future[str] | None = None
@@ -639,6 +847,25 @@ async def _parse_json(raw: str | bytes) -> Any:
     if len(raw) < 1_000_000:
         return json.loads(raw)
     return await asyncio.to_thread(json.loads, raw)
+
+
+def _frame(event: str, message_id: str, data: dict[str, str]) -> dict[str, str]:
+    """An event as a WebSocket frame: `id` is the message's (or the press's approval's); an
+    `approval` frame keeps its own `id` and names the message it came with."""
+    if event == "approval":
+        return {"type": event, "message": message_id, **data}
+    return {"type": event, "id": message_id, **data}
+
+
+def _busy(frame_id: str) -> dict[str, str]:
+    return {"type": "error", "id": frame_id, "error": f"at most {PER_SOCKET} messages in flight"}
+
+
+def _approve_field(body: Any) -> bool:
+    approve = body.get("approve") if isinstance(body, dict) else None
+    if not isinstance(approve, bool):
+        raise web.HTTPBadRequest(reason='send {"approve": true} or {"approve": false}')
+    return approve
 
 
 def _message_fields(body: Any) -> tuple[str, str]:

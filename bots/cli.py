@@ -349,7 +349,7 @@ async def _run(settings: Settings, secrets: Secrets, *, web_local: bool = False)
 
 
 async def _chat(settings: Settings, secrets: Secrets, *, memory: bool = False) -> int:
-    from adapters.console import ConsoleChat
+    from adapters.console import ConsoleChat, still_waiting
     from bots.assembly import build_core
     from bots.recovery import recover_orphans
 
@@ -357,7 +357,11 @@ async def _chat(settings: Settings, secrets: Secrets, *, memory: bool = False) -
         core = await build_core(stack, settings, secrets, in_memory=memory)
         console = settings.platforms.console
         chat = ConsoleChat(
-            core.handler, user=console.user, edit_interval=settings.edit_interval("console")
+            core.handler,
+            user=console.user,
+            edit_interval=settings.edit_interval("console"),
+            on_decision=core.chat.decide,  # y or n answers a tool's approval request
+            waiting=await still_waiting(core.store, console.user),  # asked before a restart
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

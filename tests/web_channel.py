@@ -26,11 +26,14 @@ async def running_web(
 ) -> AsyncIterator[tuple[WebAdapter, int]]:
     """(the adapter, its port): `jwt_secret` as `chatbot run` mounts it, None as `chatbot
     web` does (no token). `wrap` puts a test's handler in front of the core's (one that
-    records what the adapter hands the core, or sends a file)."""
+    records what the adapter hands the core, or sends a file). Presses of Approve and Deny go
+    to the core's `decide`, as in production."""
     async with AsyncExitStack() as stack:
         core = await build_core(stack, settings, secrets, redis=redis)
         handler = wrap(core.handler) if wrap is not None else core.handler
-        adapter = WebAdapter(handler, core.store, settings, jwt_secret=jwt_secret)
+        adapter = WebAdapter(
+            handler, core.store, settings, jwt_secret=jwt_secret, on_decision=core.chat.decide
+        )
         app = web.Application()
         adapter.mount(app)
         await adapter.start()

@@ -3,7 +3,9 @@
 // Everything the model writes goes through marked and then DOMPurify before it reaches the
 // page; what the user writes is only ever set as text. Files go both ways as base64 in the
 // same JSON (the POST's `attachments`, the `file` event) and are shown as <img>, <audio> or
-// a download link built with DOM calls.
+// a download link built with DOM calls. A tool that needs a yes comes as an `approval` event:
+// a card with Approve and Deny; a press POSTs the decision and its response streams the
+// continued answer into a new assistant message.
 
 const { marked, DOMPurify } = window;
 
@@ -90,9 +92,10 @@ function takeTokenFromFragment() {
 // ---- API --------------------------------------------------------------------------------
 
 class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, detail = "") {
     super(message);
     this.status = status;
+    this.detail = detail; // the server's own words, when it gave some
   }
 }
 
@@ -121,11 +124,12 @@ async function api(method, path, { json, stream = false } = {}) {
     let detail = "";
     try {
       const body = await response.json();
-      detail = typeof body.error === "string" ? `: ${body.error.slice(0, 200)}` : "";
+      detail = typeof body.error === "string" ? body.error.slice(0, 200) : "";
     } catch {
       // not JSON: the status says enough
     }
-    throw new ApiError(response.status, `The server answered ${response.status}${detail}.`);
+    const said = detail ? `: ${detail}` : "";
+    throw new ApiError(response.status, `The server answered ${response.status}${said}.`, detail);
   }
   return response;
 }
@@ -418,17 +422,44 @@ async function send(text, files) {
 
 // One attempt at an answer. A retry sends the same message id, so the bot answers it once.
 async function stream(cid, text, id, bubble, files = []) {
-  const body = bubble.querySelector(".body");
   bubble.querySelector(".error")?.remove();
   bubble.querySelector(".files")?.remove();
-  body.replaceChildren();
+  bubble.querySelector(".body").replaceChildren();
+  startAnswer(bubble, cid);
+  try {
+    const message = files.length ? { text, id, attachments: files } : { text, id };
+    const response = await api("POST", messagesPath(cid), { json: message, stream: true });
+    await readAnswer(response, bubble, cid);
+  } catch (error) {
+    failAnswer(bubble, error, () => {
+      if (!streaming.has(cid)) stream(cid, text, id, bubble, files);
+    });
+  } finally {
+    endAnswer(bubble, cid);
+  }
+}
+
+function startAnswer(bubble, cid) {
   bubble.dataset.state = "waiting";
   bubble.setAttribute("aria-busy", "true");
   streaming.add(cid);
   updateComposer();
+}
 
+function endAnswer(bubble, cid) {
+  bubble.removeAttribute("aria-busy");
+  streaming.delete(cid);
+  updateComposer();
+}
+
+// An answer's events into its bubble (approval cards go right after it), until `done`;
+// throws when the stream breaks off or brings an `error`. `settled` is a press's outcome.
+async function readAnswer(response, bubble, cid, { onSettled } = {}) {
+  const body = bubble.querySelector(".body");
   let answer = "";
   let frame = 0;
+  let anchor = bubble; // where the next approval card goes
+  let done = false;
   const paint = () => {
     frame = 0;
     const follow = nearBottom();
@@ -436,9 +467,6 @@ async function stream(cid, text, id, bubble, files = []) {
     if (follow) scrollToBottom();
   };
   try {
-    const message = files.length ? { text, id, attachments: files } : { text, id };
-    const response = await api("POST", messagesPath(cid), { json: message, stream: true });
-    let done = false;
     for await (const event of readEvents(response)) {
       if (event.type === "delta") {
         answer += JSON.parse(event.data).text ?? "";
@@ -448,6 +476,14 @@ async function stream(cid, text, id, bubble, files = []) {
         const follow = nearBottom();
         renderFile(bubble, JSON.parse(event.data));
         if (follow) scrollToBottom();
+      } else if (event.type === "approval") {
+        const card = approvalCard(JSON.parse(event.data), cid);
+        if (card) {
+          anchor.after(card);
+          anchor = card;
+        }
+      } else if (event.type === "settled") {
+        onSettled?.(JSON.parse(event.data));
       } else if (event.type === "done") {
         answer = JSON.parse(event.data).text ?? answer;
         done = true;
@@ -458,29 +494,107 @@ async function stream(cid, text, id, bubble, files = []) {
       }
     }
     if (!done) throw new Error("The connection closed before the answer was complete.");
+  } finally {
     if (frame) cancelAnimationFrame(frame);
-    paint();
-    bubble.dataset.state = "done";
+    if (done || answer) paint();
+  }
+  bubble.dataset.state = "done";
+}
+
+function failAnswer(bubble, error, retry) {
+  bubble.dataset.state = "error";
+  const box = document.createElement("div");
+  box.className = "error";
+  box.textContent = error instanceof ApiError ? error.message : `${error.message || error}`;
+  if (retry) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "retry";
+    button.textContent = "Resend";
+    button.addEventListener("click", retry);
+    box.append(" ", button);
+  }
+  bubble.append(box);
+}
+
+// ---- approvals --------------------------------------------------------------------------
+
+// An `approval` event: what the bot wants to do (Markdown, sanitised like answers) and
+// Approve / Deny. The card never holds anything that could run: buttons are made here.
+function approvalCard(request, cid) {
+  if (typeof request.id !== "string" || !request.id) return null;
+  const card = document.createElement("div");
+  card.className = "msg approval";
+  card.dataset.id = request.id;
+  card.dataset.state = "pending";
+  const body = document.createElement("div");
+  body.className = "body";
+  renderMarkdown(body, typeof request.text === "string" ? request.text : "");
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  for (const [label, approve] of [
+    ["Approve", true],
+    ["Deny", false],
+  ]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = approve ? "approve" : "deny";
+    button.textContent = label;
+    button.addEventListener("click", () => decide(card, cid, approve));
+    actions.append(button);
+  }
+  card.append(body, actions);
+  return card;
+}
+
+function settleCard(card, text, outcome) {
+  card.querySelector(".actions")?.remove();
+  card.querySelector(".error")?.remove();
+  card.dataset.state = "settled";
+  card.dataset.outcome = outcome;
+  const result = document.createElement("div");
+  result.className = "outcome";
+  renderMarkdown(result, text);
+  card.append(result);
+}
+
+// A press: the server settles the request (or says why not: not yours, already decided)
+// and streams the continued answer, shown as a new assistant message.
+async function decide(card, cid, approve) {
+  if (card.dataset.state !== "pending") return;
+  card.dataset.state = "deciding";
+  for (const button of card.querySelectorAll(".actions button")) button.disabled = true;
+  card.querySelector(".error")?.remove();
+  const bubble = addBubble("assistant", "");
+  scrollToBottom();
+  startAnswer(bubble, cid);
+  let response;
+  try {
+    const path = `api/approvals/${encodeURIComponent(card.dataset.id)}`;
+    response = await api("POST", path, { json: { approve }, stream: true });
   } catch (error) {
-    if (frame) cancelAnimationFrame(frame);
-    if (answer) paint();
-    bubble.dataset.state = "error";
+    bubble.remove();
+    endAnswer(bubble, cid);
+    if (error instanceof ApiError && (error.status === 403 || error.status === 410)) {
+      settleCard(card, error.detail || error.message, "refused");
+      return;
+    }
+    card.dataset.state = "pending"; // nothing was decided: the buttons work again
+    for (const button of card.querySelectorAll(".actions button")) button.disabled = false;
     const box = document.createElement("div");
     box.className = "error";
-    box.textContent = error instanceof ApiError ? error.message : `${error.message || error}`;
-    const retry = document.createElement("button");
-    retry.type = "button";
-    retry.className = "retry";
-    retry.textContent = "Resend";
-    retry.addEventListener("click", () => {
-      if (!streaming.has(cid)) stream(cid, text, id, bubble, files);
+    box.textContent = error.message;
+    card.append(box);
+    return;
+  }
+  try {
+    await readAnswer(response, bubble, cid, {
+      onSettled: (settled) => settleCard(card, String(settled.text ?? ""), settled.outcome),
     });
-    box.append(" ", retry);
-    bubble.append(box);
+  } catch (error) {
+    failAnswer(bubble, error);
   } finally {
-    bubble.removeAttribute("aria-busy");
-    streaming.delete(cid);
-    updateComposer();
+    endAnswer(bubble, cid);
   }
 }
 

@@ -1,7 +1,8 @@
 """The chat page in a real headless Chromium, against whatever server `web_base_url` names
 (see conftest.py): sending, streaming, history, Markdown, XSS, auth, failures, phone width;
 and files (attached with the picker, sent back by the bot), where the server is the real web
-adapter with a recording handler in front of the core (`files_app`).
+adapter with a recording handler in front of the core (`files_app`); and an approval card
+(`approving_app`: the calculator needs a yes).
 
 The tests know the page's DOM (`.msg.user`, `.msg.assistant[data-state]`, `#input`, ...) and
 the API contract; never how the server makes its answers."""
@@ -20,7 +21,7 @@ from playwright.async_api import FilePayload, Page, Route, expect
 from core.config import Secrets, Settings
 from core.model import MediaKind, OutgoingFile
 from tests.browser.conftest import BrowserLog
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import Call, FakeOpenAI, Reply
 from tests.integration.test_web_media import Recorder, png
 from tests.web_channel import running_web
 
@@ -448,3 +449,46 @@ async def test_an_image_pasted_or_dropped_is_attached(page: Page, files_app: Fil
     [message] = files_app.recorder.messages
     assert [a.name for a in message.attachments] == ["pasted.png", "dropped.png"]
     assert files_app.recorder.fetched == [b"\x01\x02\x03", b"\x01\x02\x03"]
+
+
+# ---- approvals ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def approving_app(
+    settings: Settings, secrets: Secrets, fake_openai: FakeOpenAI, redis: Any
+) -> AsyncIterator[str]:
+    """The real adapter with the calculator marked approve (`tools.approve: ["calc*"]`)."""
+    tools = settings.tools.model_copy(update={"enabled": ["calculator"], "approve": ["calc*"]})
+    approving = settings.model_copy(update={"tools": tools})
+    async with running_web(approving, secrets, redis, jwt_secret=None) as (_, port):
+        yield f"http://127.0.0.1:{port}/"
+
+
+async def test_an_approval_card_is_pressed_and_the_answer_goes_on(
+    page: Page, approving_app: str, fake_openai: FakeOpenAI, artifacts: Path
+) -> None:
+    fake_openai.push(Reply(text="Let me work that out.",
+                           tool_calls=[Call("calculator", {"expression": "6*7"})]))  # fmt: skip
+    await open_page(page, approving_app)
+    await send(page, "what is 6 times 7?")
+    card = page.locator(".msg.approval")
+    await expect(card).to_have_attribute("data-state", "pending")
+    await expect(card.get_by_role("button", name=re.compile("^(Approve|Deny)$"))).to_have_count(2)
+    await expect(card.locator(".body code").first).to_have_text("calculator")  # Markdown
+    await expect(card.locator(".body pre")).to_contain_text('"expression": "6*7"')
+    await expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "done")
+    await page.screenshot(path=str(artifacts / "page-approval.png"))
+
+    fake_openai.push(Reply(text="6 times 7 is **42**.", tokens_per_second=12))
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card).to_have_attribute("data-state", "settled")
+    await expect(card).to_have_attribute("data-outcome", "approved")
+    await expect(card.locator(".outcome")).to_have_text("✅ Approved by local: calculator")
+    buttons = card.get_by_role("button", name=re.compile("^(Approve|Deny)$"))
+    await expect(buttons).to_have_count(0)  # gone (the code block keeps its Copy)
+    continued = await answered(page)
+    await expect(continued.locator(".body strong")).to_have_text("42")
+    await expect(page.locator(".msg.assistant")).to_have_count(2)  # a new message
+    await page.screenshot(path=str(artifacts / "page-approval-settled.png"))
+    assert "42" in fake_openai.chat_requests()[-1].messages[-1]["content"]
