@@ -6,10 +6,15 @@ refused request's whole body), and junk is refused with a 4xx (`webhook_guard`).
 through the core (Slack retries slow acks up to 3 times) and answer through the responders
 of `slack_responders` (text and files in the thread; a slash command's private answer). Files
 are fetched and posted by `slack_files.SlackFiles`, one for every responder.
+
+Approval buttons (`slack_approvals`) come back as `block_actions` on the same URL (or socket):
+acked at once, then the press goes to `on_decision` in bolt's background task, tracked so
+`close` lets it finish.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from typing import Any
@@ -28,6 +33,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterStartError
+from adapters.slack_approvals import APPROVE, DENY, SlackPressReply, decision_from
 from adapters.slack_events import (
     BotIdentity,
     command_from_slash,
@@ -42,7 +48,7 @@ from adapters.slack_webhook import check_shape, verified_text
 from adapters.webhook_guard import ThrottledLog, guarded
 from core.config import Settings, SlackSettings
 from core.model import ContextKey, Message, User
-from core.protocols import Handler
+from core.protocols import DecisionHandler, Handler
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +69,10 @@ class SlackAdapter:
         signing_secret: str | None = None,
         app_token: str | None = None,
         api_url: str | None = None,
+        on_decision: DecisionHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.on_decision = on_decision
         self.settings = settings
         self.platform: SlackSettings = settings.platforms.slack
         self.signing_secret = signing_secret
@@ -85,6 +93,7 @@ class SlackAdapter:
         self._admins = frozenset(self.platform.admins)
         self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self._refusals = ThrottledLog(log)
+        self._presses: set[asyncio.Task[Any]] = set()  # decisions under way
 
     def mount(self, app: web.Application) -> None:
         if self.signing_secret:
@@ -148,6 +157,8 @@ class SlackAdapter:
         bolt.event("app_mention")(self._on_mention)
         bolt.event("message")(self._on_message)
         bolt.command(self.platform.command)(self._on_command)
+        bolt.action(APPROVE)(self._on_press)
+        bolt.action(DENY)(self._on_press)
         assistant = AsyncAssistant()
         assistant.thread_started(self._on_assistant_started)
         assistant.user_message(self._on_assistant_message)
@@ -167,8 +178,13 @@ class SlackAdapter:
             await session.close()
 
     async def close(self) -> None:
-        """After the answers in flight are drained."""
+        """After the answers in flight are drained (and answers after a press, up to the
+        shutdown grace: they are no turn the core counts)."""
         await self.stop()
+        if self._presses:
+            _, late = await asyncio.wait(self._presses, timeout=self.settings.server.shutdown_grace)
+            for task in late:
+                task.cancel()
         await self.files.close()
         await self._close_session()
 
@@ -176,7 +192,13 @@ class SlackAdapter:
         return self._ready
 
     def responder_for(self, message: Message) -> SlackResponder:
-        return self._responder(message.key.channel, message.key.thread or None, message.key.user)
+        """Where an answer goes on (after a press, after a restart): the message's thread,
+        or for a private slash answer in a channel the asker's DM (ephemeral messages cannot
+        be posted later, and the channel must not see it)."""
+        channel, thread = message.key.channel, message.key.thread or None
+        if message.private and thread is None and not channel.startswith("D"):
+            channel = ""  # the DM, opened at the first post
+        return self._responder(channel, thread, message.key.user)
 
     def _responder(
         self, channel: str, thread: str | None, user: str, set_status: Any = None
@@ -269,6 +291,27 @@ class SlackAdapter:
             await self._answer(message, EphemeralResponder(respond, files=self.files, user=user))
         else:
             await self._answer(message, self._responder(channel, None, user))
+
+    async def _on_press(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
+        await ack()  # within Slack's 3 s: the decision follows
+        decision = decision_from(body, self._admins)
+        if decision is None:
+            return
+        reply = SlackPressReply(self.client, body, respond)
+        if self.on_decision is None:  # requests were posted, but nothing here takes presses
+            log.warning("slack: an approval press, but no decision handler is wired")
+            await reply.notice("Approvals are not handled by this bot right now.")
+            return
+        task = asyncio.current_task()  # bolt's task for this listener
+        if task is not None:
+            self._presses.add(task)
+        try:
+            await self.on_decision(decision, reply, self.responder_for)
+        except Exception:
+            log.exception("slack: the approval press failed")
+        finally:
+            if task is not None:
+                self._presses.discard(task)
 
     async def _on_assistant_started(self, set_suggested_prompts: Any) -> None:
         prompts = [p.model_dump() for p in self.platform.suggested_prompts]

@@ -3,6 +3,9 @@
 `SlackResponder` streams natively (`chat.startStream`/`appendStream`/`stopStream`) in threads
 where the workspace has it, else posts a placeholder and edits it with `chat.update` at the
 throttled interval. `EphemeralResponder` answers a slash command only the asker sees.
+Both post approval requests (`ask_approval`, Block Kit buttons: `slack_approvals`); an
+ephemeral message cannot be updated, so a private slash answer's request goes to the asker's
+DM, where its answer then goes on (`SlackAdapter.responder_for`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack_approvals import request_message
 from adapters.slack_files import SlackFiles
 from adapters.slack_format import measure as slack_measure
 from adapters.slack_format import to_mrkdwn
-from core.model import Attachment, MessageRef, OutgoingFile
+from core.model import ApprovalRequest, Attachment, MessageRef, OutgoingFile
 
 log = logging.getLogger(__name__)
 
 LIMIT = 4000  # characters as shown: Slack truncates text past 4,000 (slack_format.measure)
+NEEDS_YES = "I need your approval to go on: I have sent you the request in a direct message."
 NO_NATIVE_STREAM = {"unknown_method", "not_allowed_token_type", "method_deprecated",
                     "feature_not_enabled", "not_supported"}  # fmt: skip
 
@@ -33,7 +38,8 @@ def _neutralise(markdown: str) -> str:
 
 
 class SlackResponder:
-    """Answers in one channel or thread: text, and files in the same place."""
+    """Answers in one channel or thread: text, files and approval requests in the same place.
+    An empty `channel` is the bot's DM with `user`, opened at the first post."""
 
     limit = LIMIT
     typing_interval = 0.0  # one working signal: a placeholder or the assistant status
@@ -69,17 +75,24 @@ class SlackResponder:
         self._placing = asyncio.Lock()  # the first text waits for the placeholder to exist
         self._streams: dict[str, str] = {}  # ts -> markdown streamed so far
 
+    async def _where(self) -> str:
+        """The channel, the DM with the user opened first if that is where this answers."""
+        if not self.channel:
+            self.channel = await self.files.dm_with(self.user)
+        return self.channel
+
     async def typing(self) -> None:
         if self.set_status is not None:
             await self.set_status("is thinking…")
         elif not self.native and self.thinking:
             async with self._placing:
                 sent = await self.client.chat_postMessage(
-                    channel=self.channel, thread_ts=self.thread_ts, text=self.thinking
+                    channel=await self._where(), thread_ts=self.thread_ts, text=self.thinking
                 )
                 self._placeholder = str(sent["ts"])
 
     async def send(self, text: str, *, final: bool) -> MessageRef:
+        await self._where()
         if self.native and not final:
             try:
                 started = await self.client.chat_startStream(
@@ -142,7 +155,22 @@ class SlackResponder:
 
     async def send_file(self, file: OutgoingFile) -> MessageRef:
         """Posted where the text answers go: the channel, in the same thread."""
-        return await self.files.upload(file, channel=self.channel, thread_ts=self.thread_ts)
+        return await self.files.upload(file, channel=await self._where(), thread_ts=self.thread_ts)
+
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
+        """The request with Approve and Deny, where the answer goes (the same thread)."""
+        return await post_request(self.client, await self._where(), self.thread_ts, request)
+
+
+async def post_request(
+    client: AsyncWebClient, channel: str, thread_ts: str | None, request: ApprovalRequest
+) -> MessageRef:
+    text, blocks = request_message(request)
+    sent = await client.chat_postMessage(
+        channel=channel, thread_ts=thread_ts, text=text, blocks=blocks,
+        unfurl_links=False, unfurl_media=False,
+    )  # fmt: skip
+    return MessageRef(str(sent["ts"]), channel)
 
 
 class EphemeralResponder:
@@ -189,3 +217,11 @@ class EphemeralResponder:
         """In the bot's DM with the asker: only they see it, as with the text."""
         channel = await self.files.dm_with(self.user)
         return await self.files.upload(file, channel=channel, thread_ts=None)
+
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
+        """In the bot's DM with the asker, the answer going on there: an ephemeral message
+        cannot be updated (its buttons would stay), and the channel must not see it."""
+        channel = await self.files.dm_with(self.user)
+        ref = await post_request(self.files.client, channel, None, request)
+        await self.respond(text=NEEDS_YES, response_type="ephemeral")
+        return ref

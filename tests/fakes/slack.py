@@ -13,6 +13,13 @@ browser that is not signed in, a 200 HTML sign-in page (so does a token without 
 gives an upload URL on this server, the bytes are POSTed there (raw, as slack-sdk sends them,
 or multipart), and `files.completeUploadExternal` shares them; each is recorded in `uploads`.
 https://docs.slack.dev/messaging/working-with-files
+
+Interactivity: messages keep their Block Kit `blocks` (checked against Slack's limits: a bad
+one is `invalid_blocks`; block ids filled in as Slack does). `press()` delivers a button press
+as Slack does: a signed form POST of `payload=<block_actions JSON>` to the app's Request URL
+(`request_url`, the events URL), or an `interactive` Socket Mode envelope. `chat.postEphemeral`
+calls are kept in `ephemerals`, posts to a press's `response_url` in `responses`.
+https://docs.slack.dev/reference/interaction-payloads/block_actions-payload
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import aiohttp
 from aiohttp import BodyPartReader, WSMsgType, web
 
 from tests.fakes.common import Screen, read_params, serve_locally
@@ -85,6 +93,16 @@ class Download:
 
 
 @dataclass
+class Ephemeral:
+    """A message only `user` sees (`chat.postEphemeral`, or a press's `response_url`)."""
+
+    channel: str
+    user: str
+    text: str
+    thread_ts: str | None = None
+
+
+@dataclass
 class Call:
     method: str
     params: dict[str, Any]
@@ -114,6 +132,10 @@ class FakeSlack:
         self.uploads: list[Upload] = []
         self._pending: dict[str, dict[str, Any]] = {}  # upload key -> {file_id, filename, ...}
         self._file_ids = itertools.count(1)
+        self.request_url = ""  # the app's Request URL, where presses are POSTed
+        self.ephemerals: list[Ephemeral] = []
+        self.responses: list[dict[str, Any]] = []  # JSON posted to a response_url
+        self._response_urls: dict[str, tuple[str, str]] = {}  # key -> (channel, user)
 
     @property
     def api_url(self) -> str:
@@ -125,6 +147,7 @@ class FakeSlack:
         app.router.add_get("/socket", self._socket)
         app.router.add_get("/files-pri/{key}/{rest:.+}", self._download)
         app.router.add_post("/upload/v1/{key}", self._upload)
+        app.router.add_post("/actions/{key}", self._response_url)
         self._runner, self.port = await serve_locally(app, shutdown_timeout=0.2)
         return self
 
@@ -185,6 +208,83 @@ class FakeSlack:
         await self.sockets[-1].send_str(json.dumps(message))
         return envelope_id
 
+    def blocks_of(self, ts: str) -> list[dict[str, Any]]:
+        return list(self.messages[ts].get("blocks") or [])
+
+    def buttons_of(self, ts: str) -> list[dict[str, Any]]:
+        """The buttons a message shows now."""
+        actions = [b for b in self.blocks_of(ts) if b.get("type") == "actions"]
+        return [e for b in actions for e in b.get("elements", []) if e.get("type") == "button"]
+
+    def ephemerals_to(self, user: str) -> list[str]:
+        return [e.text for e in self.ephemerals if e.user == user]
+
+    async def press(
+        self, ts: str, action_id: str, *, user: str = "U0ANN", name: str = "ann",
+        socket: bool = False,
+    ) -> int:  # fmt: skip
+        """`user` presses the button `action_id` of the bot's message `ts`; the HTTP status
+        the app answered (200 for a Socket Mode envelope once sent)."""
+        message = self.messages[ts]
+        [button] = [b for b in self.buttons_of(ts) if b["action_id"] == action_id]
+        [block] = [b for b in self.blocks_of(ts) if button in b.get("elements", [])]
+        channel, thread_ts = message["channel"], message.get("thread_ts")
+        container = {"type": "message", "message_ts": ts, "channel_id": channel,
+                     "is_ephemeral": False}  # fmt: skip
+        shown = {"type": "message", "subtype": "bot_message", "user": BOT_USER,
+                 "bot_id": BOT_ID, "app_id": "A0TEST", "team": TEAM, "ts": ts,
+                 "text": message["text"], "blocks": message.get("blocks") or []}  # fmt: skip
+        if thread_ts:
+            container["thread_ts"] = shown["thread_ts"] = thread_ts
+        pressed = {"action_id": action_id, "block_id": block["block_id"], "text": button["text"],
+                   "value": button.get("value", ""), "style": button.get("style"),
+                   "type": "button", "action_ts": f"{time.time():.6f}"}  # fmt: skip
+        is_dm = channel.startswith("D")
+        payload: dict[str, Any] = {
+            "type": "block_actions",
+            "user": {"id": user, "username": name, "name": name, "team_id": TEAM},
+            "api_app_id": "A0TEST",
+            "token": "verification-token-unused",
+            "container": container,
+            "trigger_id": f"{next(self._ts)}.1234567890.abcdef0123456789",
+            "team": {"id": TEAM, "domain": "test"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": "directmessage" if is_dm else "general"},
+            "message": shown,
+            "state": {"values": {}},
+            "response_url": self.response_url(channel, user),
+            "actions": [pressed],
+        }
+        if socket:
+            await self.envelope(payload, kind="interactive")
+            return 200
+        body = urlencode({"payload": json.dumps(payload)})
+        headers = {**sign(body), "Content-Type": "application/x-www-form-urlencoded"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.request_url, data=body, headers=headers) as response,
+        ):
+            return response.status
+
+    def response_url(self, channel: str, user: str) -> str:
+        """A `response_url` as Slack gives with a press or a slash command in `channel`:
+        what is posted there is kept in `responses` (an ephemeral one in `ephemerals`)."""
+        key = f"act{next(self._ts)}"
+        self._response_urls[key] = (channel, user)
+        return f"http://127.0.0.1:{self.port}/actions/{key}"
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        """A press's `response_url`: JSON in, `ok` out (Slack's answer, as text)."""
+        found = self._response_urls.get(request.match_info["key"])
+        if found is None:
+            return web.Response(status=404, text="no_service")
+        data = await request.json()
+        self.responses.append(data)
+        if data.get("response_type") == "ephemeral" and not data.get("replace_original"):
+            self.ephemerals.append(Ephemeral(found[0], found[1], str(data.get("text", ""))))
+        return web.Response(text="ok")
+
     # --- the Web API ----------------------------------------------------------------
 
     async def _api(self, request: web.Request) -> web.Response:
@@ -225,10 +325,13 @@ class FakeSlack:
     def _m_chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         if not str(params.get("text", "")).strip() and not params.get("blocks"):
             return {"ok": False, "error": "no_text"}
+        blocks = _blocks(params)
+        if blocks is None:
+            return {"ok": False, "error": "invalid_blocks"}
         ts = self._new_ts()
         channel = str(params["channel"])
         self.messages[ts] = {"channel": channel, "thread_ts": params.get("thread_ts"),
-                             "text": str(params.get("text", ""))}  # fmt: skip
+                             "text": str(params.get("text", "")), "blocks": blocks}  # fmt: skip
         self.screen.posted(channel, ts)
         return {"ok": True, "channel": channel, "ts": ts,
                 "message": {"type": "message", "user": BOT_USER, "bot_id": BOT_ID,
@@ -238,9 +341,24 @@ class FakeSlack:
         ts = str(params["ts"])
         if ts not in self.messages:
             return {"ok": False, "error": "message_not_found"}
+        blocks = _blocks(params)
+        if blocks is None:
+            return {"ok": False, "error": "invalid_blocks"}
+        if "blocks" in params:  # without them, the message keeps its blocks
+            self.messages[ts]["blocks"] = blocks
         self.messages[ts]["text"] = str(params.get("text", ""))
         self.screen.changed(self.messages[ts]["channel"])
         return {"ok": True, "channel": params["channel"], "ts": ts, "text": params.get("text")}
+
+    def _m_chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("user") or not params.get("channel"):
+            return {"ok": False, "error": "invalid_arguments"}
+        if not str(params.get("text", "")).strip() and not params.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        self.ephemerals.append(Ephemeral(str(params["channel"]), str(params["user"]),
+                                         str(params.get("text", "")),
+                                         params.get("thread_ts") or None))  # fmt: skip
+        return {"ok": True, "message_ts": self._new_ts()}
 
     def _m_chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
         ts = str(params["ts"])
@@ -364,6 +482,35 @@ class FakeSlack:
             if message.type == WSMsgType.TEXT:
                 self.acks.append(json.loads(message.data))
         return socket
+
+
+_block_ids = itertools.count(1)
+SECTION_TEXT, BUTTON_TEXT, BUTTON_VALUE, ACTION_ID, MAX_BLOCKS = 3000, 75, 2000, 255, 50
+
+
+def _blocks(params: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The message's blocks, block ids filled in, or None where Slack says `invalid_blocks`
+    (the limits of https://docs.slack.dev/reference/block-kit/blocks)."""
+    blocks = params.get("blocks") or []
+    if isinstance(blocks, str):
+        blocks = json.loads(blocks)
+    if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+        return None
+    for block in blocks:
+        if block.get("type") == "section":
+            text = block.get("text") or {}
+            if not 1 <= len(str(text.get("text", ""))) <= SECTION_TEXT:
+                return None
+        elif block.get("type") == "actions":
+            for element in block.get("elements", []):
+                label = str((element.get("text") or {}).get("text", ""))
+                if (element.get("type") != "button" or not 1 <= len(label) <= BUTTON_TEXT
+                        or len(str(element.get("value", ""))) > BUTTON_VALUE
+                        or not 1 <= len(str(element.get("action_id", ""))) <= ACTION_ID
+                        or element.get("style") not in (None, "primary", "danger")):  # fmt: skip
+                    return None
+        block.setdefault("block_id", f"b{next(_block_ids)}")
+    return blocks
 
 
 _event_ids = itertools.count(1)
