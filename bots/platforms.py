@@ -25,7 +25,15 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
         from adapters.web import WebAdapter
 
         secret = _reveal(secrets.web_jwt_secret) or None  # empty: unset
-        return [WebAdapter(core.handler, core.store, settings, jwt_secret=secret)]
+        return [
+            WebAdapter(
+                core.handler,
+                core.store,
+                settings,
+                jwt_secret=secret,
+                on_decision=core.chat.decide,
+            )  # fmt: skip
+        ]
     # --- slack ---
     if (
         settings.platforms.slack.enabled
@@ -42,6 +50,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
                 signing_secret=_reveal(secrets.slack_signing_secret),
                 app_token=_reveal(secrets.slack_app_token),
                 api_url=secrets.slack_api_url,
+                on_decision=core.chat.decide,
             )
         )
     # --- telegram ---
@@ -86,6 +95,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
                 core.store,
                 settings,
                 jwt_secret=secrets.web_jwt_secret.get_secret_value(),
+                on_decision=core.chat.decide,
             )
         )
     return adapters
