@@ -32,7 +32,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
                 settings,
                 jwt_secret=secret,
                 on_decision=core.chat.decide,
-            )  # fmt: skip
+            )
         ]
     # --- slack ---
     if (
