@@ -122,19 +122,16 @@ class ChatTurn:
         if not message.text.strip() and not message.attachments:
             await reply(responder, EMPTY_PROMPT)
             return TurnResult(EMPTY_PROMPT, False, 0)
-        # Files are read before the conversation's lock is taken: a slow download or
-        # transcription holds no lock in the store (the intake's line still keeps the
-        # conversation's messages in order).
-        gathered = await self._gather(message, responder)
-        if gathered.empty:
-            if not gathered.problems:
-                await reply(responder, EMPTY_PROMPT)
-            return TurnResult(EMPTY_PROMPT, False, 0, refused=bool(gathered.problems))
         key = self.conversation_key(message)
+        # A message with files has them read once the turn may go on (the rate limit and the
+        # budget first: no download nor paid transcription for a refused message) and while
+        # its journal entry stands (a crash meanwhile is answered again).
+        files = bool(message.attachments) and self.features.media is not None
+        gathered = None if files else Gathered(_named_attachments(message))
         moderator = self.features.moderator
         # Moderation runs while the turn waits for the lock and reads Redis.
         screening = None
-        if moderator is not None:  # the moderation endpoint is a model provider too: masked
+        if moderator is not None and gathered is not None:  # masked: a model provider too
             screened = self.exchange.mask(gathered.text).text
             screening = asyncio.create_task(moderator.check(screened))
         try:
@@ -160,29 +157,39 @@ class ChatTurn:
         responder: Responder,
         screening: asyncio.Task[Verdict] | None,
         held: TurnLock,
-        gathered: Gathered,
+        gathered: Gathered | None,
     ) -> tuple[TurnResult, tuple[list[Turn], str, str] | None]:
         f = self.features
-        said = gathered.text
         default_key = ""
-        if f.cache is not None and f.cache.first_turns and not message.attachments:
+        if f.cache is not None and f.cache.first_turns and gathered and not message.attachments:
             # The likely key (default persona and model) is read speculatively: no extra trip.
             # A first turn's placeholders are numbered afresh, as they are here.
-            first_said = self.exchange.mask(said).text
+            first_said = self.exchange.mask(gathered.text).text
             default_key = f.cache.chat_key(self._persona(None), self._model(None), first_said)
         opened = await self.exchange.open(message, key, lock=held, cache=default_key)
-        masked = self.exchange.mask(said, opened)  # what the model, history and cache see
+        refusal = opened.refusal
+        if refusal is None and gathered is None:
+            gathered = await self._gather(message, responder)
+            if gathered.empty:
+                if not gathered.problems:
+                    await reply(responder, EMPTY_PROMPT)
+                await self.exchange.forget(message, key)
+                return TurnResult(EMPTY_PROMPT, False, 0, refused=True), None
+            if f.moderator is not None:
+                screened = self.exchange.mask(gathered.text, opened).text
+                refusal = f.moderator.refusal(await f.moderator.check(screened))
+        if refusal is None and screening is not None and f.moderator is not None:
+            refusal = f.moderator.refusal(await screening)
+        if refusal is not None or gathered is None:
+            refusal = refusal or APOLOGY
+            await reply(responder, refusal)  # not recorded: it never reached the model
+            await self.exchange.forget(message, key)
+            return TurnResult(refusal, False, 0, refused=True), None
+        masked = self.exchange.mask(gathered.text, opened)  # what the model, history and cache see
         user_turn = Turn(
             "user", masked.text, message.user.name, user=message.user.id,
             images=tuple(gathered.images),
         )  # fmt: skip
-        refusal = opened.refusal
-        if refusal is None and screening is not None and f.moderator is not None:
-            refusal = f.moderator.refusal(await screening)
-        if refusal is not None:
-            await reply(responder, refusal)  # not recorded: it never reached the model
-            await self.exchange.forget(message, key)
-            return TurnResult(refusal, False, 0, refused=True), None
         conversation = opened.state.conversation
         persona, model = self._persona(conversation), self._model(conversation)
         cache_key = ""
@@ -223,7 +230,7 @@ class ChatTurn:
             note = await self._ask_approval(message, responder, stats, model)
             answer = f"{answer}\n\n{note}".strip()
         entry = None
-        unmasked = masked.text == said  # an answer to masked values is not shared
+        unmasked = masked.text == gathered.text  # an answer to masked values is not shared
         if cache_key and f.cache is not None and answer and not failed and not stats.tool_rounds:
             entry = f.cache.entry(cache_key, answer) if unmasked else None
         # the model may repeat a value a tool gave it: the history keeps placeholders only
@@ -231,7 +238,7 @@ class ChatTurn:
         turns = [user_turn] + ([Turn("assistant", kept.text)] if answer else [])
         await self.exchange.close(
             message, key, turns, lock=held, opened=opened, usage=usage, cache=entry,
-            masks={**masked.added, **kept.added},
+            masks={**masked.added, **kept.added}, drawn=context.counts["images"],
         )  # fmt: skip
         result = TurnResult(answer, failed, prompt.tokens, usage, stats.tool_rounds)
         speak = stats.waiting is None and not failed
@@ -331,7 +338,13 @@ class ChatTurn:
         if taken is None:
             return
         pending, outcome = taken
-        await self.resume(pending, outcome, responder_for(pending.message))
+        responder = responder_for(pending.message)
+        try:
+            await self.resume(pending, outcome, responder)
+        except Exception:
+            log.exception("the answer after an approval failed")
+            with contextlib.suppress(Exception):
+                await reply(responder, APOLOGY)
 
     async def resume(
         self, pending: PendingApproval, outcome: Outcome, responder: Responder
@@ -349,7 +362,8 @@ class ChatTurn:
         async with self.store.lock(key, lazy=True) as held:
             opened = await self.resuming.open(message, key, lock=held, history=False)
             stats = LoopStats(tool_rounds=pending.rounds)
-            prompt = [*pending.prompt, *results]
+            # the images the question showed: the record keeps their ids only
+            prompt = [*await self._with_images(key, list(pending.prompt)), *results]
             answer, failed = await self._stream_answer(
                 prompt, pending.model, responder, context, stats
             )
@@ -357,10 +371,11 @@ class ChatTurn:
                 note = await self._ask_approval(message, responder, stats, pending.model)
                 answer = f"{answer}\n\n{note}".strip()
             kept = self.resuming.mask(answer, opened)
-            turns = [Turn("assistant", kept.text)] if answer else []
+            # whose it is (exports, erasure): other turns may have come in between
+            said = Turn("assistant", kept.text, user=message.user.id)
             await self.resuming.close(
-                message, key, turns, lock=held, opened=opened, usage=stats.usage,
-                masks=kept.added,
+                message, key, [said] if answer else [], lock=held, opened=opened,
+                usage=stats.usage, masks=kept.added, drawn=context.counts["images"],
             )  # fmt: skip
         return TurnResult(answer, failed, 0, stats.usage, stats.tool_rounds)
 
@@ -399,8 +414,7 @@ class ChatTurn:
         """The message's text with its files read in; what was heard is quoted first and
         each file that could not be read gets its sentence, before the answer."""
         reader = self.features.media
-        if reader is None:
-            return Gathered(_named_attachments(message))
+        assert reader is not None
         gathered = await reader.read(message, responder)
         notes = ([heard_line(gathered.heard)] if gathered.heard else []) + gathered.problems
         if notes:

@@ -88,6 +88,7 @@ class Drawing:
             return f"Not drawn: {refusal}"
         if not await self._draw(prompt, responder):
             return "The picture could not be drawn (the image service failed)."
+        context.counts["images"] += 1  # the turn's usage counts it
         return "The picture was drawn and posted in the chat; do not describe a link to it."
 
     def as_tool(self) -> Tool:

@@ -40,7 +40,10 @@ class Speaker:
             )
         except LLMError as exc:
             log.warning("speech failed: %s", exc)
-            await responder.send(NOT_SPOKEN, final=True)
+            try:
+                await responder.send(NOT_SPOKEN, final=True)
+            except Exception as exc2:  # the written answer stands either way
+                log.warning("could not say so: %s", type(exc2).__name__)
             return False
         except Exception as exc:  # the platform refused the file: the text answer stands
             log.warning("posting speech failed: %s", type(exc).__name__)

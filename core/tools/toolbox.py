@@ -16,6 +16,7 @@ import json
 import logging
 import types
 import typing
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class ToolContext:
     message: Message
     conversation: str
     responder: Responder | None = None  # where the answer goes: a tool may post a file there
+    counts: Counter[str] = field(default_factory=Counter)  # what tools made (`images` drawn)
 
 
 ToolFunction = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
