@@ -27,7 +27,7 @@ from core.model import (
 # Subtypes that carry a user's new words; every other subtype (edits, deletions, joins,
 # topic changes, bot_message…) is ignored.
 ANSWERED_SUBTYPES = {None, "file_share", "thread_broadcast"}
-SUBCOMMANDS = {"reset", "help", "persona", "model", "usage", "mydata"}
+SUBCOMMANDS = {"reset", "help", "persona", "model", "usage", "mydata", "image", "voice"}
 # Files Slack no longer serves: deleted ones, and those past a free workspace's history limit
 GONE_MODES = {"tombstone", "hidden_by_limit"}
 DOCUMENT_TYPES = {

@@ -158,6 +158,7 @@ class WebResponder:
         self.uploads = dict(uploads or {})  # handle -> bytes, for this turn only
         self.files: list[dict[str, str]] = []  # JSON mode: what the answer's `files` lists
         self.approvals: list[dict[str, str]] = []  # JSON mode: the answer's `approvals`
+        self.answered = False  # something reached the client: text, a file, an approval
         self._keep_files = keep_files
         self._shown = ""  # what the client has, as the concatenation of its deltas
         self._ids = itertools.count(1)
@@ -197,6 +198,7 @@ class WebResponder:
     async def send_file(self, file: OutgoingFile) -> MessageRef:
         """A `file` event now, between the deltas; in JSON mode, a `files` entry."""
         ref = MessageRef(f"file-{next(self._ids)}")
+        self.answered = True
         event = file_event(file)
         if self._keep_files:
             self.files.append(event)
@@ -237,6 +239,7 @@ class WebApprover(WebResponder):
 
     async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
         event = {"id": request.id, "text": request.text, "tool": request.tool}
+        self.answered = True
         if self._keep_files:
             self.approvals.append(event)
         await self._emit("approval", event)
@@ -672,7 +675,8 @@ class WebAdapter:
             self._running[delivery] = future
         try:
             await self.handler(message, responder)
-            if not responder.parts and delivery:  # a retry another process is answering
+            if not responder.parts and not responder.answered and delivery:  # a retry another
+                # process is answering (this one sent nothing: no text, file or approval)
                 answer = await self._first_answer(delivery)
                 await _replay(responder.sink, answer)
                 responder.parts["retry"] = answer

@@ -140,11 +140,6 @@ async def test_image_in_a_dm_uploads_the_picture_in_the_dm(bot: SlackBot) -> Non
     assert bot.openai.image_requests()[-1].body["prompt"] == "a blue whale"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapters/slack_events.py SUBCOMMANDS lacks image and voice: `/ask image x` is "
-    "asked as a question, not drawn",
-)
 async def test_ask_image_as_a_slash_command_draws(bot: SlackBot) -> None:
     await bot.slash("image a red lighthouse")
     await wait_for(lambda: bool(bot.slack.uploads_in(CHANNEL) or bot.openai.chat_requests()))
