@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.media.kinds import kind_of as media_kind
 from core.model import (
     Attachment,
     Command,
@@ -30,11 +31,6 @@ ANSWERED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 SUBCOMMANDS = {"reset", "help", "persona", "model", "usage", "mydata", "image", "voice"}
 # Files Slack no longer serves: deleted ones, and those past a free workspace's history limit
 GONE_MODES = {"tombstone", "hidden_by_limit"}
-DOCUMENT_TYPES = {
-    "application/pdf", "application/json", "application/xml", "application/yaml",
-    "application/x-yaml", "application/toml", "application/javascript", "application/sql",
-    "application/x-sh", "application/x-python", "application/csv", "application/rtf",
-}  # fmt: skip
 # Slack's own `filetype` for documents and text (a snippet's language, source code), used when
 # the mimetype says nothing useful (`application/octet-stream`, or none)
 DOCUMENT_FILETYPES = {
@@ -103,21 +99,12 @@ def command_from_slash(text: str) -> Command:
 def kind_of(file: Mapping[str, Any]) -> MediaKind:
     """What the core makes of a Slack file, from its mimetype (and Slack's own subtype and
     filetype: a clip recorded in Slack is `slack_audio` whatever its container)."""
-    mime = str(file.get("mimetype") or "").lower()
     if file.get("subtype") == "slack_audio" or file.get("media_display_type") == "audio":
         return MediaKind.AUDIO
-    if mime.startswith("image/"):
-        return MediaKind.IMAGE
-    if mime.startswith("audio/"):
-        return MediaKind.AUDIO
-    if (
-        mime.startswith("text/")
-        or mime in DOCUMENT_TYPES
-        or mime.endswith(("+json", "+xml"))
-        or str(file.get("filetype") or "").lower() in DOCUMENT_FILETYPES
-    ):
+    kind = media_kind(str(file.get("mimetype") or ""), str(file.get("name") or ""))
+    if kind is MediaKind.OTHER and str(file.get("filetype") or "").lower() in DOCUMENT_FILETYPES:
         return MediaKind.DOCUMENT
-    return MediaKind.OTHER
+    return kind
 
 
 def attachments_of(event: Mapping[str, Any]) -> tuple[Attachment, ...]:

@@ -14,26 +14,15 @@ import mimetypes
 import re
 import uuid
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Any
 
-from core.model import Attachment, MediaKind, OutgoingFile
+from core.media.kinds import kind_of
+from core.model import Attachment, OutgoingFile
 
 MAX_FILES = 4  # attachments on one message
 MAX_NAME = 255
 FIELDS_ROOM = 1024  # a file's name and type, as JSON, beside its data
 MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
-DOCUMENT_TYPES = frozenset({
-    "application/pdf", "application/json", "application/xml", "application/csv",
-    "application/yaml", "application/x-yaml", "application/toml", "application/sql",
-    "application/javascript", "application/x-javascript", "application/typescript",
-    "application/x-sh", "application/x-python", "application/x-httpd-php",
-})  # fmt: skip
-SOURCE_SUFFIXES = frozenset({
-    ".py", ".js", ".mjs", ".ts", ".tsx", ".jsx", ".go", ".rs", ".java", ".kt", ".c", ".h",
-    ".cc", ".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".scala", ".sh", ".sql", ".md",
-    ".toml", ".yaml", ".yml", ".ini", ".cfg", ".log", ".csv", ".json", ".txt",
-})  # fmt: skip
 
 
 class TooLarge(ValueError):
@@ -108,23 +97,6 @@ def read_attachments(raw: Any, max_bytes: int) -> Uploads:
         attachments.append(Attachment(name, mime, handle, len(content), kind_of(mime, name)))
         data[handle] = content
     return Uploads(tuple(attachments), data)
-
-
-def kind_of(mime: str, name: str = "") -> MediaKind:
-    """What the core should make of a file, from its type (or, without one, its name)."""
-    major = mime.partition("/")[0]
-    if major == "image":
-        return MediaKind.IMAGE
-    if major == "audio":
-        return MediaKind.AUDIO
-    if major == "text" or mime in DOCUMENT_TYPES or mime.endswith(("+json", "+xml")):
-        return MediaKind.DOCUMENT
-    if (
-        mime in ("", "application/octet-stream")
-        and PurePath(name).suffix.lower() in SOURCE_SUFFIXES
-    ):
-        return MediaKind.DOCUMENT
-    return MediaKind.OTHER
 
 
 def file_event(file: OutgoingFile) -> dict[str, str]:
