@@ -44,13 +44,14 @@ class HttpServer:
         redis_up = await self.core.store.ping()
         if redis_up:
             self.core.metrics.redis_seconds.observe(time.perf_counter() - started)
-        return {
+        status: dict[str, object] = {
             "redis": "up" if redis_up else "down",
             "platforms": {a.name: ("ready" if a.ready() else "starting") for a in self.adapters},
             "in_flight": self.core.inflight.running,
-            # MCP servers' states; readiness does not depend on them (the bot answers without)
-            "mcp": self.core.mcp.health() if self.core.mcp is not None else {},
         }
+        if self.core.mcp is not None:  # readiness does not depend on them: the bot answers
+            status["mcp"] = self.core.mcp.health()
+        return status
 
     async def healthz(self, request: web.Request) -> web.Response:
         """Alive: 200 whenever the process serves, with the status of its parts."""

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 from core.codec import message_from_json, message_to_json
@@ -161,10 +162,13 @@ class RedisJournal:
 
 
 def _message(raw_value: str | bytes) -> Message | None:
+    """The journaled message, to be answered anew: not a redelivery (its delivery id and
+    place in the platform's order were the crashed process's; the dedupe would drop it)."""
     try:
-        return message_from_json(json.loads(raw_value)["message"])
+        message = message_from_json(json.loads(raw_value)["message"])
     except (ValueError, KeyError, TypeError):
         return None
+    return replace(message, delivery_id="", order="") if message is not None else None
 
 
 def _text(value: str | bytes) -> str:
