@@ -4,7 +4,9 @@ Every message the bot sends has `AllowedMentions.none()`, so nothing the model w
 ping @everyone, @here, a role or a user. Slash commands are deferred at once and the answer
 edits the original response, continuing in follow-ups; an interaction token lives 15
 minutes, so a longer answer continues as normal channel messages. Files go the same
-ways: a reply in the channel, or the interaction's follow-up (discord_responders.py).
+ways: a reply in the channel, or the interaction's follow-up (discord_responders.py), and so
+do approval requests, whose Approve and Deny presses come back as component interactions
+(`on_interaction`, discord_approvals.py).
 `DISCORD_API_URL` and `DISCORD_GATEWAY_URL` set discord.py's documented base URLs
 (`Route.BASE`, `DiscordWebSocket.DEFAULT_GATEWAY`) for proxies and tests.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +28,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.base import AdapterStartError
+from adapters.discord_approvals import UNHANDLED, ButtonReply, decision_of, parse
 from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
 from adapters.discord_media import make_fetcher
@@ -34,7 +37,7 @@ from adapters.discord_responders import NO_PINGS, ChannelResponder, InteractionR
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
 from core.model import Command, Message, User
-from core.protocols import Handler
+from core.protocols import DecisionHandler, Handler
 from core.storage import Deduper
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class DiscordAdapter:
         api_url: str | None = None,
         gateway_url: str | None = None,
         on_intake_restart: Callable[[str], None] | None = None,
+        on_decision: DecisionHandler | None = None,
     ) -> None:
         self.handler = handler
         self.deduper = deduper
@@ -71,6 +75,8 @@ class DiscordAdapter:
         self._intake: Supervisor | None = None
         self._admins = frozenset(self.platform.admins)
         self.fetcher = make_fetcher(api_url)
+        self.on_decision = on_decision
+        self._decisions: set[asyncio.Task[None]] = set()
 
     def mount(self, app: web.Application) -> None:
         return None  # everything arrives over the gateway
@@ -93,6 +99,7 @@ class DiscordAdapter:
         self.tree = CheckedTree(client)  # every interaction answered, an apology at least
         self._register_commands(self.tree)
         client.event(self.on_message)
+        client.event(self.on_interaction)
         try:
             await client.login(self.token)
         except discord.LoginFailure:
@@ -150,6 +157,9 @@ class DiscordAdapter:
             self.on_intake_restart(self.name)
 
     async def close(self) -> None:
+        for task in list(self._decisions):  # a decision still running when the bot stops
+            task.cancel()
+        await asyncio.gather(*self._decisions, return_exceptions=True)
         intake, self._intake = self._intake, None
         if intake is not None:
             await intake.stop()
@@ -211,6 +221,42 @@ class DiscordAdapter:
             message = replace(message, delivery_id=delivery, order=f"{msg.id:020d}")
         responder = self._responder(channel, reply_to=reply_to)
         await self.handler(message, responder)
+
+    # --- approval buttons -----------------------------------------------------------
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A press of Approve or Deny (a component interaction): acknowledged at once (a
+        deferred update, well inside Discord's 3 s), then decided in the background.
+        Slash commands go to the command tree; other components are not ours."""
+        if interaction.type is not discord.InteractionType.component:
+            return
+        data: Any = interaction.data or {}
+        pressed = parse(data.get("custom_id") if isinstance(data, dict) else None)
+        if pressed is None:
+            return
+        try:
+            if self.on_decision is None:  # a process that does not take decisions
+                await interaction.response.send_message(UNHANDLED, ephemeral=True)
+                return
+            await interaction.response.defer()  # type 6: the message and buttons stay as they are
+        except discord.HTTPException as exc:  # too late, or another replica answered first
+            log.warning("discord: a button press could not be acknowledged (%s)",
+                        type(exc).__name__)  # fmt: skip
+            return
+        decision = decision_of(interaction, *pressed, self._admins)
+        on_decision, reply = self.on_decision, ButtonReply(interaction)
+        self._background(lambda: on_decision(decision, reply, self.responder_for))
+
+    def _background(self, work: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            try:
+                await work()
+            except Exception:  # logged here, never shown in the chat
+                log.exception("discord: a button press failed")
+
+        task = asyncio.create_task(run(), name="discord:decision")
+        self._decisions.add(task)
+        task.add_done_callback(self._decisions.discard)
 
     # --- slash commands -------------------------------------------------------------
 

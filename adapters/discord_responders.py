@@ -1,5 +1,6 @@
 """How the Discord adapter answers: in a channel (replies, edits, files) or through a slash
-command's interaction (the deferred response, follow-ups, then the channel).
+command's interaction (the deferred response, follow-ups, then the channel). Approval
+requests go the same ways, with their buttons (discord_approvals.py).
 
 Every message the bot sends has `AllowedMentions.none()`, so nothing the model writes can
 ping @everyone, @here, a role or a user.
@@ -12,9 +13,10 @@ from typing import Any
 
 import discord
 
+from adapters.discord_approvals import approval_view, fit
 from adapters.discord_media import caption_of, to_discord_file
 from adapters.file_fetch import FileFetcher
-from core.model import Attachment, MessageRef, OutgoingFile
+from core.model import ApprovalRequest, Attachment, MessageRef, OutgoingFile
 
 LIMIT = 2000
 NO_PINGS = discord.AllowedMentions.none()
@@ -83,6 +85,22 @@ class ChannelResponder:
         try:
             sent = await self.channel.send(
                 content=caption_of(file), file=to_discord_file(file), allowed_mentions=NO_PINGS,
+                reference=reference, mention_author=False,
+            )  # fmt: skip
+        except discord.HTTPException:
+            self.reply_to = pending
+            raise
+        self._sent[str(sent.id)] = sent
+        return MessageRef(str(sent.id), str(self.channel.id))
+
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
+        """The request with Approve and Deny, replying to the question as a file does."""
+        pending, self.reply_to = self.reply_to, None
+        question = self.question
+        reference = question.to_reference(fail_if_not_exists=False) if question else None
+        try:
+            sent = await self.channel.send(
+                fit(request.text), view=approval_view(request.id), allowed_mentions=NO_PINGS,
                 reference=reference, mention_author=False,
             )  # fmt: skip
         except discord.HTTPException:
@@ -166,6 +184,19 @@ class InteractionResponder:
             return await self._channel.send_file(file)
         followup = await self.interaction.followup.send(
             content=caption_of(file), file=to_discord_file(file),
+            allowed_mentions=NO_PINGS, wait=True,
+        )  # fmt: skip
+        self._original_used = True
+        self._sent[str(followup.id)] = followup
+        return MessageRef(str(followup.id))
+
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
+        """The request with Approve and Deny as a follow-up (the first one after a deferral
+        takes the place of "thinking…"); in the channel once the token has expired."""
+        if self._expired():
+            return await self._channel.ask_approval(request)
+        followup = await self.interaction.followup.send(
+            fit(request.text), view=approval_view(request.id),
             allowed_mentions=NO_PINGS, wait=True,
         )  # fmt: skip
         self._original_used = True

@@ -9,6 +9,13 @@ and `user_sends_file()` posts them in a MESSAGE_CREATE; the bot's uploads (multi
 `payload_json` + `files[n]`, to a channel or an interaction's follow-up) are kept in
 `uploads` and served back the same way. As on Discord, the first follow-up after a
 deferred response takes that response's place.
+Buttons: a message keeps the `components` it was posted (or edited) with; `press()` clicks one
+as Discord delivers it (INTERACTION_CREATE of type 3, MESSAGE_COMPONENT, carrying the whole
+message, the member with the permissions Discord resolved, a token). The interaction's
+callback is taken once and within 3 s (types 4, 6, 7, as Discord: later is "Unknown
+interaction", again is "already acknowledged"); its `@original` is the pressed message, and
+ephemeral answers (flag 64, in the callback or a follow-up) go to `ephemerals`, seen by the
+presser alone, not to the channel.
 Every REST and CDN call is recorded; `fail()` injects 5xx or 429 answers.
 """
 
@@ -38,6 +45,13 @@ CHANNEL = "920000000000000001"
 DM_CHANNEL = "920000000000000099"
 USER_ID = "930000000000000001"
 VOICE_MESSAGE = 1 << 13  # the message flag IS_VOICE_MESSAGE
+EPHEMERAL = 1 << 6  # the message flag EPHEMERAL
+CALLBACK_DEADLINE = 3.0  # seconds Discord waits for an interaction's first response
+ADMINISTRATOR = 1 << 3
+# A member's resolved permissions in a channel: an administrator has them all; anyone else
+# here may view, send, add reactions, read history and use application commands.
+ADMIN_PERMISSIONS = str((1 << 50) - 1)
+MEMBER_PERMISSIONS = str((1 << 10) | (1 << 11) | (1 << 6) | (1 << 16) | (1 << 31))
 
 _ids = itertools.count(940000000000000001)
 
@@ -84,6 +98,29 @@ class Upload:
     token: str | None = None
 
 
+@dataclass
+class Press:
+    """A button press the fake delivered: the interaction, and how the bot answered it."""
+
+    id: str
+    token: str
+    message_id: str
+    channel_id: str
+    user: str
+    at: float = field(default_factory=time.monotonic)
+    response: int | None = None  # the callback's type, once answered
+
+
+@dataclass
+class Ephemeral:
+    """A message only the presser sees ("Only you can see this")."""
+
+    token: str
+    user: str
+    content: str
+    via: str  # "callback" or "followup"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -100,6 +137,8 @@ class FakeDiscord:
         self.files: dict[str, tuple[bytes, str]] = {}  # CDN path -> (bytes, content type)
         self.uploads: list[Upload] = []
         self.deferred: set[str] = set()  # interaction tokens whose response is "thinking…"
+        self.presses: dict[str, Press] = {}  # interaction id -> press
+        self.ephemerals: list[Ephemeral] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._sockets: list[web.WebSocketResponse] = []
@@ -228,6 +267,45 @@ class FakeDiscord:
         }  # fmt: skip
         await self.dispatch("INTERACTION_CREATE", data)
         return data
+
+    def buttons(self, message_id: str) -> list[dict[str, Any]]:
+        """The buttons a message shows now (its action rows' components), in order."""
+        rows = self.messages[message_id].get("components") or []
+        return [c for row in rows for c in row.get("components", []) if c.get("type") == 2]
+
+    async def press(self, message_id: str, label: str = "", *, custom_id: str | None = None,
+                    user: dict[str, Any] | None = None, admin: bool = False) -> Press:  # fmt: skip
+        """A click on the button labelled `label` of the bot's message (or one carrying
+        `custom_id`, whatever the message shows): the INTERACTION_CREATE Discord sends, with
+        the message as it is now and the member who pressed (`admin`: their resolved
+        permissions include Administrator)."""
+        stored = self.messages[message_id]
+        if custom_id is None:
+            [button] = [b for b in self.buttons(message_id) if b.get("label") == label]
+            custom_id = button["custom_id"]
+        user = user or human()
+        channel_id = stored["channel_id"]
+        channel = self.threads.get(channel_id) or text_channel(channel_id)
+        press = Press(snowflake(), f"itok-{snowflake()}", message_id, channel_id, user["id"])
+        message = {k: v for k, v in stored.items() if k != "token"}
+        data = {
+            "id": press.id, "application_id": APP_ID, "type": 3, "token": press.token,
+            "version": 1, "guild_id": GUILD, "channel_id": channel_id, "channel": channel,
+            "member": {"user": user, "roles": [], "joined_at": _now(), "deaf": False,
+                       "mute": False, "flags": 0,
+                       "permissions": ADMIN_PERMISSIONS if admin else MEMBER_PERMISSIONS},
+            "message": message,
+            "data": {"custom_id": custom_id, "component_type": 2},
+            "app_permissions": MEMBER_PERMISSIONS, "locale": "en-US", "guild_locale": "en-US",
+            "entitlements": [], "authorizing_integration_owners": {"0": GUILD}, "context": 0,
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }  # fmt: skip
+        self.presses[press.id] = press
+        await self.dispatch("INTERACTION_CREATE", data)
+        return press
+
+    def _press_of(self, token: str) -> Press | None:
+        return next((p for p in self.presses.values() if p.token == token), None)
 
     # --- the gateway ----------------------------------------------------------------
 
@@ -362,6 +440,15 @@ class FakeDiscord:
                 return _json({"message": "Unknown Message", "code": 10008}, 404)
             self.screen.removed(stored["channel_id"], parts[3])
             return web.Response(status=204)
+        if parts[0] == "interactions" and parts[-1] == "callback" and parts[1] in self.presses:
+            return self._answer_press(self.presses[parts[1]], body)
+        if parts[0] == "webhooks" and len(parts) >= 3 and (press := self._press_of(parts[2])):
+            if press.response is None:  # the token works once the interaction is answered
+                return _json({"message": "Unknown Webhook", "code": 10015}, 404)
+            if method == "POST" and len(parts) == 3:
+                return self._follow_up(press, body, files)
+            if method == "PATCH" and parts[-1] == "@original":
+                return self._edit(press.message_id, body)
         if parts[0] == "interactions" and parts[-1] == "callback":
             message_id = snowflake()
             content = (body.get("data") or {}).get("content", "")  # type 4 answers at once
@@ -385,6 +472,53 @@ class FakeDiscord:
             return self._edit(parts[-1], body)
         return _json({"message": f"404: Not Found ({method} {path})", "code": 0}, 404)
 
+    def _answer_press(self, press: Press, body: dict[str, Any]) -> web.Response:
+        """An interaction callback for a button press: 4 (a message; ephemeral with flag
+        64), 6 (deferred update: nothing shows), 7 (the pressed message updated)."""
+        if press.response is not None:
+            return _json({"message": "Interaction has already been acknowledged.",
+                          "code": 40060}, 400)  # fmt: skip
+        if time.monotonic() - press.at > CALLBACK_DEADLINE:
+            return _json({"message": "Unknown interaction", "code": 10062}, 404)
+        kind, data = body.get("type"), body.get("data") or {}
+        if kind not in (4, 6, 7):
+            return _json({"message": "Invalid Form Body", "code": 50035}, 400)
+        press.response = kind
+        message: dict[str, Any] | None = None
+        if kind == 4 and (data.get("flags") or 0) & EPHEMERAL:
+            self.ephemerals.append(Ephemeral(press.token, press.user, data.get("content") or "",
+                                             "callback"))  # fmt: skip
+        elif kind == 4:
+            message = self._store(press.channel_id, data, token=press.token)
+        elif kind == 7:
+            self._edit(press.message_id, data)
+            message = self.messages[press.message_id]
+        interaction = {"id": press.id, "type": 3,
+                       "response_message_ephemeral": kind == 4 and message is None}  # fmt: skip
+        resource: dict[str, Any] = {"type": kind}
+        if message is not None:
+            interaction["response_message_id"] = message["id"]
+            resource["message"] = {k: v for k, v in message.items() if k != "token"}
+        return _json({"interaction": interaction, "resource": resource})
+
+    def _follow_up(
+        self, press: Press, body: dict[str, Any], files: list[tuple[str, bytes]]
+    ) -> web.Response:
+        """A follow-up to a press: a new message in its channel, or one the presser alone
+        sees."""
+        if (body.get("flags") or 0) & EPHEMERAL:
+            self.ephemerals.append(Ephemeral(press.token, press.user, body.get("content") or "",
+                                             "followup"))  # fmt: skip
+            message: dict[str, Any] = {
+                "id": snowflake(), "channel_id": press.channel_id, "author": bot_user(),
+                "content": body.get("content") or "", "timestamp": _now(),
+                "edited_timestamp": None, "tts": False, "mention_everyone": False,
+                "mentions": [], "mention_roles": [], "attachments": [], "embeds": [],
+                "pinned": False, "type": 0, "flags": EPHEMERAL,
+            }  # fmt: skip
+            return _json(message)
+        return _json(self._store(press.channel_id, body, token=press.token, files=files))
+
     def _store(self, channel_id: str, body: dict[str, Any], *, message_id: str | None = None,
                token: str | None = None, files: list[tuple[str, bytes]] | None = None
                ) -> dict[str, Any]:  # fmt: skip
@@ -393,7 +527,13 @@ class FakeDiscord:
             "content": body.get("content") or "", "timestamp": _now(), "edited_timestamp": None,
             "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
             "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": 0,
+            "components": body.get("components") or [],
         }  # fmt: skip
+        reference = body.get("message_reference")
+        if reference:  # a reply: Discord shows the question above it
+            replied = str(reference.get("message_id"))
+            message["message_reference"] = {"type": 0, "channel_id": channel_id,
+                                            "message_id": replied}  # fmt: skip
         if message_id is None and token is None and "guild_id" not in body:
             message["guild_id"] = GUILD
         message["attachments"] = self._uploaded(message, body, files or [], token)
@@ -409,6 +549,7 @@ class FakeDiscord:
             return _json({"message": "Unknown Message", "code": 10008}, 404)
         stored = found[0]
         stored["content"] = body.get("content") or ""
+        stored["components"] = body.get("components") or []
         stored["attachments"] = self._uploaded(stored, body, files, token)
         self.screen.changed(stored["channel_id"])
         return _json({k: v for k, v in stored.items() if k != "token"})
@@ -432,6 +573,8 @@ class FakeDiscord:
             return _json({"message": "Unknown Message", "code": 10008}, 404)
         if "content" in body:
             stored["content"] = body["content"]
+        if "components" in body:  # an empty list removes the buttons
+            stored["components"] = body["components"]
         stored["edited_timestamp"] = _now()
         self.screen.changed(stored["channel_id"])
         return _json({k: v for k, v in stored.items() if k != "token"})
