@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +23,12 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram import UNHANDLED, TelegramAdapter
 from adapters.telegram_approvals import APPROVE, DENY, callback_data
 from bots.assembly import Core, build_core
 from core.config import Secrets, Settings
+from core.model import Decision, Message
+from core.protocols import DecisionHandler, DecisionReply, Responder
 from tests.conftest import make_settings
 from tests.fakes.common import serve_locally
 from tests.fakes.openai_server import Call, FakeOpenAI, Reply
@@ -81,9 +83,18 @@ def approving(key_prefix: str, tmp_path: Path, ttl: float = 600.0) -> Settings:
     )  # fmt: skip
 
 
+WIRED: Any = object()  # `running`'s default: the core's `chat.decide`
+
+
 @asynccontextmanager
 async def running(
-    tg: FakeTelegram, settings: Settings, secrets: Secrets, redis: Redis, *, webhook: bool = False
+    tg: FakeTelegram,
+    settings: Settings,
+    secrets: Secrets,
+    redis: Redis,
+    *,
+    webhook: bool = False,
+    on_decision: DecisionHandler | None = WIRED,
 ) -> AsyncIterator[Bot]:
     """A bot process: its core on the test Redis, its Telegram adapter polling the fake or
     taking the webhook on a local server."""
@@ -92,7 +103,8 @@ async def running(
         adapter = TelegramAdapter(
             core.handler, settings, token=TOKEN, api_url=tg.api_url,
             webhook_url="https://bot.example/telegram/webhook" if webhook else None,
-            webhook_secret=SECRET if webhook else None, on_decision=core.chat.decide,
+            webhook_secret=SECRET if webhook else None,
+            on_decision=core.chat.decide if on_decision is WIRED else on_decision,
         )  # fmt: skip
         app = web.Application()
         adapter.mount(app)
@@ -282,6 +294,39 @@ async def test_a_stale_or_foreign_button_is_answered_and_nothing_runs(
     assert (told.text, told.show_alert) == ("", False)  # only the spinner stopped
     assert len(bot.tg.answers) == 2 and bot.tg.calls_of("editMessageText") == []
     assert len(fake_openai.chat_requests()) == 1
+
+
+async def broken(
+    decision: Decision, reply: DecisionReply, responder_for: Callable[[Message], Responder]
+) -> None:
+    raise RuntimeError("the store is on fire")
+
+
+@pytest.mark.parametrize("on_decision", [None, broken], ids=["not wired", "failing"])
+async def test_a_press_nobody_can_take_is_still_answered_once(
+    on_decision: DecisionHandler | None,
+    tg: FakeTelegram,
+    fake_openai: FakeOpenAI,
+    secrets: Secrets,
+    redis: Redis,
+    key_prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = approving(key_prefix, tmp_path)
+    async with running(tg, settings, secrets, redis, on_decision=on_decision) as bot:
+        _, request = await asked_in_topic(bot, fake_openai)
+        told = await bot.press(GROUP, request, APPROVE, from_id=ANN)
+        if on_decision is None:
+            assert (told.text, told.show_alert) == (UNHANDLED, True)
+        else:
+            assert (told.text, told.show_alert) == ("", False)
+            assert "the approval press failed" in caplog.text  # logged, not said in the chat
+        edits = [
+            c for c in tg.calls_of("editMessageText") if int(c.params["message_id"]) == request
+        ]
+        assert len(tg.answers) == 1 and edits == []
+        assert tg.buttons_of(GROUP, request) != [] and len(fake_openai.chat_requests()) == 1
 
 
 def test_callback_data_fits_telegram_or_is_refused() -> None:
