@@ -10,6 +10,11 @@ group answers are posted and edited. Every form is Telegram HTML (parts are cut 
 rendering), resent as plain text if Telegram rejects the markup. Files come in as attachments
 (adapters/telegram_media.py) fetched through `getFile`, and go out as photos, voice notes or
 documents.
+
+Approval requests carry inline buttons (adapters/telegram_approvals.py); a press arrives as a
+`callback_query` update (so both getUpdates and setWebhook ask for that type) and runs in its
+update's task like a message: the query is answered once (the core's notice as an alert, or
+empty as the request is settled), then the answer goes on through `responder_for`.
 """
 
 from __future__ import annotations
@@ -32,15 +37,16 @@ from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHand
 
 from adapters.base import AdapterStartError
 from adapters.supervisor import Supervisor
+from adapters.telegram_approvals import CallbackReply
 from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_limits import PriorityRateLimiter
 from adapters.telegram_polling import CheckedUpdatesRequest, Poller
 from adapters.telegram_responder import TELEGRAM_LIMIT, TelegramResponder
-from adapters.telegram_updates import BotIdentity, to_message
+from adapters.telegram_updates import BotIdentity, to_decision, to_message
 from adapters.webhook_guard import Refused, ThrottledLog, guarded, json_object
 from core.config import Settings, TelegramSettings
 from core.model import Message
-from core.protocols import Handler
+from core.protocols import DecisionHandler, Handler
 
 if TYPE_CHECKING:
     from telegram.ext import ExtBot, JobQueue
@@ -65,6 +71,9 @@ WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 UPDATES_AT_ONCE = 1 << 20  # PTB's bound, far above the core's limits.max_in_flight
 API_ANSWER_BYTES = 1 << 20  # room for a Bot API answer above the largest file downloaded
+# What Telegram delivers (getUpdates, setWebhook): anything else it keeps to itself.
+ALLOWED_UPDATES = ("message", "callback_query")
+UNHANDLED = "Approvals are not handled by this bot right now."
 COMMANDS = [
     BotCommand("ask", "Ask a question"),
     BotCommand("reset", "Forget this conversation"),
@@ -90,8 +99,10 @@ class TelegramAdapter:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         on_intake_restart: Callable[[str], None] | None = None,
+        on_decision: DecisionHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.on_decision = on_decision
         self.settings = settings
         self.platform: TelegramSettings = settings.platforms.telegram
         self.token = token
@@ -154,7 +165,7 @@ class TelegramAdapter:
             await bot.set_webhook(
                 self.webhook_url,
                 secret_token=self.webhook_secret or None,
-                allowed_updates=["message"],
+                allowed_updates=list(ALLOWED_UPDATES),
             )
         else:
             await bot.delete_webhook()
@@ -162,7 +173,7 @@ class TelegramAdapter:
                 bot,
                 application.update_queue,
                 timeout=self.platform.poll_timeout,
-                allowed_updates=["message"],
+                allowed_updates=list(ALLOWED_UPDATES),
             )
             self._intake = Supervisor("telegram", self._poller.run, on_restart=self._restarted)
         await application.start()
@@ -228,6 +239,9 @@ class TelegramAdapter:
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if self.identity is None:
             return
+        if update.callback_query is not None:
+            await self._on_press(update)
+            return
         message = to_message(update, self.identity, frozenset(self.platform.admins))
         if message is None:
             return
@@ -236,6 +250,33 @@ class TelegramAdapter:
         update_id = update.update_id
         message = replace(message, delivery_id=str(update_id), order=f"{update_id:020d}")
         await self.handler(message, self.responder_for(message))
+
+    async def _on_press(self, update: Update) -> None:
+        """A press of Approve or Deny, in its update's task (PTB's, awaited by `close`):
+        decided by the core, the query answered exactly once. A failure is logged, never
+        shown in the chat."""
+        assert self.application is not None
+        query = update.callback_query
+        assert query is not None
+        message = query.message  # the request; an old one may be "inaccessible", ids intact
+        reply = CallbackReply(
+            self.application.bot, query.id,
+            message.chat.id if message is not None else None,
+            message.message_id if message is not None else None,
+        )  # fmt: skip
+        decision = to_decision(update)
+        try:
+            if decision is None:
+                return  # not one of our buttons: only the spinner to stop
+            if self.on_decision is None:  # requests were posted, but nothing takes presses
+                log.warning("telegram: an approval press, but no decision handler is wired")
+                await reply.notice(UNHANDLED)
+                return
+            await self.on_decision(decision, reply, self.responder_for)
+        except Exception:
+            log.exception("telegram: the approval press failed")
+        finally:
+            await reply.finish()
 
     async def _webhook(self, request: web.Request) -> web.Response:
         given = request.headers.get(SECRET_HEADER, "")

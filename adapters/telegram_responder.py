@@ -2,7 +2,8 @@
 
 Private answers stream as a draft (`sendMessageDraft`, Bot API 9.3) and end with one
 `sendMessage`; group answers are posted and edited. Files the core fetches or posts go
-through adapters/telegram_media.py.
+through adapters/telegram_media.py. An approval request is a message with Approve and Deny
+buttons (adapters/telegram_approvals.py).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from telegram import InputFile, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest
 
+from adapters.telegram_approvals import keyboard
 from adapters.telegram_format import measure as telegram_measure
 from adapters.telegram_format import to_telegram_html, visible_text
 from adapters.telegram_limits import BEST_EFFORT, LOW, SKIPPED
 from adapters.telegram_media import caption_of, fetch_file, upload_method
-from core.model import Attachment, MessageRef, OutgoingFile
+from core.model import ApprovalRequest, Attachment, MessageRef, OutgoingFile
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,31 @@ class TelegramResponder:
             await self.bot.delete_message(self.chat_id, int(ref.id))
             self._shown.pop(ref.id, None)
 
+    async def ask_approval(self, request: ApprovalRequest) -> MessageRef:
+        """The request as our HTML with Approve and Deny under it, in the chat and topic,
+        replying to the question in groups (as the answer does). A request too long for one
+        message is cut, as plain text."""
+        reply = None
+        if self.question is not None:
+            reply = ReplyParameters(self.question, allow_sending_without_reply=True)
+        buttons = keyboard(request.id)
+        sent_ids: list[int] = []
+
+        async def post(body: str, parse_mode: str | None) -> bool:
+            sent = await self.bot.send_message(
+                self.chat_id, body, parse_mode=parse_mode, message_thread_id=self.thread_id,
+                reply_parameters=reply, reply_markup=buttons,
+            )  # fmt: skip
+            sent_ids.append(int(sent.message_id))
+            return True
+
+        rendered = _form(request.text, final=True)
+        if telegram_measure(request.text) <= TELEGRAM_LIMIT:
+            await self._html_or_plain(post, rendered)
+        else:
+            await post(_cut_plain(visible_text(rendered), TELEGRAM_LIMIT), None)
+        return MessageRef(str(sent_ids[-1]), str(self.chat_id))
+
     async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
         return await fetch_file(self.bot, attachment, max_bytes)
 
@@ -203,6 +230,14 @@ class TelegramResponder:
                 log.warning("telegram: markup rejected (%s); sending plain text", exc.message)
         plain = visible_text(rendered)
         return plain if await call(plain, None) else None
+
+
+def _cut_plain(text: str, limit: int) -> str:
+    """At most `limit` UTF-16 units of `text`, ending with an ellipsis when cut."""
+    units = text.encode("utf-16-le")
+    if len(units) // 2 <= limit:
+        return text
+    return units[: (limit - 1) * 2].decode("utf-16-le", errors="ignore") + "…"
 
 
 def _form(text: str, final: bool) -> str:

@@ -8,6 +8,9 @@ handles), a reply to one of the bot's messages, or a command addressed to it. Fo
 A photo, document, voice note or audio file comes as `Message.attachments`, its caption as
 the text (a caption mentions or commands the bot as a text does). Without a caption it is
 addressed as a text would be: in a private chat, or as a reply to the bot in a group.
+
+A press of an approval button is a `callback_query` update: `to_decision` reads it into the
+core's `Decision` (adapters/telegram_approvals.py has the buttons).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass
 from telegram import Message as TgMessage
 from telegram import MessageEntity, Update
 
+from adapters.telegram_approvals import parse
 from adapters.telegram_media import attachments_of
-from core.model import Command, ContextKey, Message, User, parse_command
+from core.model import Command, ContextKey, Decision, Message, User, parse_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,20 @@ def to_message(
         attachments=attachments,
         private=private,
     )
+
+
+def to_decision(update: Update) -> Decision | None:
+    """The press in a `callback_query` update; None when the update is not a press of one
+    of our buttons. Whoever pressed is no admin here: the core
+    checks `platforms.telegram.admins` itself."""
+    query = update.callback_query
+    pressed = parse(query.data) if query is not None else None
+    if query is None or pressed is None:
+        return None
+    approval_id, approve = pressed
+    who = query.from_user
+    user = User(str(who.id), who.full_name or who.username or "", is_admin=False)
+    return Decision(approval_id, approve, user, "telegram")
 
 
 def _command(tg: TgMessage, text: str, bot: BotIdentity) -> Command | None:

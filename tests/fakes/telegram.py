@@ -13,6 +13,13 @@ a wrong token or path, `fail_download` for a failure). `sendPhoto`, `sendVoice`,
 `sendDocument` and `sendAudio` take a multipart upload under the field of their name (or
 `attach://<part>`, or a known file_id), record it in `uploads`, and answer with the Message
 Telegram sends back; a photo Pillow cannot read is refused as Telegram refuses it.
+
+Inline keyboards as the Bot API keeps them: `sendMessage` / `editMessageText` take a
+`reply_markup` (callback_data over 64 bytes refused), and an edit without one removes the
+buttons. `press(chat, message, button)` is a user tapping a button: a `callback_query` update
+(id, from, the bot's message with its keyboard, chat_instance, data), delivered only while
+`allowed_updates` (the last given to getUpdates or setWebhook) lets that type through.
+`answerCallbackQuery` is recorded in `answers` and refused a second time for one query.
 """
 
 from __future__ import annotations
@@ -42,6 +49,13 @@ MAX_DOWNLOAD = 20 * 1024 * 1024  # what getFile serves bots on the cloud Bot API
 UPLOAD_FIELDS = {"sendPhoto": "photo", "sendVoice": "voice", "sendDocument": "document",
                  "sendAudio": "audio"}  # fmt: skip
 FOLDERS = {"photo": "photos", "voice": "voice", "audio": "music", "document": "documents"}
+DATA_LIMIT = 64  # bytes of a button's callback_data
+ALERT_LIMIT = 200  # characters of an answerCallbackQuery text
+QUERY_GONE = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+UPDATE_KINDS = {"message", "edited_message", "channel_post", "edited_channel_post",
+                "business_message", "callback_query", "inline_query", "chosen_inline_result",
+                "shipping_query", "pre_checkout_query", "poll", "poll_answer", "my_chat_member",
+                "chat_member", "chat_join_request", "message_reaction"}  # fmt: skip
 HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",
              "blockquote", "tg-spoiler", "span", "tg-emoji"}  # fmt: skip
 
@@ -92,6 +106,15 @@ class Upload:
     parse_mode: str
     reply_to: int | None
     file_id: str
+
+
+@dataclass
+class CallbackAnswer:
+    """An answerCallbackQuery: what the presser's client showed (nothing, a toast, an alert)."""
+
+    query_id: str
+    text: str
+    show_alert: bool
 
 
 class _HtmlCheck(HTMLParser):
@@ -150,6 +173,12 @@ class FakeTelegram:
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
         self.messages: dict[tuple[int, int], str] = {}  # (chat, id) -> text as shown
+        # (chat, id) -> the message's topic and whether its text is HTML
+        self.shapes: dict[tuple[int, int], tuple[int | None, bool]] = {}
+        self.markups: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, id) -> its keyboard
+        self.answers: list[CallbackAnswer] = []  # answerCallbackQuery calls, in order
+        self.queries: dict[str, bool] = {}  # callback query id -> answered
+        self.allowed_updates: list[str] = []  # the last given; empty: all but a few
         self.files: dict[str, StoredFile] = {}  # file_id -> the file
         self.uploads: list[Upload] = []  # files the bot posted, in order
         self.downloads: list[str] = []  # file paths downloaded, in order
@@ -269,6 +298,43 @@ class FakeTelegram:
         update: dict[str, Any] = {"update_id": self.next_update_id(), "message": message}
         self.raw_update(update)
         return update
+
+    def buttons_of(self, chat_id: int, message_id: int) -> list[tuple[str, str]]:
+        """(text, callback_data) of every button the message shows now."""
+        markup = self.markups.get((chat_id, message_id), {})
+        return [(str(button["text"]), str(button.get("callback_data", "")))
+                for row in markup.get("inline_keyboard", []) for button in row]  # fmt: skip
+
+    def press(
+        self,
+        chat_id: int,
+        message_id: int,
+        button: str = "",
+        *,
+        data: str | None = None,
+        from_id: int = 42,
+        first_name: str = "Ann",
+    ) -> dict[str, Any]:
+        """A user taps `button` (its text) under the bot's message: queue the callback_query
+        update and return it (for webhook delivery too). `data` instead of a button is a tap
+        on a keyboard the client still shows but the message no longer has."""
+        if data is None:
+            found = [d for text, d in self.buttons_of(chat_id, message_id) if text == button]
+            assert found, f"no button {button!r} under message {message_id}"
+            data = found[0]
+        message = self._as_delivered(chat_id, message_id)
+        query_id = str(secrets.randbits(63))
+        self.queries[query_id] = False
+        query = {"id": query_id, "from": user(from_id, first_name), "message": message,
+                 "chat_instance": str(-abs(chat_id) * 7919), "data": data}  # fmt: skip
+        update: dict[str, Any] = {"update_id": self.next_update_id(), "callback_query": query}
+        self.raw_update(update)
+        return update
+
+    def answered(self, update: dict[str, Any]) -> CallbackAnswer | None:
+        """How the bot answered the press in `update` (None: not yet)."""
+        query_id = update["callback_query"]["id"]
+        return next((a for a in self.answers if a.query_id == query_id), None)
 
     def next_update_id(self) -> int:
         return next(self._update_ids)
@@ -399,6 +465,7 @@ class FakeTelegram:
                     "supports_inline_queries": False})  # fmt: skip
 
     async def _m_setWebhook(self, params: dict[str, Any]) -> web.Response:
+        self._allow(params)
         self.webhook_url = str(params.get("url", ""))
         self.webhook_secret = str(params.get("secret_token", ""))
         return _ok(True)
@@ -410,6 +477,7 @@ class FakeTelegram:
     async def _m_getUpdates(self, params: dict[str, Any]) -> web.Response:
         offset = int(params.get("offset", 0) or 0)
         timeout = float(params.get("timeout", 0) or 0)
+        self._allow(params)
         if offset:
             self.updates = [u for u in self.updates
                             if (number := _update_id(u)) is None or number >= offset]  # fmt: skip
@@ -417,32 +485,88 @@ class FakeTelegram:
             async with self._new_update:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._new_update.wait(), timeout)
+        # Telegram never delivers a type outside allowed_updates
+        self.updates = [u for u in self.updates if self._allowed(u)]
         served = list(self.updates[:100])
         self.updates = [u for u in self.updates if not (_update_id(u) is None and u in served)]
         return _ok(served)
 
+    def _allow(self, params: dict[str, Any]) -> None:
+        """Telegram keeps the last `allowed_updates` given ("if not specified, the previous
+        setting will be used")."""
+        given = params.get("allowed_updates")
+        if isinstance(given, list):
+            self.allowed_updates = [str(kind) for kind in given]
+
+    def _allowed(self, entry: Any) -> bool:
+        kinds = [k for k in entry if k in UPDATE_KINDS] if isinstance(entry, dict) else []
+        return not kinds or not self.allowed_updates or kinds[0] in self.allowed_updates
+
     async def _m_sendMessage(self, params: dict[str, Any]) -> web.Response:
         chat_id, text = int(params["chat_id"]), str(params.get("text", ""))
-        problem = self._text_problem(text, params)
+        problem = self._text_problem(text, params) or _markup_problem(params)
         if problem:
             return _error(400, problem)
         message_id = next(self._message_ids)
         self.messages[(chat_id, message_id)] = text
+        self._keep(chat_id, message_id, params)
         self.screen.posted(str(chat_id), (chat_id, message_id))
         return _ok(_message(chat_id, message_id, text, params))
+
+    def _keep(self, chat_id: int, message_id: int, params: dict[str, Any]) -> None:
+        """What a callback query's `message` needs later (the topic, HTML or not), and the
+        keyboard: an edit without `reply_markup` removes it."""
+        key = (chat_id, message_id)
+        thread = params.get("message_thread_id")
+        topic = self.shapes[key][0] if key in self.shapes else int(thread) if thread else None
+        self.shapes[key] = (topic, str(params.get("parse_mode", "")).upper() == "HTML")
+        markup = params.get("reply_markup")
+        if isinstance(markup, dict):
+            self.markups[key] = markup
+        else:
+            self.markups.pop(key, None)
+
+    def _as_delivered(self, chat_id: int, message_id: int) -> dict[str, Any]:
+        """The bot's message as a callback query carries it: the text as shown, the topic,
+        the keyboard."""
+        topic, html = self.shapes[(chat_id, message_id)]
+        text = _shown(self.messages[(chat_id, message_id)], html)
+        shape = {
+            "message_thread_id": topic,
+            "reply_markup": self.markups.get((chat_id, message_id)),
+        }
+        message = _message(chat_id, message_id, text, shape)
+        if topic is not None:
+            message["is_topic_message"] = True
+        return message
+
+    async def _m_answerCallbackQuery(self, params: dict[str, Any]) -> web.Response:
+        query_id = str(params.get("callback_query_id", ""))
+        if self.queries.get(query_id, True):  # unknown, or answered already
+            return _error(400, QUERY_GONE)
+        text = str(params.get("text", "") or "")
+        if len(text) > ALERT_LIMIT:
+            return _error(400, "Bad Request: MESSAGE_TOO_LONG")
+        self.queries[query_id] = True
+        alert = params.get("show_alert") in (True, "true", "True")
+        self.answers.append(CallbackAnswer(query_id, text, alert))
+        return _ok(True)
 
     async def _m_editMessageText(self, params: dict[str, Any]) -> web.Response:
         chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
         text = str(params.get("text", ""))
         if (chat_id, message_id) not in self.messages:
             return _error(400, "Bad Request: message to edit not found")
-        if self.messages[(chat_id, message_id)] == text:
+        markup = params.get("reply_markup") or None
+        if (self.messages[(chat_id, message_id)] == text
+                and self.markups.get((chat_id, message_id)) == markup):  # fmt: skip
             return _error(400, "Bad Request: message is not modified: specified new message "
                                "content and reply markup are exactly the same")  # fmt: skip
-        problem = self._text_problem(text, params)
+        problem = self._text_problem(text, params) or _markup_problem(params)
         if problem:
             return _error(400, problem)
         self.messages[(chat_id, message_id)] = text
+        self._keep(chat_id, message_id, params)
         self.screen.changed(str(chat_id))
         return _ok(_message(chat_id, message_id, text, params))
 
@@ -486,6 +610,18 @@ async def _parts(request: web.Request) -> dict[str, Part]:
         for key, value in form.items()
         if isinstance(value, web.FileField)
     }
+
+
+def _markup_problem(params: dict[str, Any]) -> str:
+    """An inline keyboard Telegram refuses: a button's callback_data empty or over 64 bytes."""
+    markup = params.get("reply_markup")
+    rows = markup.get("inline_keyboard", []) if isinstance(markup, dict) else []
+    for row in rows:
+        for button in row:
+            data = button.get("callback_data")
+            if data is not None and not 1 <= len(str(data).encode()) <= DATA_LIMIT:
+                return "Bad Request: BUTTON_DATA_INVALID"
+    return ""
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
@@ -618,6 +754,8 @@ def _message(chat_id: int, message_id: int, text: str, params: dict[str, Any]) -
     }
     if params.get("message_thread_id"):
         message["message_thread_id"] = int(params["message_thread_id"])
+    if isinstance(params.get("reply_markup"), dict):
+        message["reply_markup"] = params["reply_markup"]
     return message
 
 
