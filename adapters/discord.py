@@ -28,12 +28,12 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.base import AdapterStartError
-from adapters.discord_approvals import UNHANDLED, ButtonReply, decision_of, parse
+from adapters.discord_approvals import NO_PINGS, UNHANDLED, ButtonReply, decision_of, parse
 from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
 from adapters.discord_media import make_fetcher
 from adapters.discord_responders import LIMIT as LIMIT
-from adapters.discord_responders import NO_PINGS, ChannelResponder, InteractionResponder
+from adapters.discord_responders import ChannelResponder, InteractionResponder
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
 from core.model import Command, Message, User

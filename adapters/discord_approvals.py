@@ -21,7 +21,7 @@ LIMIT = 2000
 CUSTOM_ID_LIMIT = 100  # Discord refuses a longer custom_id
 PREFIX = "approval"
 PATTERN = re.compile(rf"{PREFIX}:(?P<id>[A-Za-z0-9_-]+):(?P<choice>yes|no)")
-NO_PINGS = discord.AllowedMentions.none()
+NO_PINGS = discord.AllowedMentions.none()  # every message the bot sends: nobody is pinged
 UNHANDLED = "Approvals are not taken here right now; please ask again later."
 
 

@@ -16,22 +16,11 @@ import mimetypes
 import discord
 
 from adapters.file_fetch import FileFetcher, host_of
+from core.media.kinds import kind_of as media_kind
 from core.model import Attachment, MediaKind, OutgoingFile
 
 CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 CAPTION_LIMIT = 2000  # a caption is the message's content
-
-DOCUMENT_TYPES = frozenset({
-    "application/pdf", "application/json", "application/xml", "application/x-yaml",
-    "application/yaml", "application/javascript", "application/x-sh", "application/sql",
-    "application/toml", "application/x-python", "application/x-httpd-php",
-})  # fmt: skip
-SOURCE_SUFFIXES = frozenset({
-    ".py", ".js", ".ts", ".tsx", ".jsx", ".go", ".rs", ".java", ".kt", ".c", ".h", ".cc",
-    ".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".scala", ".sh", ".sql", ".md", ".rst",
-    ".txt", ".csv", ".json", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".xml", ".html",
-    ".css", ".log",
-})  # fmt: skip
 
 
 def make_fetcher(api_url: str | None) -> FileFetcher:
@@ -49,18 +38,7 @@ def mime_of(content_type: str, filename: str) -> str:
 def kind_of(mime: str, filename: str, *, voice: bool = False) -> MediaKind:
     """What the core makes of a file, from its type and name: a voice message is audio
     whatever its type; source code and data files are documents."""
-    if voice:
-        return MediaKind.AUDIO
-    suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-    if mime.startswith("image/"):
-        return MediaKind.IMAGE
-    if mime.startswith("audio/"):
-        return MediaKind.AUDIO
-    if mime.startswith("text/") or mime in DOCUMENT_TYPES or suffix in SOURCE_SUFFIXES:
-        return MediaKind.DOCUMENT
-    if mime.endswith(("+json", "+xml")):
-        return MediaKind.DOCUMENT
-    return MediaKind.OTHER
+    return MediaKind.AUDIO if voice else media_kind(mime, filename)
 
 
 def attachments_of(msg: discord.Message) -> tuple[Attachment, ...]:

@@ -13,13 +13,12 @@ from typing import Any
 
 import discord
 
-from adapters.discord_approvals import approval_view, fit
+from adapters.discord_approvals import NO_PINGS, approval_view, fit
 from adapters.discord_media import caption_of, to_discord_file
 from adapters.file_fetch import FileFetcher
 from core.model import ApprovalRequest, Attachment, MessageRef, OutgoingFile
 
 LIMIT = 2000
-NO_PINGS = discord.AllowedMentions.none()
 
 
 class ChannelResponder:

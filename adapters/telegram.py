@@ -79,6 +79,8 @@ COMMANDS = [
     BotCommand("reset", "Forget this conversation"),
     BotCommand("persona", "Show or change the persona"),
     BotCommand("model", "Show or change the model"),
+    BotCommand("image", "Draw a picture"),
+    BotCommand("voice", "Spoken answers: on or off"),
     BotCommand("help", "What I can do"),
     BotCommand("start", "Say hello"),
 ]

@@ -9,7 +9,6 @@ server serves them too. https://core.telegram.org/bots/api#getfile
 from __future__ import annotations
 
 import mimetypes
-from pathlib import PurePosixPath
 from typing import Any, Final
 
 from telegram import Message as TgMessage
@@ -18,45 +17,16 @@ from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from adapters.file_fetch import too_large
 from adapters.telegram_format import to_telegram_html, utf16_len, visible_text
 from adapters.telegram_http import ResponseTooLarge
+from core.media.kinds import kind_of
 from core.model import Attachment, MediaKind, OutgoingFile
 from core.protocols import FetchError
 
 CAPTION_LIMIT: Final = 1024  # UTF-16 units after entity parsing (sendPhoto, sendDocument…)
-DOCUMENT_TYPES: Final = frozenset({
-    "application/pdf", "application/json", "application/xml", "application/x-yaml",
-    "application/yaml", "application/toml", "application/javascript", "application/x-sh",
-    "application/x-python", "application/x-python-code", "application/sql", "application/csv",
-    "application/x-ndjson", "application/x-httpd-php", "application/typescript",
-})  # fmt: skip
-DOCUMENT_SUFFIXES: Final = frozenset({
-    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".yaml", ".yml", ".toml", ".ini",
-    ".cfg", ".xml", ".html", ".css", ".sql", ".log", ".py", ".js", ".mjs", ".ts", ".tsx",
-    ".jsx", ".go", ".rs", ".java", ".kt", ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".rb",
-    ".php", ".swift", ".sh", ".bash", ".zsh", ".ps1", ".lua", ".r", ".scala", ".pl", ".hs",
-    ".ex", ".exs", ".erl", ".clj", ".dart", ".vue", ".svelte", ".tex", ".pdf",
-})  # fmt: skip
 # What Telegram shows as a photo or plays as a voice note; anything else goes as a document.
 # https://core.telegram.org/bots/api#sendphoto, https://core.telegram.org/bots/api#sendvoice
 PHOTO_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/webp"})
 VOICE_TYPES: Final = frozenset({"audio/ogg", "audio/opus", "audio/mpeg", "audio/mp4",
                                 "audio/x-m4a", "audio/m4a"})  # fmt: skip
-
-
-def kind_of(mime_type: str, name: str = "") -> MediaKind:
-    """The platform's type read as a `MediaKind`: image/* and audio/* by their type, text,
-    PDF, JSON, CSV and source code as documents (by the file's suffix when Telegram only
-    says application/octet-stream), anything else OTHER."""
-    mime = mime_type.split(";", 1)[0].strip().lower()
-    if mime.startswith("image/"):
-        return MediaKind.IMAGE
-    if mime.startswith("audio/"):
-        return MediaKind.AUDIO
-    if mime.startswith("text/") or mime in DOCUMENT_TYPES or mime.endswith(("+json", "+xml")):
-        return MediaKind.DOCUMENT
-    unnamed = mime in ("", "application/octet-stream")
-    if unnamed and PurePosixPath(name.lower()).suffix in DOCUMENT_SUFFIXES:
-        return MediaKind.DOCUMENT
-    return MediaKind.OTHER
 
 
 def attachments_of(tg: TgMessage) -> tuple[Attachment, ...]:

@@ -66,6 +66,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
                 webhook_url=secrets.telegram_webhook_url,
                 webhook_secret=_reveal(secrets.telegram_webhook_secret),
                 on_intake_restart=core.metrics.intake_restart,
+                on_decision=core.chat.decide,
             )
         )
     # --- discord ---
@@ -81,6 +82,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
                 api_url=secrets.discord_api_url,
                 gateway_url=secrets.discord_gateway_url,
                 on_intake_restart=core.metrics.intake_restart,
+                on_decision=core.chat.decide,
             )
         )
     # --- web ---

@@ -157,8 +157,9 @@ async def test_forum_topics_are_separate_conversations(bot: TelegramBot, fake_op
 
 async def test_commands_registered_and_answered(bot: TelegramBot, fake_openai: FakeOpenAI):
     registered = bot.tg.calls_of("setMyCommands")[0].params["commands"]
-    assert {c["command"] for c in registered} == {"ask", "reset", "persona", "model", "help",
-                                                  "start"}  # fmt: skip
+    assert {c["command"] for c in registered} == {
+        "ask", "reset", "persona", "model", "image", "voice", "help", "start"
+    }  # fmt: skip
     await bot.deliver(text_message("/start", chat_id=42))
     await wait_for(lambda: len(bot.finals(42)) == 1)
     assert "Hi! I'm a chat bot" in bot.finals(42)[0]
