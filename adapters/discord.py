@@ -157,7 +157,9 @@ class DiscordAdapter:
             self.on_intake_restart(self.name)
 
     async def close(self) -> None:
-        for task in list(self._decisions):  # a decision still running when the bot stops
+        if self._decisions:  # a press's approval is already taken: its answer gets the grace
+            await asyncio.wait(set(self._decisions), timeout=self.settings.server.shutdown_grace)
+        for task in list(self._decisions):
             task.cancel()
         await asyncio.gather(*self._decisions, return_exceptions=True)
         intake, self._intake = self._intake, None

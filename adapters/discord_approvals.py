@@ -79,12 +79,11 @@ def fit(text: str, limit: int = LIMIT) -> str:
 def decision_of(
     interaction: discord.Interaction, approval_id: str, approve: bool, admins: Collection[str]
 ) -> Decision:
-    """The core's `Decision` for a press. An admin is one listed in the config, or one whose
-    permissions Discord resolved for the interaction include Administrator (the member's
-    `permissions` in the payload; empty in a DM)."""
+    """The core's `Decision` for a press. An admin is one listed in `platforms.discord.admins`,
+    as for messages: a server's Administrators are not the bot's admins."""
     user = interaction.user
     user_id = str(user.id)
-    is_admin = user_id in admins or interaction.permissions.administrator
+    is_admin = user_id in admins  # as for messages: the bot's admins, not the server's
     person = User(user_id, user.display_name, is_admin=is_admin)
     return Decision(approval_id, approve, person, "discord")
 

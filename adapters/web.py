@@ -350,6 +350,10 @@ class WebAdapter:
                 transport.abort()
 
     async def close(self) -> None:
+        """Answers and presses still running get `server.shutdown_grace` seconds (a press's
+        approval is already taken: cut, its answer would be lost), then are cancelled."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.settings.server.shutdown_grace)
         for task in list(self._tasks):
             task.cancel()
 
@@ -358,9 +362,10 @@ class WebAdapter:
 
     def responder_for(self, message: Message) -> WebResponder:
         """After a crash: answered into the history (the client reads it back there); the
-        uploads died with the process, so `fetch` says so. (A press's continued answer goes
-        to the press's own response instead: `_decide`.)"""
-        return self._responder(None)
+        uploads died with the process, so `fetch` says so; no approval can be asked (nobody
+        would see its buttons). (A press's continued answer goes to the press's own response
+        instead: `_decide`.)"""
+        return WebResponder(None, self.edit_interval)
 
     def _responder(
         self, sink: Sink | None, uploads: Mapping[str, bytes] | None = None, *, keep: bool = False
@@ -519,7 +524,7 @@ class WebAdapter:
         approval_id = request.match_info["aid"]
         if len(approval_id) > MAX_ID:
             raise web.HTTPBadRequest(reason=f"an approval id has at most {MAX_ID} characters")
-        approve = _approve_field(await self._json_body(request))
+        approve = _approve_field(await self._json_body(request, files=False))
         if self.on_decision is None:
             return _error(404, "approvals are not enabled here")
         if not self._open:
@@ -729,9 +734,10 @@ class WebAdapter:
             return Uploads()
         return await asyncio.to_thread(_read_attachments, body["attachments"], self.max_bytes)
 
-    async def _json_body(self, request: web.Request) -> Any:
-        """The body as JSON: `max_body` bytes, and beside them the attached files' data."""
-        limit = self.body_limit
+    async def _json_body(self, request: web.Request, *, files: bool = True) -> Any:
+        """The body as JSON: `max_body` bytes, and beside them the attached files' data
+        (`files`: a message may carry some; a press may not)."""
+        limit = self.body_limit if files else self.web.max_body
         declared = request.content_length or 0
         if declared > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)

@@ -172,16 +172,22 @@ async def test_someone_else_is_told_it_is_not_theirs_and_nothing_runs(
     assert NOT_YOURS not in discord.texts_in(CHANNEL)  # only bob saw it
 
 
-async def test_an_administrator_may_deny_and_the_model_is_told(
-    bot: Bot, discord: FakeDiscord, fake_openai: FakeOpenAI
+async def test_the_bots_admin_may_deny_and_the_model_is_told_not_a_server_administrator(
+    discord: FakeDiscord, fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
 ) -> None:
-    _, request = await ask_for_sum(discord, fake_openai)
-    fake_openai.push(Reply(text="Denied, so no sum."))
-    await discord.press(request, "Deny", user=BOB, admin=True)
-    await wait_for(lambda: discord.texts_in(CHANNEL)[-1:] == ["Denied, so no sum."])
-    settled = "❌ Denied by bob: `calculator` was not run."
-    assert discord.messages[request]["content"] == settled and discord.buttons(request) == []
-    assert told_to_model(fake_openai) == {"error": "not run: the user denied it"}
+    settings = approving_discord(key_prefix, tmp_path, admins=[BOB["id"]])
+    async with running(discord, settings, redis, fake_openai):
+        _, request = await ask_for_sum(discord, fake_openai)
+        carol = human("930000000000000003", "carol")
+        await discord.press(request, "Deny", user=carol, admin=True)  # a server Administrator
+        await wait_for(lambda: len(discord.ephemerals) == 1)
+        assert discord.buttons(request) != []  # not the bot's admin: nothing decided
+        fake_openai.push(Reply(text="Denied, so no sum."))
+        await discord.press(request, "Deny", user=BOB)
+        await wait_for(lambda: discord.texts_in(CHANNEL)[-1:] == ["Denied, so no sum."])
+        settled = "❌ Denied by bob: `calculator` was not run."
+        assert discord.messages[request]["content"] == settled and discord.buttons(request) == []
+        assert told_to_model(fake_openai) == {"error": "not run: the user denied it"}
 
 
 async def test_a_double_press_continues_once(
