@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import discord as discord_py
 import pytest
 from redis.asyncio import Redis
 
@@ -69,7 +70,7 @@ def record(app: BotApp) -> list[str]:
 
 async def test_one_process_with_both_shards_answers_in_guilds_of_both(
     discord: FakeDiscord, fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
-):
+) -> None:
     other = discord.add_guild(guild_on_shard(1, 2))
     settings = _settings(key_prefix, tmp_path, shard_count=2, shard_ids=[0, 1])
     app = await _start(discord, fake_openai, redis, settings)
@@ -86,7 +87,7 @@ async def test_one_process_with_both_shards_answers_in_guilds_of_both(
 
 async def test_two_processes_split_the_shards_and_answer_each_message_once(
     discord: FakeDiscord, fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
-):
+) -> None:
     other = discord.add_guild(guild_on_shard(1, 2))
     first = await _start(discord, fake_openai, redis, _shard(key_prefix, tmp_path, 0))
     second = await _start(discord, fake_openai, redis, _shard(key_prefix, tmp_path, 1))
@@ -113,13 +114,13 @@ async def test_two_processes_split_the_shards_and_answer_each_message_once(
 
 async def test_readiness_waits_for_every_shard_of_the_process(
     discord: FakeDiscord, fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
-):
+) -> None:
     settings = _settings(key_prefix, tmp_path, shard_count=2, shard_ids=[1])
     app = await _start(discord, fake_openai, redis, settings)
     try:
         adapter = adapter_of(app)
         assert adapter.ready()
-        assert adapter.client is not None
+        assert isinstance(adapter.client, discord_py.AutoShardedClient)
         await adapter.client.shards[1].disconnect()  # the shard's connection is gone
         assert not adapter.ready()
     finally:
@@ -137,7 +138,7 @@ async def test_readiness_waits_for_every_shard_of_the_process(
 )
 def test_bad_shard_settings_name_the_key(
     env: dict[str, str], error: str, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as raised:
@@ -147,7 +148,7 @@ def test_bad_shard_settings_name_the_key(
     assert error in str(raised.value)
 
 
-async def test_chatbot_run_refuses_a_shard_id_outside_the_count(tmp_path: Path):
+async def test_chatbot_run_refuses_a_shard_id_outside_the_count(tmp_path: Path) -> None:
     env = bot_process_env(**{COUNT_ENV: "2", SHARD_ENV: "[2]"}, DISCORD_BOT_TOKEN="x")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bots", "run", stdout=asyncio.subprocess.PIPE,
