@@ -127,6 +127,23 @@ async def test_readiness_waits_for_every_shard_of_the_process(
         await app.stop()
 
 
+async def test_a_broken_frame_on_a_shard_restarts_the_sharded_client(
+    discord: FakeDiscord, fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    """discord.py closes the whole `AutoShardedClient` on a frame it cannot read; the
+    supervisor's next run builds a new client, and the shard answers again."""
+    app = await _start(discord, fake_openai, redis, _shard(key_prefix, tmp_path, 0))
+    try:
+        adapter = adapter_of(app)
+        before = adapter.client
+        await discord.send_raw("{not json")
+        await wait_for(lambda: adapter.client is not before and adapter.ready(), timeout=15)
+        await discord.user_says(f"<@{BOT_ID}> still there?", mention_bot=True)
+        await wait_for(lambda: discord.texts_in(CHANNEL) == ["echo: still there?"])
+    finally:
+        await app.stop()
+
+
 @pytest.mark.parametrize(
     ("env", "error"),
     [
