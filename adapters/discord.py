@@ -7,6 +7,8 @@ minutes, so a longer answer continues as normal channel messages. Files go the s
 ways: a reply in the channel, or the interaction's follow-up (discord_responders.py), and so
 do approval requests, whose Approve and Deny presses come back as component interactions
 (`on_interaction`, discord_approvals.py).
+With `platforms.discord.shard_count` set the client is discord.py's `AutoShardedClient`
+over this process's `shard_ids` (discord_shards.py), so several processes split the guilds.
 `DISCORD_API_URL` and `DISCORD_GATEWAY_URL` set discord.py's documented base URLs
 (`Route.BASE`, `DiscordWebSocket.DEFAULT_GATEWAY`) for proxies and tests.
 """
@@ -34,6 +36,7 @@ from adapters.discord_events import conversation_key, to_message
 from adapters.discord_media import make_fetcher
 from adapters.discord_responders import LIMIT as LIMIT
 from adapters.discord_responders import ChannelResponder, InteractionResponder
+from adapters.discord_shards import check_shard_count, describe, make_client, shards_up
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
 from core.model import Command, Message, User
@@ -87,19 +90,23 @@ class DiscordAdapter:
         if self.gateway_url:
             DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
 
-    async def start(self) -> None:
-        self._configure_endpoints()
+    def _build_client(self) -> discord.Client:
         intents = discord.Intents.none()
         intents.guilds = True
         intents.guild_messages = True
         intents.dm_messages = True
         intents.message_content = self.platform.message_content
-        client = discord.Client(intents=intents, allowed_mentions=NO_PINGS)
+        client = make_client(self.platform, intents, allowed_mentions=NO_PINGS)
         self.client = client
         self.tree = CheckedTree(client)  # every interaction answered, an apology at least
         self._register_commands(self.tree)
         client.event(self.on_message)
         client.event(self.on_interaction)
+        return client
+
+    async def start(self) -> None:
+        self._configure_endpoints()
+        client = self._build_client()
         try:
             await client.login(self.token)
         except discord.LoginFailure:
@@ -112,7 +119,9 @@ class DiscordAdapter:
             raise AdapterStartError(
                 f"Discord is unreachable at start ({type(exc).__name__})"
             ) from None
+        assert self.tree is not None
         await self._sync_commands(self.tree)
+        await check_shard_count(client, self.platform)
         self._intake = Supervisor("discord", self._gateway, on_restart=self._restarted)
         self._intake.start()
         ready = asyncio.create_task(client.wait_until_ready())
@@ -124,7 +133,7 @@ class DiscordAdapter:
         if ready not in done:
             await self.close()
             raise AdapterStartError("Discord gateway did not become ready")
-        log.info("discord: connected as %s", client.user)
+        log.info("discord: connected as %s%s", client.user, describe(self.platform))
 
     async def _sync_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
         if self.platform.guild_ids:
@@ -141,9 +150,14 @@ class DiscordAdapter:
     async def _gateway(self) -> None:
         """One run of discord.py's connect loop, which resumes by itself after network errors
         but raises out on a frame it cannot read (not JSON, an event missing its fields),
-        leaving that socket open: it is closed here so the supervisor's next run starts clean."""
+        leaving that socket open: it is closed here so the supervisor's next run starts clean.
+        The sharded client instead closes itself whole on such a frame (`EventType.terminate`
+        in discord.py's shard.py), so the next run builds a new one and logs it in again."""
         client = self.client
         assert client is not None
+        if client.is_closed():  # a sharded client that discord.py closed
+            client = self._build_client()
+            await client.login(self.token)
         try:
             await client.connect(reconnect=True)
         except Exception:
@@ -171,10 +185,12 @@ class DiscordAdapter:
         await self.fetcher.close()
 
     def ready(self) -> bool:
-        """Connected, and the gateway loop running (not waiting to restart)."""
+        """Connected (every shard of this process, when sharded), and the gateway loop
+        running (not waiting to restart)."""
         return (
             self.client is not None
             and self.client.is_ready()
+            and shards_up(self.client, self.platform)
             and self._intake is not None
             and self._intake.running
         )

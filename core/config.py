@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -232,6 +233,36 @@ class DiscordSettings(PlatformSettings):
     interaction_expiry: float = Field(
         14 * 60, gt=0, description="seconds before an interaction's answer moves to the channel"
     )
+    shard_count: int | None = Field(
+        None, ge=1, description="gateway shards of the whole bot (None: one connection, unsharded)"
+    )
+    shard_ids: list[int] | None = Field(
+        None, description="the shards this process runs (None: all of shard_count)"
+    )
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards_of_count(cls, ids: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        """Each id in 0..shard_count-1, once: discord.py would otherwise identify as a shard
+        Discord refuses (close code 4010) only after connecting."""
+        if ids is None:
+            return None
+        if "shard_count" not in info.data:
+            return ids  # shard_count itself is invalid; that error is reported
+        count = info.data["shard_count"]
+        if count is None:
+            raise ValueError("needs shard_count (the total number of shards) to be set too")
+        if not ids:
+            raise ValueError("must name at least one shard (or be unset: all of shard_count)")
+        wrong = [i for i in ids if not 0 <= i < count]
+        if wrong:
+            raise ValueError(
+                f"shard id {wrong[0]} is out of range: with shard_count {count} "
+                f"the ids are 0..{count - 1}"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValueError("names a shard more than once")
+        return ids
 
 
 class ConsoleSettings(PlatformSettings):

@@ -17,6 +17,12 @@ interaction", again is "already acknowledged"); its `@original` is the pressed m
 ephemeral answers (flag 64, in the callback or a follow-up) go to `ephemerals`, seen by the
 presser alone, not to the channel.
 Every REST and CDN call is recorded; `fail()` injects 5xx or 429 answers.
+Sharding: `FakeDiscord(shard_count=N)` answers GET /gateway/bot with `shards: N`; a connection
+that IDENTIFYs with `shard: [id, count]` is that shard (`connections` records which), gets a
+READY naming only its guilds and a GUILD_CREATE for each of them, and receives the events of
+the guilds with `(guild_id >> 22) % count == id`, DMs only on shard 0, as Discord routes them
+(https://discord.com/developers/docs/events/gateway#sharding). An id outside 0..count-1 is
+closed with 4010 (Invalid shard). `add_guild()` and `guild_on_shard()` make guilds to route.
 """
 
 from __future__ import annotations
@@ -70,9 +76,39 @@ def human(user_id: str = USER_ID, name: str = "ann") -> dict[str, Any]:
             "avatar": None}  # fmt: skip
 
 
-def text_channel(channel_id: str = CHANNEL) -> dict[str, Any]:
-    return {"id": channel_id, "type": 0, "guild_id": GUILD, "name": "general", "position": 0,
+def text_channel(channel_id: str = CHANNEL, guild_id: str = GUILD) -> dict[str, Any]:
+    return {"id": channel_id, "type": 0, "guild_id": guild_id, "name": "general", "position": 0,
             "permission_overwrites": [], "nsfw": False, "parent_id": None}  # fmt: skip
+
+
+def shard_of(guild_id: str | int, shard_count: int) -> int:
+    """The shard Discord sends a guild's events to."""
+    return (int(guild_id) >> 22) % shard_count
+
+
+def guild_on_shard(shard_id: int, shard_count: int, n: int = 0) -> str:
+    """The `n`-th made-up guild id whose events go to `shard_id` of `shard_count`."""
+    return str(((1_000_000_000 + shard_id + n * shard_count) << 22) | 1)
+
+
+@dataclass
+class Connection:
+    """One gateway connection: the shard it identified as (`(id, count)`; None: not yet,
+    `(0, 1)`: unsharded)."""
+
+    socket: web.WebSocketResponse
+    shard: tuple[int, int] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.shard is not None and not self.socket.closed
+
+    def takes(self, guild_id: str | None) -> bool:
+        """Whether Discord would send this connection the events of `guild_id` (None: a DM)."""
+        if self.shard is None:
+            return False
+        shard_id, count = self.shard
+        return shard_id == (0 if guild_id is None else shard_of(guild_id, count))
 
 
 @dataclass
@@ -128,7 +164,10 @@ def _now() -> str:
 class FakeDiscord:
     """`async with FakeDiscord() as discord:`; `api_url` and `gateway_url` go to the bot."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shard_count: int = 1) -> None:
+        self.shard_count = shard_count  # what GET /gateway/bot recommends
+        self.guilds: dict[str, list[str]] = {GUILD: [CHANNEL]}  # guild id -> its text channels
+        self.connections: list[Connection] = []
         self.calls: list[Call] = []
         self.messages: dict[str, dict[str, Any]] = {}  # id -> message as stored
         self.screen = Screen()
@@ -185,19 +224,42 @@ class FakeDiscord:
         """Current text of every message the bot has in a channel, in order."""
         return [self.messages[str(key)]["content"] for key in self.screen.keys(channel_id)]
 
+    def add_guild(self, guild_id: str, channel_id: str | None = None) -> str:
+        """A guild the bot is in, with one text channel (returned); shards that identify
+        afterwards get it in their READY."""
+        channel = channel_id or snowflake()
+        self.guilds.setdefault(guild_id, []).append(channel)
+        return channel
+
+    def shards(self) -> list[tuple[int, int]]:
+        """The shards identified on connections still open, in the order they identified."""
+        return [c.shard for c in self.connections if c.open and c.shard is not None]
+
     async def send_raw(self, text: str) -> None:
         """Any text frame on the gateway, as a broken proxy might send."""
         await self._sockets[-1].send_str(text)
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """An event on the connection Discord would pick: the shard of `data["guild_id"]`
+        (shard 0 without one: DMs). Without any sharded connection, the newest socket."""
         payload = {"op": 0, "t": event, "s": next(self._sequence) + 2, "d": data}
-        await self._sockets[-1].send_str(json.dumps(payload))
+        await self._socket_for(data.get("guild_id")).send_str(json.dumps(payload))
+
+    def _socket_for(self, guild_id: str | None) -> web.WebSocketResponse:
+        for connection in reversed(self.connections):
+            if connection.open and connection.takes(guild_id):
+                return connection.socket
+        if any(c.shard is not None and c.shard[1] > 1 for c in self.connections):
+            raise LookupError(f"no open shard takes the events of guild {guild_id}")
+        return self._sockets[-1]
 
     async def user_says(self, content: str, *, channel_id: str = CHANNEL, guild: bool = True,
+                        guild_id: str | None = None,
                         mention_bot: bool = False, author: dict[str, Any] | None = None,
                         attachments: list[dict[str, Any]] | None = None, flags: int = 0
                         ) -> dict[str, Any]:  # fmt: skip
-        """A MESSAGE_CREATE from a user."""
+        """A MESSAGE_CREATE from a user; in a guild (`guild_id`, else the guild that has
+        `channel_id`, else GUILD) unless `guild` is False (a DM)."""
         author = author or human()
         message: dict[str, Any] = {
             "id": snowflake(), "channel_id": channel_id, "author": author, "content": content,
@@ -207,11 +269,14 @@ class FakeDiscord:
             "pinned": False, "type": 0, "flags": flags,
         }  # fmt: skip
         if guild:
-            message["guild_id"] = GUILD
+            message["guild_id"] = guild_id or self._guild_having(channel_id)
             message["member"] = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False,
                                  "flags": 0}  # fmt: skip
         await self.dispatch("MESSAGE_CREATE", message)
         return message
+
+    def _guild_having(self, channel_id: str) -> str:
+        return next((g for g, chans in self.guilds.items() if channel_id in chans), GUILD)
 
     def attachment(
         self,
@@ -313,6 +378,8 @@ class FakeDiscord:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         self._sockets.append(socket)
+        connection = Connection(socket)
+        self.connections.append(connection)
         await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
         async for frame in socket:
             if frame.type != WSMsgType.TEXT:
@@ -324,33 +391,50 @@ class FakeDiscord:
                 if payload["d"].get("token") != TOKEN:
                     await socket.close(code=4004, message=b"Authentication failed")
                     break
+                shard_id, count = payload["d"].get("shard") or (0, 1)
+                if not 0 <= shard_id < count:
+                    await socket.close(code=4010, message=b"Invalid shard")
+                    break
+                connection.shard = (shard_id, count)
                 # READY may be held back (`ready_gate`): the loop keeps reading meanwhile, so a
                 # client that gives up and closes gets its close answered, not a hang.
-                task = asyncio.create_task(self._ready(socket))
+                task = asyncio.create_task(self._ready(connection))
                 self._readying.add(task)
                 task.add_done_callback(self._readying.discard)
         return socket
 
-    async def _ready(self, socket: web.WebSocketResponse) -> None:
+    async def _ready(self, connection: Connection) -> None:
+        """READY naming the shard's guilds (unavailable, as Discord sends them), then one
+        GUILD_CREATE per guild."""
         await self.ready_gate.wait()
-        ready = {"v": 10, "user": bot_user(), "guilds": [{"id": GUILD, "unavailable": True}],
-                 "session_id": "session-1", "resume_gateway_url": self.gateway_url,
+        socket, shard = connection.socket, connection.shard or (0, 1)
+        mine = [g for g in self.guilds if connection.takes(g)]
+        ready = {"v": 10, "user": bot_user(),
+                 "guilds": [{"id": g, "unavailable": True} for g in mine],
+                 "session_id": f"session-{shard[0]}", "resume_gateway_url": self.gateway_url,
                  "application": {"id": APP_ID, "flags": 0}, "private_channels": [],
                  "relationships": [], "user_settings": {}}  # fmt: skip
+        if shard != (0, 1):
+            ready["shard"] = list(shard)
         await socket.send_str(json.dumps({"op": 0, "t": "READY", "s": 1, "d": ready}))
-        guild = {"id": GUILD, "name": "Test guild", "owner_id": USER_ID, "icon": None,
-                 "roles": [{"id": GUILD, "name": "@everyone", "permissions": "2147483647",
-                            "position": 0, "color": 0, "hoist": False, "managed": False,
-                            "mentionable": False}],
-                 "channels": [text_channel()], "threads": [], "members": [], "emojis": [],
-                 "stickers": [], "features": [], "member_count": 2, "large": False,
-                 "presences": [], "voice_states": [], "stage_instances": [],
-                 "guild_scheduled_events": [], "verification_level": 0,
-                 "default_message_notifications": 0, "explicit_content_filter": 0,
-                 "mfa_level": 0, "premium_tier": 0, "preferred_locale": "en-US",
-                 "nsfw_level": 0, "unavailable": False, "joined_at": _now()}  # fmt: skip
-        await socket.send_str(json.dumps({"op": 0, "t": "GUILD_CREATE", "s": 2, "d": guild}))
+        for sequence, guild_id in enumerate(mine, start=2):
+            await socket.send_str(json.dumps({"op": 0, "t": "GUILD_CREATE", "s": sequence,
+                                              "d": self._guild(guild_id)}))  # fmt: skip
         self.identified.set()
+
+    def _guild(self, guild_id: str) -> dict[str, Any]:
+        return {"id": guild_id, "name": "Test guild", "owner_id": USER_ID, "icon": None,
+                "roles": [{"id": guild_id, "name": "@everyone", "permissions": "2147483647",
+                           "position": 0, "color": 0, "hoist": False, "managed": False,
+                           "mentionable": False}],
+                "channels": [text_channel(c, guild_id) for c in self.guilds[guild_id]],
+                "threads": [], "members": [], "emojis": [],
+                "stickers": [], "features": [], "member_count": 2, "large": False,
+                "presences": [], "voice_states": [], "stage_instances": [],
+                "guild_scheduled_events": [], "verification_level": 0,
+                "default_message_notifications": 0, "explicit_content_filter": 0,
+                "mfa_level": 0, "premium_tier": 0, "preferred_locale": "en-US",
+                "nsfw_level": 0, "unavailable": False, "joined_at": _now()}  # fmt: skip
 
     # --- REST -----------------------------------------------------------------------
 
@@ -414,7 +498,8 @@ class FakeDiscord:
                           "team": None, "summary": ""})  # fmt: skip
         if path == "/gateway" or path == "/gateway/bot":
             limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
-            return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+            return _json({"url": self.gateway_url, "shards": self.shard_count,
+                          "session_start_limit": limit})  # fmt: skip
         if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
             commands: list[dict[str, Any]] = body if isinstance(body, list) else []
             return _json([{**c, "id": snowflake(), "application_id": APP_ID, "version": "1",
