@@ -9,6 +9,7 @@ only after every platform had started: the process died by the signal (exit -15)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -124,7 +125,7 @@ async def test_an_answer_outliving_the_grace_says_it_was_interrupted_then_comes_
         first = await run()
         await wait_for(lambda: len(tg.calls_of("sendMessageDraft")) >= 3, timeout=30)
         first.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(first.communicate(), 20)
+        err = await _stopped(first)
         assert first.returncode == 0, err.decode()[-2000:]
         shown = tg.sent_texts(42)
         assert len(shown) == 1 and shown[0].startswith("word0") and "Interrupted" in shown[0]
@@ -137,3 +138,19 @@ async def test_an_answer_outliving_the_grace_says_it_was_interrupted_then_comes_
     _, note, whole = tg.sent_texts(42)
     assert "restarted" in note
     assert whole == long_answer
+
+
+async def _stopped(process: asyncio.subprocess.Process, within: float = 20) -> bytes:
+    """The stderr of a bot stopping on SIGTERM. One that does not stop within `within`
+    seconds fails the test with what each of its tasks awaited (SIGUSR1) and its last log."""
+    talk = asyncio.ensure_future(process.communicate())
+    try:
+        _, err = await asyncio.wait_for(asyncio.shield(talk), within)
+    except TimeoutError:
+        process.send_signal(signal.SIGUSR1)  # the bot logs every task's stack
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(talk), 2)
+        process.kill()
+        _, err = await talk
+        raise AssertionError(f"no exit {within}s after SIGTERM:\n{err.decode()[-6000:]}") from None
+    return err
