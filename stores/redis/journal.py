@@ -45,6 +45,7 @@ class RedisJournal:
         self.key = keys.journal(self.owner)
         self.heartbeat_ttl = heartbeat_ttl
         self._beating: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @staticmethod
     def entry_id(message: Message) -> str:
@@ -77,11 +78,18 @@ class RedisJournal:
         self._beating = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:
-        """Stop beating; leave the owners set unless entries wait for another process."""
-        if self._beating is not None:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
+        """Stop beating; leave the owners set unless entries wait for another process.
+
+        A cancel that lands inside a Redis call can be turned into a connection error there
+        (and so be swallowed by the loop's error handling): the loop also ends on a flag, and
+        the wait is bounded. A stop that waited forever on it kept a bot alive after SIGTERM."""
+        beating, self._beating = self._beating, None
+        if beating is not None:
+            self._stopping = True
+            beating.cancel()
+            await asyncio.wait({beating}, timeout=self.heartbeat_ttl)
+            if not beating.done():
+                log.warning("the journal's heartbeat did not stop; going on without it")
         with contextlib.suppress(*FAILURES):
             await self.redis.delete(self.keys.owner(self.owner))
             if not await self.redis.exists(self.key):
@@ -94,7 +102,7 @@ class RedisJournal:
             await pipe.execute()
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat_ttl / 3)
             try:
                 await self._beat()

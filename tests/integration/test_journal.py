@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import asdict
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.codec import message_from_json, message_to_json
 from core.model import Attachment, Command, ContextKey, MediaKind, Message, User
@@ -133,3 +135,56 @@ async def test_a_clean_stop_leaves_the_owners_set_unless_entries_wait(
     await idle.stop()
     await busy.stop()
     assert await redis.smembers(keys.journal_owners()) == {busy.owner.encode()}
+
+
+class _CancelTurnedIntoAnError:
+    """A Redis client whose pipelines, after the first, hang until cancelled and then raise
+    a connection error, as a client can when a cancel lands inside a command."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.pipelines = 0
+        self.hanging = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    def pipeline(self, **options: Any) -> Any:
+        self.pipelines += 1
+        real = self._redis.pipeline(**options)
+        if self.pipelines == 1:
+            return real
+        client = self
+
+        class Hanging:
+            async def __aenter__(self) -> Any:
+                await real.__aenter__()
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                await real.__aexit__(*exc)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            async def execute(self) -> list[Any]:
+                client.hanging.set()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    raise RedisConnectionError("connection closed while reading") from None
+                return []
+
+        return Hanging()
+
+
+async def test_a_stop_ends_even_when_the_heartbeats_cancel_is_swallowed(
+    redis: Redis, key_prefix: str
+):
+    """SIGTERM once left a bot running: its journal's stop awaited a heartbeat whose cancel
+    had been turned into a connection error inside a Redis call, and beat on."""
+    client = _CancelTurnedIntoAnError(redis)
+    journal = RedisJournal(client, KeyBuilder(key_prefix), heartbeat_ttl=0.3)
+    await journal.start()
+    await asyncio.wait_for(client.hanging.wait(), 5)  # a beat is inside its Redis call
+    await asyncio.wait_for(journal.stop(), 2)
