@@ -77,7 +77,7 @@ async def test_sigterm_while_starting_drains_and_exits_0(
                            every=0.05)  # fmt: skip
         assert not discord.identified.is_set()  # still starting
         process.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(process.communicate(), 20)
+        err = await _stopped(process)
     finally:
         if process.returncode is None:
             process.kill()
