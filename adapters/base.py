@@ -48,3 +48,17 @@ class Recovers(Protocol):
     """
 
     def responder_for(self, message: Message) -> Responder: ...
+
+
+@runtime_checkable
+class Sends(Recovers, Protocol):
+    """An adapter that can run in a worker (`chatbot run --role worker`): its platform's
+    HTTP API alone, no intake. Messages come from the ingress through Redis Streams and are
+    answered through `responder_for`."""
+
+    name: str
+
+    async def start_sending(self) -> None:
+        """Open the API client and check the token; take no events. Raises
+        `AdapterStartError`."""
+        ...

@@ -80,6 +80,7 @@ class DiscordAdapter:
         self.fetcher = make_fetcher(api_url)
         self.on_decision = on_decision
         self._decisions: set[asyncio.Task[None]] = set()
+        self._sending = False  # a worker's: REST only, no gateway
 
     def mount(self, app: web.Application) -> None:
         return None  # everything arrives over the gateway
@@ -135,6 +136,20 @@ class DiscordAdapter:
             raise AdapterStartError("Discord gateway did not become ready")
         log.info("discord: connected as %s%s", client.user, describe(self.platform))
 
+    async def start_sending(self) -> None:
+        """A worker's Discord: REST alone (logged in, no gateway); the ingress holds the
+        gateway and its shards."""
+        self._configure_endpoints()
+        client = self._build_client()
+        try:
+            await client.login(self.token)
+        except (discord.LoginFailure, discord.HTTPException, OSError) as exc:
+            await client.close()
+            raise AdapterStartError(
+                f"Discord refused DISCORD_BOT_TOKEN or is unreachable ({type(exc).__name__})"
+            ) from None
+        self._sending = True
+
     async def _sync_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
         if self.platform.guild_ids:
             for guild_id in self.platform.guild_ids:
@@ -187,6 +202,8 @@ class DiscordAdapter:
     def ready(self) -> bool:
         """Connected (every shard of this process, when sharded), and the gateway loop
         running (not waiting to restart)."""
+        if self._sending:
+            return self.client is not None and not self.client.is_closed()
         return (
             self.client is not None
             and self.client.is_ready()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -100,6 +101,18 @@ class SlackAdapter:
             app.router.add_post(EVENTS_PATH, guarded("slack", self._http, self._refusals))
 
     async def start(self) -> None:
+        await self._open(self._connect)
+
+    async def start_sending(self) -> None:
+        """A worker's Slack: the Web API client alone (events arrive at the ingress)."""
+
+        async def identify() -> None:
+            await self._identify()
+            self._ready = True
+
+        await self._open(identify)
+
+    async def _open(self, connect: Callable[[], Awaitable[None]]) -> None:
         # slack-sdk opens a new aiohttp session, so a new TCP and TLS connection, for every
         # call it is not given a session for: one kept-alive session serves them all. No cap
         # on its connections, as with slack-sdk's own sessions (a wait would eat the timeout).
@@ -109,12 +122,12 @@ class SlackAdapter:
             timeout=aiohttp.ClientTimeout(total=self.client.timeout),
         )
         try:
-            await self._connect()
+            await connect()
         except BaseException:
             await self._close_session()
             raise
 
-    async def _connect(self) -> None:
+    async def _identify(self) -> None:
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
@@ -128,6 +141,10 @@ class SlackAdapter:
             ) from None
         self.bot = BotIdentity(str(auth["user_id"]), str(auth.get("bot_id", "")),
                                str(auth.get("team_id", "")))  # fmt: skip
+
+    async def _connect(self) -> None:
+        await self._identify()
+        assert self.bot is not None
         self.bolt = self._build_bolt()
         if self.app_token:
             self.socket = AsyncSocketModeHandler(self.bolt, self.app_token)

@@ -184,6 +184,20 @@ class TelegramAdapter:
         self._ready = True
         log.info("telegram: @%s via %s", bot.username, "webhook" if self.webhook_url else "polling")
 
+    async def start_sending(self) -> None:
+        """A worker's Telegram: the Bot API client alone. The ingress polls or holds the
+        webhook; this process neither sets nor deletes it."""
+        application = self._build()
+        try:
+            await self._initialize(application)
+        except TelegramError as exc:
+            raise AdapterStartError(
+                f"Telegram refused or is unreachable at start ({type(exc).__name__})"
+            ) from None
+        self.application = application
+        self.identity = BotIdentity(application.bot.id, application.bot.username)
+        self._ready = True
+
     @staticmethod
     async def _initialize(application: TelegramApplication) -> None:
         """getMe. On failure the bot's HTTP clients, which initialize() opened first, are

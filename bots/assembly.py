@@ -194,9 +194,12 @@ async def build_core(
     redis: Redis | RedisCluster | None = None,
     on_round_trip: Callable[[], None] | None = None,
     in_memory: bool = False,
+    worker: bool = False,
 ) -> Core:
     """Load the plugins, open Redis (`in_memory`: no Redis, state in this process) and the model
-    client, and assemble the routing table.
+    client, and assemble the routing table. A `worker`'s messages come from a stream, which
+    keeps them until they are answered: no journal, and a turn cut short by shutdown keeps
+    its place for the next owner.
 
     Raises PluginError (a plugin failed) or ConfigError (a tool name is unknown) before any
     connection is opened.
@@ -235,7 +238,7 @@ async def build_core(
         limiter=limiter if limiter.enabled else None,
         budget=TokenBudget(usage, settings.limits) if settings.limits.daily_tokens else None,
         usage=usage,
-        journal=True,
+        journal=not worker,
         claims=True,
         masker=masker if masker.enabled else None,
         image_ttl=image_ttl,
@@ -259,7 +262,7 @@ async def build_core(
         moderator=moderator,
         cache=cache,
         memory=memory if settings.memory.summarize else None,
-        journal=True,
+        journal=not worker,
         claims=True,
         masker=policies.masker,
         media=MediaReader(
@@ -317,6 +320,7 @@ async def build_core(
         max_in_flight=settings.limits.max_in_flight,
         max_wait=settings.redis.lock_wait,
         owner=journal.owner,
+        keep_cancelled=worker,
     )
     metrics.watch_intake(intake)
     inflight = InFlight(intake)

@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", type=Path, help="config file (default: ./config.yaml)")
+        if name == "run":
+            sub.add_argument(
+                "--role", choices=("all", "ingress", "worker"), default="all",
+                help="all: take and answer messages (default); ingress: hold the platforms' "
+                "connections and hand messages to workers over Redis Streams; worker: answer "
+                "them",
+            )  # fmt: skip
         if name == "chat":
             sub.add_argument(
                 "--memory", action="store_true",
@@ -138,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: {error}", file=sys.stderr)
                 return EXIT_CONFIG
             return asyncio.run(_run(settings, secrets, web_local=True))
-        return asyncio.run(_run(settings, secrets))
+        return asyncio.run(_run(settings, secrets, role=args.role))
     except KeyboardInterrupt:
         return 0
     except (MissingAPIKey, ConfigError) as exc:
@@ -313,7 +320,9 @@ def parse_ttl(text: str) -> int:
     return int(number) * units[unit]
 
 
-async def _run(settings: Settings, secrets: Secrets, *, web_local: bool = False) -> int:
+async def _run(
+    settings: Settings, secrets: Secrets, *, web_local: bool = False, role: str = "all"
+) -> int:
     from bots import taskdump
     from bots.app import BotApp, freeze_startup_objects
 
@@ -323,7 +332,7 @@ async def _run(settings: Settings, secrets: Secrets, *, web_local: bool = False)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = BotApp(settings, secrets, web_local=web_local)
+    app = BotApp(settings, secrets, web_local=web_local, role=role)
     starting = asyncio.create_task(app.start(), name="start")
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -12,14 +12,21 @@ from pydantic import SecretStr
 
 from adapters.base import Adapter
 from bots.assembly import Core
+from core.protocols import Handler
 
 log = logging.getLogger(__name__)
 
 
-def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
+def build_adapters(
+    core: Core, *, web_local: bool = False, handler: Handler | None = None, web: bool = True
+) -> list[Adapter]:
     """The adapters to run, in start order. `web_local` (`chatbot web`): the web channel
-    alone, for the one local user (without a token unless `WEB_JWT_SECRET` is set)."""
+    alone, for the one local user (without a token unless `WEB_JWT_SECRET` is set).
+    `handler`: what the adapters call (the core's, unless the ingress's); `web`: whether the
+    web channel runs here (its answers stream over the client's own connection, so it runs
+    in `--role all` processes only)."""
     adapters: list[Adapter] = []
+    handler = handler or core.handler
     secrets, settings = core.secrets, core.settings
     if web_local:
         from adapters.web import WebAdapter
@@ -27,7 +34,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
         secret = _reveal(secrets.web_jwt_secret) or None  # empty: unset
         return [
             WebAdapter(
-                core.handler,
+                handler,
                 core.store,
                 settings,
                 jwt_secret=secret,
@@ -44,7 +51,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
 
         adapters.append(
             SlackAdapter(
-                core.handler,
+                handler,
                 settings,
                 bot_token=secrets.slack_bot_token.get_secret_value(),
                 signing_secret=_reveal(secrets.slack_signing_secret),
@@ -59,7 +66,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
 
         adapters.append(
             TelegramAdapter(
-                core.handler,
+                handler,
                 settings,
                 token=secrets.telegram_bot_token.get_secret_value(),
                 api_url=secrets.telegram_api_url,
@@ -75,7 +82,7 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
 
         adapters.append(
             DiscordAdapter(
-                core.handler,
+                handler,
                 core.store,
                 settings,
                 token=secrets.discord_bot_token.get_secret_value(),
@@ -86,14 +93,14 @@ def build_adapters(core: Core, *, web_local: bool = False) -> list[Adapter]:
             )
         )
     # --- web ---
-    if settings.platforms.web.enabled and secrets.web_jwt_secret:  # set and not empty
+    if web and settings.platforms.web.enabled and secrets.web_jwt_secret:  # set and not empty
         from adapters.web import WebAdapter
 
         if len(secrets.web_jwt_secret.get_secret_value()) < 32:
             log.warning("WEB_JWT_SECRET is shorter than 32 bytes: tokens are easier to forge")
         adapters.append(
             WebAdapter(
-                core.handler,
+                handler,
                 core.store,
                 settings,
                 jwt_secret=secrets.web_jwt_secret.get_secret_value(),

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from adapters.base import Adapter
 from bots.assembly import Core
+from bots.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +18,17 @@ log = logging.getLogger(__name__)
 class HttpServer:
     """aiohttp app runner with the health endpoints added."""
 
-    def __init__(self, app: web.Application, core: Core, adapters: Sequence[Adapter]) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        core: Core,
+        adapters: Sequence[Adapter],
+        topology: Topology | None = None,
+    ) -> None:
         self.app = app
         self.core = core
         self.adapters = adapters
+        self.topology = topology  # set by `--role ingress|worker` once the role runs
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -51,6 +59,8 @@ class HttpServer:
         }
         if self.core.mcp is not None:  # readiness does not depend on them: the bot answers
             status["mcp"] = self.core.mcp.health()
+        if self.topology is not None:
+            status.update(await self.topology.status())
         return status
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -67,9 +77,13 @@ class HttpServer:
         """Ready: 200 only when Redis answers and every platform is connected."""
         status = await self.status()
         platforms = status["platforms"]
-        ready = status["redis"] == "up" and all(
-            state == "ready"
-            for state in (platforms.values() if isinstance(platforms, dict) else [])
+        ready = (
+            status["redis"] == "up"
+            and all(
+                state == "ready"
+                for state in (platforms.values() if isinstance(platforms, dict) else [])
+            )
+            and (self.topology is None or self.topology.ready())
         )
         return web.json_response(
             {"status": "ready" if ready else "not ready", **status}, status=200 if ready else 503

@@ -93,6 +93,26 @@ class RedisSettings(Section):
         return [split_address(entry) for entry in self.sentinels]
 
 
+class WorkersSettings(Section):
+    """`chatbot run --role ingress|worker`: the ingress appends each message to one of
+    `partitions` Redis Streams (by conversation); each partition is read by one worker at a
+    time, under a lease it renews."""
+
+    partitions: int = Field(
+        16, ge=1, le=1024, description="streams the messages are spread over, by conversation"
+    )
+    claim_idle: float = Field(
+        10.0,
+        gt=0,
+        description="seconds without a renewal before a worker's partitions and "
+        "their unacknowledged messages go to another worker",
+    )
+    read_count: int = Field(64, ge=1, le=10_000, description="entries read at once")
+    max_entries: int = Field(
+        256, ge=1, description="entries a worker holds at once (read, not yet acknowledged)"
+    )
+
+
 def split_address(entry: str) -> tuple[str, int]:
     """`host:port` (an IPv6 host in brackets: `[::1]:26379`) as a pair; ValueError if not."""
     host, colon, port = entry.strip().rpartition(":")
@@ -335,6 +355,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     media: MediaSettings = MediaSettings()
     mcp: MCPSettings = MCPSettings()
+    workers: WorkersSettings = WorkersSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -285,6 +285,9 @@ PlaceState = Literal["answered", "pending", "orphaned"]
 still there and its process dead (its heartbeat expired)."""
 
 
+RetakeState = Literal["new", "again", "done"]
+
+
 @runtime_checkable
 class Deliveries(Deduper, Protocol):
     """The dedupe, and each conversation's pending messages in the platform's order, so
@@ -306,6 +309,14 @@ class Deliveries(Deduper, Protocol):
 
     async def leave(self, line: ContextKey, place: str) -> None:
         """`place` is answered (or dropped): later places need not wait for it."""
+        ...
+
+    async def retake(
+        self, line: ContextKey, namespace: str, delivery_id: str, order: str
+    ) -> RetakeState:
+        """A delivery another process claimed and may not have answered (a worker that died
+        with it): 'new' never claimed; 'again' claimed and not recorded, now reset so it is
+        claimed anew; 'done' its turn is recorded."""
         ...
 
 

@@ -34,6 +34,7 @@ from core.storage import (
     PlaceState,
     RateResult,
     RateTake,
+    RetakeState,
     Totals,
     TurnLock,
     TurnReads,
@@ -608,6 +609,22 @@ class MemoryStore:
             found.places.discard(place)
             if not found.places:  # an empty sorted set is no key (a new claim starts its TTL)
                 del self.backend.pending[line.id]
+
+    async def retake(
+        self, line: ContextKey, namespace: str, delivery_id: str, order: str
+    ) -> RetakeState:
+        """`RETAKE`: by the seen key and a place of this delivery in the pending set."""
+        b, seen = self.backend, (line.id, namespace, delivery_id)
+        if b.live(b.seen, seen) is None:
+            return "new"
+        found = b.live(b.pending, line.id)
+        ours = [p for p in found.places if p.startswith(f"{order}:{delivery_id}:")] if found else []
+        if not ours:
+            return "done"
+        for place in ours:
+            await self.leave(line, place)
+        del b.seen[seen]
+        return "again"
 
     # -- locks --------------------------------------------------------------------------------
 

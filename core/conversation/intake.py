@@ -121,6 +121,7 @@ class Intake:
         max_in_flight: int = 0,
         max_wait: float = 120.0,
         owner: str = "",
+        keep_cancelled: bool = False,
     ) -> None:
         self.handler = handler
         self.conversation = conversation
@@ -132,6 +133,9 @@ class Intake:
         # place of its own is known as one without asking the store.
         self.owner = owner or secrets.token_hex(8)
         self.has_history = has_history
+        # A worker's message cancelled by shutdown keeps its place: the partition's next
+        # owner finds it there and answers the message anew (`Deliveries.retake`).
+        self.keep_cancelled = keep_cancelled
         self.lines = Lines()
         self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight > 0 else None
         self.waiting = 0  # messages whose turn has come, waiting for a free slot
@@ -171,6 +175,10 @@ class Intake:
             finally:
                 if self._slots is not None:
                     self._slots.release()
+        except asyncio.CancelledError:
+            if claim is not None and self.keep_cancelled:
+                claim.released = True  # not answered: left for the next owner to retake
+            raise
         finally:
             place.leave()
             current_claim.reset(token)

@@ -10,6 +10,9 @@ lands on one Redis Cluster slot and one MULTI/EXEC can carry it.
 - everything else is one key per command: channel defaults, cached answers, heartbeats,
   delivery ids seen outside a conversation, the journal's set of owners.
 - `{prefix}:journal:{<owner>}`: one process's answer journal (its own slot).
+- `{prefix}:stream:{p<n>}` and `...:lease`, `...:seen:*`: partition n of the messages the
+  ingress hands to the workers, the lease of the worker reading it, and the ingress's
+  delivery dedupe (appended in one script with the entry).
 
 Upgrading from the layout before 0.2 (usage keys without the user's tag): `chatbot migrate`.
 """
@@ -129,3 +132,23 @@ class KeyBuilder:
 
     def seen(self, namespace: str, delivery_id: str) -> str:
         return f"{self.prefix}:seen:{id_part(namespace)}:{id_part(delivery_id)}"
+
+    def stream(self, partition: int) -> str:
+        """A stream: partition `partition` of the messages waiting for a worker."""
+        return f"{self.prefix}:stream:{{p{partition}}}"
+
+    def stream_lease(self, partition: int) -> str:
+        """The id of the worker reading the partition, with a TTL it renews."""
+        return self.stream(partition) + ":lease"
+
+    def stream_seen(self, partition: int, namespace: str, delivery_id: str) -> str:
+        """A delivery the ingress appended (in the partition's slot, set with the entry)."""
+        return f"{self.stream(partition)}:seen:{id_part(namespace)}:{id_part(delivery_id)}"
+
+    def workers(self) -> str:
+        """A sorted set: live workers by the time (ms) their registration runs out."""
+        return f"{self.prefix}:workers"
+
+    def worker_turns(self) -> str:
+        """A hash: turns answered per worker (for `/metrics` on any process)."""
+        return f"{self.prefix}:workers:turns"

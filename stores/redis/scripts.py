@@ -23,6 +23,10 @@ script: KEYS / ARGV -> reply
 - `RELEASE`: the conversation's lock / the turn's token -> 1 released, 0 not ours
 - `ERASE_TURNS`: a history / a user id -> how many turns it removed (theirs and the answer
   after each)
+- `APPEND`: a partition's stream, the delivery's seen key there / token, seen TTL s, the
+  message (JSON) -> the entry id (also to a resend), false a duplicate
+- `RETAKE`: the conversation's seen key, its pending set / `order:delivery:` -> 'new' never
+  claimed, 'again' claimed by a worker that died before recording it, 'done' recorded
 - `JOURNAL_CLAIM`: a journal hash, the entry's claim key / entry id, the claim's token
   -> 1 claimed by us, 0 another claimant was first
 """
@@ -214,4 +218,30 @@ if removed > 0 then
   if ttl > 0 and #kept > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
 return removed
+"""
+
+# The ingress's dedupe and the append in one step: a message is in the stream exactly when its
+# delivery is marked seen. The seen key keeps `token|entry id`, so a resend gets the same id.
+APPEND = """
+local held = redis.call('GET', KEYS[2])
+if held then
+  local token, id = string.match(held, '^([^|]*)|(.*)$')
+  if token == ARGV[1] then return id end
+  return false
+end
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1] .. '|' .. id, 'EX', ARGV[2])
+return id
+"""
+
+# A worker takes up an entry another worker read and never acknowledged. Its place (claimed
+# with the delivery's seen key, removed in the turn's write) says how far that worker got. A
+# place still there: reset, so the entry is claimed and answered anew.
+RETAKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'new' end
+local found = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1], '[' .. ARGV[1] .. '\\255')
+if #found == 0 then return 'done' end
+redis.call('ZREM', KEYS[2], unpack(found))
+redis.call('DEL', KEYS[1])
+return 'again'
 """

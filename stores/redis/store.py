@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -33,6 +33,7 @@ from core.storage import (
     PersonData,
     PlaceState,
     RateResult,
+    RetakeState,
     Totals,
     TurnLock,
     TurnReads,
@@ -51,6 +52,7 @@ from stores.redis.scripts import (
     ERASE_TURNS,
     FIRST_SEEN,
     RECORD,
+    RETAKE,
     TOKEN_BUCKET,
     WRITE_TURN,
 )
@@ -583,6 +585,17 @@ class RedisStore:
             await self.redis.zrem(self.keys.pending(line), place)
         except FAILURES as exc:
             self.health.failed(exc, "updating a conversation's pending messages")
+
+    async def retake(
+        self, line: ContextKey, namespace: str, delivery_id: str, order: str
+    ) -> RetakeState:
+        """`RETAKE`. Raises what Redis raises: a worker must not guess whether to answer."""
+        seen = self.keys.seen_in(line, namespace, delivery_id)
+        self._count()
+        state = await self.redis.eval(
+            RETAKE, 2, seen, self.keys.pending(line), f"{order}:{delivery_id}:"
+        )
+        return cast(RetakeState, _text(state))
 
     async def ping(self) -> bool:
         try:

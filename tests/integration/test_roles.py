@@ -1,0 +1,133 @@
+"""`--role ingress` and `--role worker` in this process: one ingress on the three platforms'
+fakes, two workers answering over the platforms' HTTP APIs.
+
+Each conversation's messages are answered once and in order, by whichever worker holds the
+conversation's partition; a redelivered event is appended once; the workers share the
+partitions; `/healthz` and `/metrics` show the streams. The kill tests, with real processes,
+are in tests/reliability/test_scaleout.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+from redis.asyncio import Redis
+
+from bots.app import BotApp
+from core.config import Settings
+from stores.redis.keys import KeyBuilder
+from tests.conftest import make_settings
+from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
+from tests.fakes import slack as fs
+from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import wait_for
+
+PLATFORMS = ("slack", "telegram", "discord")
+CONVERSATIONS = 6  # per platform
+SAYS = 3  # messages per conversation
+
+
+def _settings(key_prefix: str, tmp_path: Path) -> Settings:
+    return make_settings(
+        key_prefix, tmp_path, platforms=drive_settings_overrides(),
+        workers={"partitions": 4, "claim_idle": 1.5},
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def topology(
+    settings: Settings, redis: Redis, openai: FakeOpenAI, workers: int
+) -> AsyncIterator[tuple[Bot, BotApp, list[BotApp]]]:
+    async with running_fakes(openai) as fakes, AsyncExitStack() as stack:
+        ingress = BotApp(settings, fakes.secrets, redis=redis, role="ingress")
+        await ingress.start()
+        stack.push_async_callback(ingress.stop)
+        started = []
+        for _ in range(workers):
+            worker = BotApp(settings, fakes.secrets, redis=redis, role="worker")
+            await worker.start()
+            stack.push_async_callback(worker.stop)
+            started.append(worker)
+        bot = Bot(ingress, settings, openai, fakes.slack, fakes.telegram, fakes.discord)
+        async with driving(bot):
+            yield bot, ingress, started
+
+
+def _expected(platform: str, conversation: int) -> list[str]:
+    return [f"echo: {platform} {conversation} says {n}" for n in range(SAYS)]
+
+
+async def test_an_ingress_and_two_workers_answer_each_message_once_and_in_order(
+    redis: Redis, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+):
+    settings = _settings(key_prefix, tmp_path)
+    async with topology(settings, redis, fake_openai, workers=2) as (bot, ingress, workers):
+        for n in range(SAYS):
+            for platform in PLATFORMS:
+                for conversation in range(CONVERSATIONS):
+                    await bot.drivers[platform].say(conversation,
+                                                    f"{platform} {conversation} says {n}")  # fmt: skip
+
+        def all_answered() -> bool:
+            return all(
+                len(bot.drivers[p].answers(c)) >= SAYS
+                for p in PLATFORMS
+                for c in range(CONVERSATIONS)
+            )
+
+        await wait_for(all_answered, timeout=30)
+        for platform in PLATFORMS:
+            for conversation in range(CONVERSATIONS):
+                assert bot.drivers[platform].answers(conversation) == _expected(
+                    platform, conversation
+                )
+        assert ingress.core is not None
+        assert ingress.core.inflight.running == 0
+
+        def turns() -> list[int]:
+            return [w.worker.turns for w in workers if w.worker is not None]
+
+        total = len(PLATFORMS) * CONVERSATIONS * SAYS
+        await wait_for(lambda: sum(turns()) >= total, timeout=10)  # each acknowledged after
+        assert sum(turns()) == total  # its answer shows, and counted then
+        assert len(fake_openai.chat_requests()) == total
+
+        # the partitions are shared out: the two workers hold all four between them
+        async def shared() -> bool:
+            owned = [set(w.worker.owned) for w in workers if w.worker is not None]
+            return owned[0].isdisjoint(owned[1]) and len(owned[0] | owned[1]) == 4 and all(owned)
+
+        await wait_for(shared, timeout=10)
+
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{workers[0].port}/healthz"
+            async with session.get(url) as response:
+                health = await response.json()
+            async with session.get(f"http://127.0.0.1:{workers[0].port}/metrics") as response:
+                metrics = await response.text()
+        assert health["role"] == "worker"
+        assert health["streams"]["waiting"] == 0 and health["streams"]["pending"] == 0
+        assert health["worker"]["turns"] == turns()[0]
+        assert "chatbot_stream_waiting{partition=" in metrics
+        assert f'chatbot_worker_turns_total{{worker="{workers[0].worker.id}"}}' in metrics  # type: ignore[union-attr]
+
+
+async def test_a_redelivered_event_is_appended_once(
+    redis: Redis, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+):
+    settings = _settings(key_prefix, tmp_path)
+    async with topology(settings, redis, fake_openai, workers=1) as (bot, ingress, _):
+        event = fs.message("only once", channel="D000042", user="U000042")
+        body = json.dumps(fs.event_body(event))
+        for _ in range(3):  # Slack retries an event it got no quick 200 for
+            assert await bot.post("/slack/events", body, fs.sign(body)) == 200
+        await wait_for(lambda: bot.slack.texts_in("D000042") == ["echo: only once"], timeout=10)
+        assert ingress.ingress is not None
+        assert (ingress.ingress.appended, ingress.ingress.duplicates) == (1, 2)
+        keys = KeyBuilder(key_prefix)
+        lengths = [await redis.xlen(keys.stream(p)) for p in range(4)]
+        assert sum(lengths) <= 1  # acknowledged entries are trimmed behind the oldest held
