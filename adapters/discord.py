@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -35,7 +36,11 @@ from adapters.discord_commands import CheckedTree
 from adapters.discord_events import conversation_key, to_message
 from adapters.discord_media import make_fetcher
 from adapters.discord_responders import LIMIT as LIMIT
-from adapters.discord_responders import ChannelResponder, InteractionResponder
+from adapters.discord_responders import (
+    ChannelResponder,
+    InteractionResponder,
+    ReplayedInteraction,
+)
 from adapters.discord_shards import check_shard_count, describe, make_client, shards_up
 from adapters.supervisor import Supervisor
 from core.config import DiscordSettings, Settings
@@ -212,10 +217,21 @@ class DiscordAdapter:
             and self._intake.running
         )
 
-    def responder_for(self, message: Message) -> ChannelResponder:
+    def responder_for(self, message: Message) -> ChannelResponder | InteractionResponder:
+        """Where a message taken in another process (a worker's, a recovery's) is answered:
+        a slash command's interaction while its token lives, else its channel."""
         assert self.client is not None
         channel_id = int(message.key.thread or message.key.channel)
         channel = self.client.get_partial_messageable(channel_id)
+        extras = dict(message.extras)
+        if "interaction_token" in extras:
+            left = self.platform.interaction_expiry - (time.time() - float(extras["received"]))
+            if left > 0:
+                interaction = ReplayedInteraction(
+                    self.client, int(extras["application_id"]), extras["interaction_token"], channel
+                )
+                return InteractionResponder(interaction, edit_interval=self._interval(),
+                                            expiry=left, fetcher=self.fetcher)  # fmt: skip
         return self._responder(channel, reply_to=None)
 
     def _responder(self, channel: Any, *, reply_to: discord.Message | None) -> ChannelResponder:
@@ -374,8 +390,20 @@ class DiscordAdapter:
             text=command.args if command.name == "ask" else "",
             message_id=str(interaction.id),
             command=command,
+            extras=_interaction_extras(interaction)
+            if isinstance(responder, InteractionResponder)
+            else (),
         )
         await self.handler(message, responder)
+
+
+def _interaction_extras(interaction: discord.Interaction) -> tuple[tuple[str, str], ...]:
+    """What another process needs to answer through the interaction (`responder_for`)."""
+    return (
+        ("interaction_token", interaction.token),
+        ("application_id", str(interaction.application_id)),
+        ("received", f"{time.time():.3f}"),  # the token's 15 minutes run from here
+    )
 
 
 def _thread_name(text: str) -> str:

@@ -9,7 +9,7 @@ ping @everyone, @here, a role or a user.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import discord
 
@@ -109,6 +109,38 @@ class ChannelResponder:
         return MessageRef(str(sent.id), str(self.channel.id))
 
 
+class Interaction(Protocol):
+    """What `InteractionResponder` uses of a slash command's interaction: discord.py's own,
+    or a worker's `ReplayedInteraction`."""
+
+    @property
+    def channel(self) -> Any: ...
+
+    @property
+    def followup(self) -> discord.Webhook: ...
+
+    async def edit_original_response(self, *, content: str, allowed_mentions: Any) -> Any: ...
+
+    async def delete_original_response(self) -> None: ...
+
+
+class ReplayedInteraction:
+    """A slash command's interaction in a process that did not receive it (a worker): its
+    webhook, from the application id and the token (valid 15 minutes), and its channel."""
+
+    def __init__(self, client: discord.Client, application_id: int, token: str,
+                 channel: Any) -> None:  # fmt: skip
+        self.followup = discord.Webhook.partial(application_id, token, client=client)
+        self.channel = channel
+
+    async def edit_original_response(self, *, content: str, allowed_mentions: Any) -> Any:
+        return await self.followup.edit_message("@original", content=content,  # type: ignore[call-overload]
+                                                allowed_mentions=allowed_mentions)  # fmt: skip
+
+    async def delete_original_response(self) -> None:
+        await self.followup.delete_message("@original")  # type: ignore[arg-type]
+
+
 class InteractionResponder:
     """Answers a slash command: edits the deferred response, then follow-ups, then (after
     the token's lifetime) plain channel messages."""
@@ -122,7 +154,7 @@ class InteractionResponder:
 
     def __init__(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         *,
         edit_interval: float,
         expiry: float,

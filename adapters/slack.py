@@ -71,8 +71,12 @@ class SlackAdapter:
         app_token: str | None = None,
         api_url: str | None = None,
         on_decision: DecisionHandler | None = None,
+        ack_after_handling: bool = False,
     ) -> None:
         self.handler = handler
+        # An ingress: Slack gets its 200 once the handler took the event (a quick append to
+        # Redis), so an ingress killed meanwhile leaves Slack to retry it.
+        self.ack_after_handling = ack_after_handling
         self.on_decision = on_decision
         self.settings = settings
         self.platform: SlackSettings = settings.platforms.slack
@@ -170,6 +174,7 @@ class SlackAdapter:
             signing_secret=self.signing_secret or "",
             # `_http` verifies every request first; bolt's check would log refused bodies
             request_verification_enabled=False,
+            process_before_response=self.ack_after_handling,
         )
         bolt.event("app_mention")(self._on_mention)
         bolt.event("message")(self._on_message)

@@ -102,8 +102,12 @@ class TelegramAdapter:
         webhook_secret: str | None = None,
         on_intake_restart: Callable[[str], None] | None = None,
         on_decision: DecisionHandler | None = None,
+        ack_after_handling: bool = False,
     ) -> None:
         self.handler = handler
+        # An ingress: an update is confirmed (webhook 200, polling offset) only once the
+        # handler took it, which for an ingress is a quick append to Redis.
+        self.ack_after_handling = ack_after_handling
         self.on_decision = on_decision
         self.settings = settings
         self.platform: TelegramSettings = settings.platforms.telegram
@@ -176,6 +180,7 @@ class TelegramAdapter:
                 application.update_queue,
                 timeout=self.platform.poll_timeout,
                 allowed_updates=list(ALLOWED_UPDATES),
+                deliver=application.process_update if self.ack_after_handling else None,
             )
             self._intake = Supervisor("telegram", self._poller.run, on_restart=self._restarted)
         await application.start()
@@ -309,5 +314,8 @@ class TelegramAdapter:
             update = Update.de_json(data, self.application.bot)
         except Exception:  # PTB reads any shape it does not expect with a TypeError or worse
             raise Refused(400, "not a Telegram update") from None
-        await self.application.update_queue.put(update)
+        if self.ack_after_handling:
+            await self.application.process_update(update)
+        else:
+            await self.application.update_queue.put(update)
         return web.Response(text="ok")

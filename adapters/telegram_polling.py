@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from telegram import Bot, Update
@@ -72,9 +72,13 @@ class Poller:
         *,
         timeout: int,
         allowed_updates: Sequence[str],
+        deliver: Callable[[Update], Awaitable[object]] | None = None,
     ) -> None:
         self.bot = bot
         self.queue = queue
+        # An ingress hands each update on (appends it) before the offset moves past it, so a
+        # kill loses none: the next start fetches again what was not confirmed.
+        self.deliver = deliver
         self.timeout = timeout
         self.allowed_updates = list(allowed_updates)
         self.offset = 0
@@ -103,7 +107,10 @@ class Poller:
                 continue
             pause = NETWORK_PAUSE
             for update in updates:
-                await self.queue.put(update)
+                if self.deliver is not None:
+                    await self.deliver(update)
+                else:
+                    await self.queue.put(update)
             if updates:
                 self.offset = max(update.update_id for update in updates) + 1
 

@@ -22,7 +22,8 @@ def build_adapters(
 ) -> list[Adapter]:
     """The adapters to run, in start order. `web_local` (`chatbot web`): the web channel
     alone, for the one local user (without a token unless `WEB_JWT_SECRET` is set).
-    `handler`: what the adapters call (the core's, unless the ingress's); `web`: whether the
+    `handler`: what the adapters call (the core's, unless the ingress's, which returns once
+    the message is appended: Slack and Telegram are then acknowledged after it); `web`: whether the
     web channel runs here (its answers stream over the client's own connection, so it runs
     in `--role all` processes only)."""
     adapters: list[Adapter] = []
@@ -58,6 +59,7 @@ def build_adapters(
                 app_token=_reveal(secrets.slack_app_token),
                 api_url=secrets.slack_api_url,
                 on_decision=core.chat.decide,
+                ack_after_handling=handler is not core.handler,
             )
         )
     # --- telegram ---
@@ -74,6 +76,7 @@ def build_adapters(
                 webhook_secret=_reveal(secrets.telegram_webhook_secret),
                 on_intake_restart=core.metrics.intake_restart,
                 on_decision=core.chat.decide,
+                ack_after_handling=handler is not core.handler,
             )
         )
     # --- discord ---

@@ -57,6 +57,7 @@ def message_from_dict(data: dict[str, Any]) -> Message:
         order=data.get("order", ""),
         follow_up=data.get("follow_up", False),
         private=data.get("private", False),
+        extras=tuple((str(k), str(v)) for k, v in data.get("extras", ())),
     )
 
 

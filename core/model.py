@@ -140,6 +140,10 @@ class Message:
     order: str = ""
     follow_up: bool = False  # answered only in a conversation the bot is already part of
     private: bool = False  # a DM, a private chat, the web, the terminal: only they see answers
+    # What the adapter needs to answer from another process (a worker, a recovery) that the
+    # key does not say: a Discord slash command's interaction token and application id.
+    # Opaque to the core; carried in the stream and the journal, never shown or logged.
+    extras: tuple[tuple[str, str], ...] = ()
 
     @property
     def thread(self) -> str:

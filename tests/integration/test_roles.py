@@ -22,6 +22,7 @@ from core.config import Settings
 from stores.redis.keys import KeyBuilder
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
+from tests.fakes import discord as fd
 from tests.fakes import slack as fs
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import wait_for
@@ -69,8 +70,8 @@ async def test_an_ingress_and_two_workers_answer_each_message_once_and_in_order(
         for n in range(SAYS):
             for platform in PLATFORMS:
                 for conversation in range(CONVERSATIONS):
-                    await bot.drivers[platform].say(conversation,
-                                                    f"{platform} {conversation} says {n}")  # fmt: skip
+                    said = f"{platform} {conversation} says {n}"
+                    await bot.drivers[platform].say(conversation, said)
 
         def all_answered() -> bool:
             return all(
@@ -126,8 +127,26 @@ async def test_a_redelivered_event_is_appended_once(
         for _ in range(3):  # Slack retries an event it got no quick 200 for
             assert await bot.post("/slack/events", body, fs.sign(body)) == 200
         await wait_for(lambda: bot.slack.texts_in("D000042") == ["echo: only once"], timeout=10)
-        assert ingress.ingress is not None
-        assert (ingress.ingress.appended, ingress.ingress.duplicates) == (1, 2)
+        counts = ingress.ingress
+        assert counts is not None  # bolt acknowledges first: the appends may still run
+        await wait_for(lambda: counts.appended + counts.duplicates == 3, timeout=5)
+        assert (counts.appended, counts.duplicates, counts.failed) == (1, 2, 0)
         keys = KeyBuilder(key_prefix)
         lengths = [await redis.xlen(keys.stream(p)) for p in range(4)]
         assert sum(lengths) <= 1  # acknowledged entries are trimmed behind the oldest held
+
+
+async def test_a_slash_command_is_deferred_by_the_ingress_and_answered_by_a_worker(
+    redis: Redis, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+):
+    """The ingress acknowledges the interaction in time ("thinking…"); the worker, which never
+    saw it, fills that response through the interaction's webhook with its token."""
+    settings = _settings(key_prefix, tmp_path)
+    async with topology(settings, redis, fake_openai, workers=1) as (bot, _, workers):
+        discord = bot.discord
+        await discord.slash("ask", {"question": "from a slash"})
+        await wait_for(lambda: "echo: from a slash" in discord.texts_in(fd.CHANNEL), timeout=10)
+        assert discord.calls_to("POST", "/callback")  # deferred by the ingress
+        assert discord.calls_to("PATCH", "/messages/@original")  # filled by the worker
+        assert not discord.calls_to("POST", f"/channels/{fd.CHANNEL}/messages")
+        assert workers[0].worker is not None and workers[0].worker.turns == 1
