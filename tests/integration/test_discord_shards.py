@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from adapters.discord import DiscordAdapter
 from bots.app import BotApp
-from core.config import ConfigError, load_settings
+from core.config import ConfigError, Secrets, load_settings
 from core.model import Message
 from core.protocols import Handler, Responder
 from tests.fakes.discord import (
@@ -26,6 +26,7 @@ from tests.fakes.discord import (
     CHANNEL,
     DM_CHANNEL,
     GUILD,
+    TOKEN,
     FakeDiscord,
     guild_on_shard,
     shard_of,
@@ -110,6 +111,42 @@ async def test_two_processes_split_the_shards_and_answer_each_message_once(
     finally:
         await second.stop()
         await first.stop()
+
+
+async def test_two_ingress_processes_split_the_shards_and_one_worker_answers_once(
+    discord: FakeDiscord, fake_openai: FakeOpenAI, redis: Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    """`--role ingress` with a shard each: a guild's events reach the ingress of its shard
+    alone, which appends them; a worker (no gateway at all) answers each once."""
+    other = discord.add_guild(guild_on_shard(1, 2))
+    secrets = Secrets(discord_bot_token=TOKEN, discord_api_url=discord.api_url,
+                      discord_gateway_url=discord.gateway_url,
+                      openai_base_url=fake_openai.base_url)  # fmt: skip
+    apps = [
+        BotApp(_shard(key_prefix, tmp_path, 0), secrets, redis=redis, role="ingress"),
+        BotApp(_shard(key_prefix, tmp_path, 1), secrets, redis=redis, role="ingress"),
+        BotApp(_shard(key_prefix, tmp_path, 0), secrets, redis=redis, role="worker"),
+    ]
+    try:
+        for app in apps:
+            await app.start()
+        first, second, worker = apps
+        assert discord.shards() == [(0, 2), (1, 2)]  # the worker opened no gateway
+        for n in range(3):
+            await discord.user_says(f"<@{BOT_ID}> zero {n}", mention_bot=True)
+            await discord.user_says(f"<@{BOT_ID}> one {n}", mention_bot=True, channel_id=other)
+        await wait_for(lambda: len(discord.texts_in(CHANNEL)) == 3
+                       and len(discord.texts_in(other)) == 3, timeout=15)  # fmt: skip
+        assert discord.texts_in(CHANNEL) == [f"echo: zero {n}" for n in range(3)]
+        assert discord.texts_in(other) == [f"echo: one {n}" for n in range(3)]
+        assert first.ingress is not None and second.ingress is not None
+        assert (first.ingress.appended, second.ingress.appended) == (3, 3)
+        assert worker.worker is not None
+        await wait_for(lambda: worker.worker is not None and worker.worker.turns == 6)
+        assert len(fake_openai.chat_requests()) == 6
+    finally:
+        for app in reversed(apps):
+            await app.stop()
 
 
 async def test_readiness_waits_for_every_shard_of_the_process(
