@@ -17,6 +17,7 @@ from core.storage import (
     Erased,
     ImageBlob,
     Person,
+    Place,
     RateTake,
     Totals,
     TurnReads,
@@ -172,6 +173,25 @@ async def test_claims_queue_in_order_and_pending_follows_the_owner(stores: Store
     assert await other.pending(KEY, p2) == "answered"
     await other.leave(KEY, dead)
     assert await other.claim(KEY, PLATFORM, "d4", f"0004:d4:{alive.journal.owner}") == (True, p1)
+
+
+async def test_retake_tells_how_far_a_stopped_worker_got_with_a_delivery(stores: Stores):
+    """A worker taking over a stream entry asks: never claimed (new), claimed and not recorded
+    (again: reset, so it is claimed anew), or recorded (done: the place left in the write)."""
+    worker, heir = await stores.new(), await stores.new()
+    assert isinstance(worker, Deliveries)
+    assert await heir.retake(KEY, PLATFORM, "p1-1", "0001") == "new"
+    place = "0001:p1-1:0123456789abcdef"  # claimed by a worker that then died
+    assert await worker.claim(KEY, PLATFORM, "p1-1", place) == (True, "")
+    assert await heir.retake(KEY, PLATFORM, "p1-1", "0001") == "again"
+    assert await heir.pending(KEY, place) == "answered"  # its place is gone, and the
+    anew = "0001:p1-1:fedcba9876543210"
+    assert (await heir.claim(KEY, PLATFORM, "p1-1", anew))[0]  # claim is first again
+    assert await heir.write_turn(TurnWrites(KEY, turns=pair(1), leave=Place(KEY, anew)))
+    assert await worker.retake(KEY, PLATFORM, "p1-1", "0001") == "done"
+    # another delivery whose id starts the same is not mistaken for it
+    assert await worker.claim(KEY, PLATFORM, "p1-10", "0002:p1-10:0123456789abcdef")
+    assert await heir.retake(KEY, PLATFORM, "p1-1", "0001") == "done"
 
 
 # 6. resend idempotency
