@@ -86,6 +86,15 @@ class BotApp:
             handler = core.handler
             if self.role != "all":
                 self.streams = self._streams(core)
+            if (
+                self.role != "all"
+                and self.settings.platforms.web.enabled
+                and (self.secrets.web_jwt_secret)
+            ):
+                log.warning(
+                    "the web channel is served by --role all processes only (its answers "
+                    "stream over the client's own connection); not here"
+                )
             if self.role == "ingress":
                 assert self.streams is not None
                 handler = self.ingress = Ingress(self.streams, core.chat.conversation_key)

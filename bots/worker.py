@@ -56,6 +56,9 @@ class Partition:
         self.reader: asyncio.Task[None] | None = None
         self.done = asyncio.Event()  # nothing held
         self.done.set()
+        # Trimming behind what this worker read is safe while it holds the lease; one that
+        # lost it leaves the stream to the new owner (it may be reading older entries).
+        self.trims = True
 
     def start(self) -> None:
         self.reader = asyncio.create_task(self._read(), name=f"worker:p{self.number}")
@@ -142,6 +145,8 @@ class Partition:
         """Acknowledge, and trim the stream behind the oldest entry still held."""
         oldest = min(self.held, key=entry_order, default=None)
         keep_from = oldest if oldest is not None else next_id(self.last_read)
+        if not self.trims:
+            keep_from = "0-0"
         try:
             await self.worker.streams.ack(self.number, [entry_id], keep_from)
         except FAILURES as exc:  # taken over later; `retake` then says it is done
@@ -262,6 +267,7 @@ class Worker:
 
     async def _lose(self, number: int) -> None:
         partition = self.owned.pop(number)
+        partition.trims = False
         self.releasing.discard(number)
         await partition.stop_reading()
 

@@ -152,7 +152,16 @@ class RedisStreams:
             start, entries = _text(reply[0]), reply[1]
             taken += [_entry(entry) for entry in entries if entry and entry[1] is not None]
             if start == "0-0":
+                await self._forget_consumers(stream, worker)
                 return taken
+
+    async def _forget_consumers(self, stream: str, worker: str) -> None:
+        """Remove the group's consumers that hold nothing (workers gone, their entries just
+        taken over), so the group does not list every worker that ever ran."""
+        for consumer in await self.redis.xinfo_consumers(stream, GROUP):
+            name = _text(consumer["name"])
+            if name != worker and not consumer["pending"]:
+                await self.redis.xgroup_delconsumer(stream, GROUP, name)
 
     async def read(self, partition: int, worker: str, count: int, block: float) -> list[Entry]:
         """New entries (waiting up to `block` seconds for the first)."""
