@@ -19,11 +19,14 @@ from redis.asyncio import Redis
 
 from bots.app import BotApp
 from core.config import Settings
+from core.model import ContextKey, Message, User
 from stores.redis.keys import KeyBuilder
+from stores.redis.streams import RedisStreams, next_id
 from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
 from tests.fakes import discord as fd
 from tests.fakes import slack as fs
+from tests.fakes import telegram as ft
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import wait_for
 
@@ -150,3 +153,48 @@ async def test_a_slash_command_is_deferred_by_the_ingress_and_answered_by_a_work
         assert discord.calls_to("PATCH", "/messages/@original")  # filled by the worker
         assert not discord.calls_to("POST", f"/channels/{fd.CHANNEL}/messages")
         assert workers[0].worker is not None and workers[0].worker.turns == 1
+
+
+async def test_telegram_polling_at_the_ingress_confirms_updates_only_once_appended(
+    redis: Redis, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+):
+    """Polling at the ingress hands each update on (appends it) before the offset moves
+    past it: a getUpdates after the appends confirms them; nothing is fetched twice."""
+    settings = _settings(key_prefix, tmp_path)
+    async with running_fakes(fake_openai) as fakes, AsyncExitStack() as stack:
+        secrets = fakes.secrets.model_copy(update={"telegram_webhook_url": None,
+                                                   "slack_bot_token": None,
+                                                   "discord_bot_token": None})  # fmt: skip
+        for role in ("ingress", "worker"):
+            app = BotApp(settings, secrets, redis=redis, role=role)
+            await app.start()
+            stack.push_async_callback(app.stop)
+            if role == "ingress":
+                ingress = app
+        telegram = fakes.telegram
+        for n in range(3):
+            telegram.update(ft.text_message(f"polled {n}", chat_id=777, from_id=777))
+        await wait_for(lambda: len(telegram.sent_texts(777)) == 3, timeout=15)
+        assert telegram.sent_texts(777) == [f"echo: polled {n}" for n in range(3)]
+        assert ingress.ingress is not None and ingress.ingress.appended == 3
+        assert ingress.ingress.duplicates == 0  # no update was fetched again
+
+
+async def test_acknowledged_entries_are_trimmed_behind_the_oldest_held(
+    redis: Redis, key_prefix: str
+):
+    """The stream keeps what waits and what is held, plus at most one node of entries that
+    approximate trimming (`XTRIM MINID ~`) leaves: it does not grow with the traffic."""
+    streams = RedisStreams(redis, KeyBuilder(key_prefix), partitions=1, dedupe_ttl=60)
+    await streams.join(0)
+    message = Message("telegram", ContextKey("telegram", "1"), User("u"), "hi", "1")
+    for _ in range(1000):
+        await streams.append(0, message)
+    entries = await streams.read(0, "w1", 1000, 0.1)
+    assert len(entries) == 1000
+    for entry in entries[:-1]:
+        await streams.ack(0, [entry.id], next_id(entry.id))
+    length = await redis.xlen(KeyBuilder(key_prefix).stream(0))
+    assert 1 <= length <= 101, length  # the one still held, and what the last node keeps
+    lag = await streams.lag(0)
+    assert (lag.pending, lag.waiting) == (1, 0)
