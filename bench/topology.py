@@ -47,7 +47,6 @@ from tests.conftest import make_settings
 from tests.drive import Bot, drive_settings_overrides, driving, running_fakes, secret_env
 from tests.fakes.openai_server import Reply
 
-CLAIM_IDLE = 3.0  # seconds: the workers' leases, renewed every second; they share out sooner
 WARM_UP_PER_PLATFORM = 16  # conversations: each worker very likely answers each platform once
 SETTLE = 0.3  # seconds after the last answer before the CPU is read
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -62,6 +61,8 @@ class TopologyResult:
     ingress_cpu: float = 0.0  # seconds (the whole bot with `--role all`)
     worker_cpu: list[float] = field(default_factory=list)  # seconds, per worker
     worker_turns: list[int] = field(default_factory=list)  # what each worker answered
+    retaken: int = 0  # entries a worker took over from another (a lease lost under load)
+    extra_answers: int = 0  # answers beyond one per message: restart notes, answered twice
     redis_cpu: float = 0.0  # the Redis server's, all its clients
     load_average: float = 0.0  # at the start: this machine is shared
 
@@ -196,13 +197,16 @@ async def wait_ready(
         await asyncio.sleep(0.2)
 
 
-async def worker_turns(session: aiohttp.ClientSession, workers: Sequence[RoleProcess]) -> list[int]:
-    turns = []
+async def worker_counts(
+    session: aiohttp.ClientSession, workers: Sequence[RoleProcess], name: str
+) -> list[int]:
+    """A counter of each worker's /healthz: `turns` or `retaken`."""
+    counts = []
     for worker in workers:
         _, health = await worker.status(session)
         shown = health.get("worker")
-        turns.append(int(shown.get("turns", 0)) if isinstance(shown, dict) else 0)
-    return turns
+        counts.append(int(shown.get(name, 0)) if isinstance(shown, dict) else 0)
+    return counts
 
 
 async def run_topology(
@@ -227,7 +231,6 @@ async def run_topology(
         streaming={"edit_interval": 1.0, "typing_delay": typing_delay},
         context={"token_budget": 3000, "max_turns": 60, "tokenizer": "estimate"},
         llm={"chunk_timeout": 30, "max_retries": 2}, log_level="WARNING",
-        workers={"claim_idle": CLAIM_IDLE},
     )  # fmt: skip
     config = tmp / f"config-{settings.redis.key_prefix}.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
@@ -250,7 +253,8 @@ async def run_topology(
                         port=front.port)
                 ))  # fmt: skip
                 await _warm_up(bot, platforms, reply)
-                turns0 = await worker_turns(session, workers_)
+                turns0 = await worker_counts(session, workers_, "turns")
+                retaken0 = await worker_counts(session, workers_, "retaken")
                 before = {p: len(bot.drivers[p].calls()) for p in platforms}
                 sent_at: dict[str, tuple[str, int, float]] = {}
                 gc.collect()
@@ -283,8 +287,10 @@ async def run_topology(
                 result.driver_cpu_seconds = driver1 - driver0
                 spent = [after - was for was, after in zip(cpu0, cpu1, strict=True)]
                 measured.ingress_cpu, measured.worker_cpu = spent[0], spent[1:]
-                turns1 = await worker_turns(session, workers_)
+                turns1 = await worker_counts(session, workers_, "turns")
                 measured.worker_turns = [b - a for a, b in zip(turns0, turns1, strict=True)]
+                retaken1 = await worker_counts(session, workers_, "retaken")
+                measured.retaken = sum(retaken1) - sum(retaken0)
                 result.messages = conversations * turns
                 calls_by_where: dict[str, list[tuple[float, str]]] = {}
                 for platform in platforms:
@@ -295,7 +301,10 @@ async def run_topology(
                         calls_by_where.setdefault(where, []).append((at, text))
                     for index in range(platform_index(platforms, platform), conversations,
                                        len(platforms)):  # fmt: skip
-                        result.answered += len(bot.drivers[platform].answers(index))
+                        answers = driver.answers(index)
+                        right = min(answers.count(expected), turns)
+                        result.answered += right
+                        measured.extra_answers += len(answers) - right
                 for request in fake.chat_requests():
                     _measure(result, request, sent_at, bot, calls_by_where, counter)
     finally:
@@ -304,10 +313,11 @@ async def run_topology(
 
 
 def answered(turn: int, text: str) -> Callable[[list[str]], bool]:
-    """Whether a conversation's answers include `text` as the answer to `turn`."""
+    """Whether a conversation's answers include `text` `turn + 1` times (a restart note or
+    a message answered twice, when a worker lost its lease under load, is counted apart)."""
 
     def done(answers: list[str]) -> bool:
-        return len(answers) > turn and answers[turn] == text
+        return answers.count(text) > turn
 
     return done
 
@@ -372,6 +382,10 @@ def topology_table(runs: Sequence[TopologyResult]) -> str:
     row("turns answered per worker",
         ["-" if not r.workers else " + ".join(map(str, r.worker_turns)) for r in runs],
         "turns")  # fmt: skip
+    row("entries taken over from another worker (a lease lost)",
+        ["-" if not r.workers else str(r.retaken) for r in runs], "entries")  # fmt: skip
+    row("answers beyond one per message (restart notes, twice answered)",
+        [str(r.extra_answers) for r in runs], "answers")  # fmt: skip
     for name, index in (("p50", 0), ("p99", 2)):
         row(f"event -> first visible text {name}",
             [f"{percentiles(r.result.first_text_ms)[index]:.1f}" for r in runs], "ms")  # fmt: skip
