@@ -8,7 +8,9 @@ Each bot figure is printed beside the naive baseline's and their ratio. `--floor
 (c) on the SDK floor (bench/floor.py: the same SDKs and adapters with nothing of the core)
 and prints the bot beside it. `--telegram-shipped` runs (b) and (c) on Telegram alone with
 config.yaml's Telegram settings (drafts, rate limiter) instead of the driver's (drafts off,
-limits lifted): what users run.
+limits lifted): what users run. `--topology` runs (c) mixed through one ingress and 1, 2, 3
+worker processes (`chatbot run --role ingress|worker`) and `--role all` alone, side by side
+(bench/topology.py), instead of the scenarios.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from bench.harness import Result, percentiles, run_bot_scenario
 from bench.naive import run_naive
+from bench.topology import TopologyResult, run_topology, topology_table
 from core.config import StreamingSettings, load_settings
 from tests.fakes.openai_server import Reply
 
@@ -128,6 +131,15 @@ async def main(args: argparse.Namespace) -> str:
     common = {"redis_url": url, "tmp": tmp, "typing_delay": args.typing_delay,
               "wire": args.wire, "telegram": shipped_telegram() if args.telegram_shipped
               else None}  # fmt: skip
+    if args.topology is not None:
+        per = 20 if smoke else args.per_platform
+        runs: list[TopologyResult] = []
+        for workers in [0, *args.topology]:
+            runs.append(await run_topology(workers, redis_url=url, tmp=tmp, platforms=ALL,
+                                           conversations=per * len(ALL) // 2, turns=2,
+                                           reply=fast, typing_delay=args.typing_delay))  # fmt: skip
+        out.append(topology_table(runs))
+        return "\n".join(out)
     platforms_b = ("telegram",) if args.telegram_shipped else ALL
     shipped = ", shipped Telegram limits" if args.telegram_shipped else ""
     if "a" in args.scenarios:
@@ -196,6 +208,17 @@ def shipped_telegram() -> dict[str, object]:
 TYPING_DELAY = StreamingSettings.model_fields["typing_delay"].default
 
 
+def worker_counts(text: str) -> tuple[int, ...]:
+    """`--topology 1,2,3`: the numbers of workers to run."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 1,2,3") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("each number of workers is at least 1")
+    return counts
+
+
 def cli() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few-second run (CI)")
@@ -215,6 +238,11 @@ def cli() -> int:
     parser.add_argument("--telegram-shipped", action="store_true",
                         help="(b) and (c) on Telegram alone with config.yaml's Telegram "
                              "settings (drafts, rate limiter) instead of the driver's")  # fmt: skip
+    parser.add_argument("--topology", type=worker_counts, nargs="?", const=(1, 2, 3),
+                        metavar="N,N,...",
+                        help="instead of the scenarios: (c) mixed through one ingress and N "
+                             "worker processes for each N (default 1,2,3), beside --role all; "
+                             "--per-platform sets the messages")  # fmt: skip
     parser.add_argument("--typing-delay", type=float, default=TYPING_DELAY,
                         help="streaming.typing_delay (default: the bot's own)")  # fmt: skip
     parser.add_argument(
