@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -31,7 +32,7 @@ from adapters.base import Sends
 from core.config import Settings
 from core.model import ContextKey, Message
 from core.protocols import Handler, Responder
-from core.storage import Deliveries
+from core.storage import Deliveries, RetakeState
 from core.streaming.reply import reply
 from stores.redis.health import FAILURES
 from stores.redis.streams import Entry, RedisStreams, entry_order, next_id
@@ -39,6 +40,10 @@ from stores.redis.streams import Entry, RedisStreams, entry_order, next_id
 log = logging.getLogger(__name__)
 
 ConversationOf = Callable[[Message], ContextKey]  # the core's `conversation_key`
+
+BUSY_POLL = 0.05  # seconds before asking again about a message another worker holds
+BUSY_POLL_MAX = 1.0
+LEASE_VALID = 2 / 3  # of `claim_idle` after a renewal: past it, read nothing until the next
 
 RESTART_NOTE = "(I was restarted while answering your message; here is the answer.)"
 BLOCK = 1.0  # seconds a read waits for new entries (under the Redis socket timeout)
@@ -75,13 +80,18 @@ class Partition:
         while True:
             try:
                 if not taken_over:
+                    await worker.leased()
                     await streams.join(number)
                     for entry in await streams.take_over(number, worker.id, worker.read_count):
                         if entry.id not in self.held:
                             await self._dispatch(entry, retaken=True)
                     taken_over = True
                 room = await worker.room()
+                await worker.leased()
                 for entry in await streams.read(number, worker.id, room, BLOCK):
+                    if not worker.lease_valid():  # the rest stays pending under this worker:
+                        taken_over = False  # taken over again once the lease is renewed
+                        break
                     await self._dispatch(entry, retaken=False)
             except FAILURES as exc:
                 log.warning("partition %d not read (%s); again in %.0fs", number,
@@ -106,7 +116,7 @@ class Partition:
         responder = sender.responder_for(message)
         if retaken:
             worker.retaken += 1
-            state = await worker.deliveries.retake(line, message.platform, delivery, order)
+            state = await self._retake(line, message.platform, delivery, order)
             if state == "done":  # its turn was recorded; only the acknowledgement was lost
                 await self._ack(entry.id)
                 return
@@ -121,6 +131,23 @@ class Partition:
                                    name=f"worker:{entry.id}")  # fmt: skip
         self.held[entry.id] = task
         worker.holding += 1
+
+    async def _retake(
+        self, line: ContextKey, platform: str, delivery: str, order: str
+    ) -> RetakeState:
+        """How far the entry's earlier reader got. One that lives (it lost the partition to a
+        stall, and may be answering the entry now) is waited for, as the core waits for
+        another process's earlier message; the later entries of the partition wait behind."""
+        deliveries, deadline = self.worker.deliveries, time.monotonic() + self.worker.max_wait
+        pause = BUSY_POLL
+        while (state := await deliveries.retake(line, platform, delivery, order)) == "busy":
+            if time.monotonic() >= deadline:
+                log.warning("a worker that lives still holds a message after %.0fs; answering "
+                            "it here", self.worker.max_wait)  # fmt: skip
+                return await deliveries.retake(line, platform, delivery, order, force=True)
+            await asyncio.sleep(pause)  # held in another process: nothing here to wait on
+            pause = min(pause * 2, BUSY_POLL_MAX)
+        return state
 
     async def _answer(self, entry_id: str, message: Message, responder: Responder) -> None:
         try:
@@ -145,7 +172,7 @@ class Partition:
         """Acknowledge, and trim the stream behind the oldest entry still held."""
         oldest = min(self.held, key=entry_order, default=None)
         keep_from = oldest if oldest is not None else next_id(self.last_read)
-        if not self.trims:
+        if not self.trims or not self.worker.lease_valid():
             keep_from = "0-0"
         try:
             await self.worker.streams.ack(self.number, [entry_id], keep_from)
@@ -183,6 +210,11 @@ class Worker:
         self.retaken = 0  # entries taken over from another worker (or an earlier run)
         self._room = asyncio.Event()
         self._room.set()
+        self.max_wait = settings.redis.lock_wait  # for a live worker's message, as the core
+        # The leases are safe to read under until then (monotonic): a renewal that comes late
+        # (a starved loop) pauses the readers instead of letting two workers read a partition.
+        self.valid_until = 0.0
+        self._renewed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._leases: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._registered = False
@@ -202,6 +234,14 @@ class Worker:
             await self._room.wait()
         return min(self.read_count, limit - self.holding)
 
+    def lease_valid(self) -> bool:
+        return time.monotonic() < self.valid_until
+
+    async def leased(self) -> None:
+        """Until the leases are known to hold (at once, unless a renewal is late)."""
+        while not self.lease_valid():
+            await asyncio.shield(self._renewed)
+
     def freed(self) -> None:
         if self.holding < self.settings.max_entries:
             self._room.set()
@@ -216,12 +256,16 @@ class Worker:
         share. A Redis failure skips the tick (logged); leases then run out on their own."""
         ttl, total = self.settings.claim_idle, self.streams.partitions
         try:
+            started = time.monotonic()
+            lost = await self.streams.renew(list(self.owned), self.id, ttl)
+            self.valid_until = started + ttl * LEASE_VALID
+            renewed, self._renewed = self._renewed, asyncio.get_running_loop().create_future()
+            renewed.set_result(None)
+            for number in lost:
+                log.warning("lost the lease of partition %d; another worker reads it", number)
+                await self._lose(number)
             self.live = max(1, await self.streams.register(self.id, ttl))
             self._registered = True
-            for number in list(self.owned):
-                if not await self.streams.take_lease(number, self.id, ttl):
-                    log.warning("lost the lease of partition %d; another worker reads it", number)
-                    await self._lose(number)
             share = math.ceil(total / self.live)
             reading = [n for n in self.owned if n not in self.releasing]
             if len(reading) > share:
@@ -242,6 +286,7 @@ class Worker:
                 return
             if number in held or number in self.owned:
                 continue
+            # taken after this tick's renewal began: valid at least as long as the others
             if await self.streams.take_lease(number, self.id, self.settings.claim_idle):
                 partition = self.owned[number] = Partition(self, number)
                 partition.start()

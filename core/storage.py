@@ -285,7 +285,7 @@ PlaceState = Literal["answered", "pending", "orphaned"]
 still there and its process dead (its heartbeat expired)."""
 
 
-RetakeState = Literal["new", "again", "done"]
+RetakeState = Literal["new", "again", "done", "busy"]
 
 
 @runtime_checkable
@@ -312,11 +312,12 @@ class Deliveries(Deduper, Protocol):
         ...
 
     async def retake(
-        self, line: ContextKey, namespace: str, delivery_id: str, order: str
+        self, line: ContextKey, namespace: str, delivery_id: str, order: str, *, force: bool = False
     ) -> RetakeState:
-        """A delivery another process claimed and may not have answered (a worker that died
-        with it): 'new' never claimed; 'again' claimed and not recorded, now reset so it is
-        claimed anew; 'done' its turn is recorded."""
+        """A delivery another process read and may not have answered (a worker that died or
+        lost its partition): 'new' never claimed; 'done' its turn is recorded; 'busy' claimed
+        by a process that still lives (it may be answering it: ask again later); 'again'
+        claimed by a process that is gone (or `force`), now reset so it is claimed anew."""
         ...
 
 

@@ -611,9 +611,9 @@ class MemoryStore:
                 del self.backend.pending[line.id]
 
     async def retake(
-        self, line: ContextKey, namespace: str, delivery_id: str, order: str
+        self, line: ContextKey, namespace: str, delivery_id: str, order: str, *, force: bool = False
     ) -> RetakeState:
-        """`RETAKE`: by the seen key and a place of this delivery in the pending set."""
+        """`RETAKE`: by the seen key, a place of this delivery and its owner's heartbeat."""
         b, seen = self.backend, (line.id, namespace, delivery_id)
         if b.live(b.seen, seen) is None:
             return "new"
@@ -621,6 +621,8 @@ class MemoryStore:
         ours = [p for p in found.places if p.startswith(f"{order}:{delivery_id}:")] if found else []
         if not ours:
             return "done"
+        if not force and b.alive(ours[0].rpartition(":")[2]):
+            return "busy"
         for place in ours:
             await self.leave(line, place)
         del b.seen[seen]

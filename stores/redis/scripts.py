@@ -26,7 +26,8 @@ script: KEYS / ARGV -> reply
 - `APPEND`: a partition's stream, the delivery's seen key there / token, seen TTL s, the
   message (JSON) -> the entry id (also to a resend), false a duplicate
 - `RETAKE`: the conversation's seen key, its pending set / `order:delivery:` -> 'new' never
-  claimed, 'again' claimed by a worker that died before recording it, 'done' recorded
+  claimed, 'done' recorded, or the place of the worker that claimed it and did not record it
+- `RESET`: the same keys / that place -> 1 (the delivery is unclaimed again)
 - `JOURNAL_CLAIM`: a journal hash, the entry's claim key / entry id, the claim's token
   -> 1 claimed by us, 0 another claimant was first
 """
@@ -235,13 +236,18 @@ return id
 """
 
 # A worker takes up an entry another worker read and never acknowledged. Its place (claimed
-# with the delivery's seen key, removed in the turn's write) says how far that worker got. A
-# place still there: reset, so the entry is claimed and answered anew.
+# with the delivery's seen key, removed in the turn's write) says how far that worker got:
+# never claimed, recorded, or the place itself (whose owner may still be answering it).
 RETAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'new' end
 local found = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1], '[' .. ARGV[1] .. '\\255')
 if #found == 0 then return 'done' end
-redis.call('ZREM', KEYS[2], unpack(found))
+return found[1]
+"""
+
+# The place's owner is gone: reset, so the entry is claimed and answered anew.
+RESET = """
+redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1])
-return 'again'
+return 1
 """

@@ -52,6 +52,7 @@ from stores.redis.scripts import (
     ERASE_TURNS,
     FIRST_SEEN,
     RECORD,
+    RESET,
     RETAKE,
     TOKEN_BUCKET,
     WRITE_TURN,
@@ -587,15 +588,20 @@ class RedisStore:
             self.health.failed(exc, "updating a conversation's pending messages")
 
     async def retake(
-        self, line: ContextKey, namespace: str, delivery_id: str, order: str
+        self, line: ContextKey, namespace: str, delivery_id: str, order: str, *, force: bool = False
     ) -> RetakeState:
-        """`RETAKE`. Raises what Redis raises: a worker must not guess whether to answer."""
-        seen = self.keys.seen_in(line, namespace, delivery_id)
+        """`RETAKE`, the owner's heartbeat, then `RESET`. Raises what Redis raises: a worker
+        must not guess whether to answer."""
+        seen, pending = self.keys.seen_in(line, namespace, delivery_id), self.keys.pending(line)
         self._count()
-        state = await self.redis.eval(
-            RETAKE, 2, seen, self.keys.pending(line), f"{order}:{delivery_id}:"
-        )
-        return cast(RetakeState, _text(state))
+        found = _text(await self.redis.eval(RETAKE, 2, seen, pending, f"{order}:{delivery_id}:"))
+        if found in ("new", "done"):
+            return cast(RetakeState, found)
+        owner = found.rpartition(":")[2]
+        if not force and await self.redis.exists(self.keys.owner(owner)):
+            return "busy"
+        await self.redis.eval(RESET, 2, seen, pending, found)
+        return "again"
 
     async def ping(self) -> bool:
         try:

@@ -121,6 +121,16 @@ class RedisStreams:
         key = self.keys.stream_lease(partition)
         return bool(await self.redis.eval(TAKE, 1, key, worker, int(ttl * 1000)))
 
+    async def renew(self, partitions: Sequence[int], worker: str, ttl: float) -> set[int]:
+        """Renew every lease `worker` holds in one pipeline; the partitions it lost."""
+        if not partitions:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for number in partitions:
+                pipe.eval(TAKE, 1, self.keys.stream_lease(number), worker, int(ttl * 1000))
+            renewed = await pipe.execute()
+        return {number for number, ok in zip(partitions, renewed, strict=True) if not ok}
+
     async def drop_lease(self, partition: int, worker: str) -> None:
         """Give the lease up, if `worker` still holds it."""
         await self.redis.eval(RELEASE, 1, self.keys.stream_lease(partition), worker)

@@ -184,6 +184,13 @@ async def test_retake_tells_how_far_a_stopped_worker_got_with_a_delivery(stores:
     place = "0001:p1-1:0123456789abcdef"  # claimed by a worker that then died
     assert await worker.claim(KEY, PLATFORM, "p1-1", place) == (True, "")
     assert await heir.retake(KEY, PLATFORM, "p1-1", "0001") == "again"
+    # claimed by a worker that lives (it lost its partition, and may be answering): busy
+    await worker.journal.start()
+    alive = f"0005:p1-5:{worker.journal.owner}"
+    assert await worker.claim(KEY, PLATFORM, "p1-5", alive) == (True, "")
+    assert await heir.retake(KEY, PLATFORM, "p1-5", "0005") == "busy"
+    assert await heir.pending(KEY, alive) == "pending"  # left as it was
+    assert await heir.retake(KEY, PLATFORM, "p1-5", "0005", force=True) == "again"
     assert await heir.pending(KEY, place) == "answered"  # its place is gone, and the
     anew = "0001:p1-1:fedcba9876543210"
     assert (await heir.claim(KEY, PLATFORM, "p1-1", anew))[0]  # claim is first again

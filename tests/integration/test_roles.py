@@ -27,7 +27,7 @@ from tests.drive import Bot, drive_settings_overrides, driving, running_fakes
 from tests.fakes import discord as fd
 from tests.fakes import slack as fs
 from tests.fakes import telegram as ft
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import wait_for
 
 PLATFORMS = ("slack", "telegram", "discord")
@@ -198,3 +198,53 @@ async def test_acknowledged_entries_are_trimmed_behind_the_oldest_held(
     assert 1 <= length <= 101, length  # the one still held, and what the last node keeps
     lag = await streams.lag(0)
     assert (lag.pending, lag.waiting) == (1, 0)
+
+
+async def test_a_worker_that_lost_its_partition_while_answering_is_not_answered_over(
+    redis: Redis, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+):
+    """A stall can outlast a lease (a starved loop renews late). The next owner takes the
+    partition's unacknowledged entries over, finds them claimed by a worker that lives, and
+    waits for it instead of answering them again: each is answered once, in order."""
+    settings = make_settings(
+        key_prefix, tmp_path, platforms=drive_settings_overrides(),
+        workers={"partitions": 1, "claim_idle": 1.5},
+    )  # fmt: skip
+    fake_openai.push(*[Reply(ttft=1.5, tokens_per_second=20) for _ in range(4)])
+    async with running_fakes(fake_openai) as fakes, AsyncExitStack() as stack:
+        apps = {}
+        for role in ("ingress", "first"):
+            app = BotApp(settings, fakes.secrets, redis=redis,
+                         role="worker" if role == "first" else role)  # fmt: skip
+            await app.start()
+            stack.push_async_callback(app.stop)
+            apps[role] = app
+        bot = Bot(apps["ingress"], settings, fake_openai, fakes.slack, fakes.telegram,
+                  fakes.discord)  # fmt: skip
+        first = apps["first"].worker
+        assert first is not None
+        async with driving(bot):
+            telegram = bot.drivers["telegram"]
+            for conversation in (1, 2):
+                for n in (0, 1):
+                    await telegram.say(conversation, f"slow {conversation}.{n}")
+            await wait_for(lambda: first.holding == 4, timeout=10)
+            # the lease runs out under the first worker's feet, and a second worker starts
+            await redis.delete(KeyBuilder(key_prefix).stream_lease(0))
+            second_app = BotApp(settings, fakes.secrets, redis=redis, role="worker")
+            await second_app.start()
+            stack.push_async_callback(second_app.stop)
+            second = second_app.worker
+            assert second is not None and list(second.owned) == [0]
+            await wait_for(lambda: 0 not in first.owned, timeout=5)  # it noticed at its tick
+
+            def expected(conversation: int) -> list[str]:
+                return [f"echo: slow {conversation}.{n}" for n in (0, 1)]
+
+            def answered() -> bool:
+                return all(telegram.answers(c) == expected(c) for c in (1, 2))
+
+            await wait_for(answered, timeout=20)
+            await wait_for(lambda: first.turns == 4, timeout=10)
+            assert second.turns == 0 and second.retaken >= 1  # taken over, none answered again
+            assert len(fake_openai.chat_requests()) == 4
