@@ -1,0 +1,640 @@
+"""One ingress and three workers as real `python -m bots run --role ...` processes, on Slack,
+Telegram and Discord at once, killed and stopped: every message is answered exactly once, and
+each conversation's answers come in the order its messages were sent.
+
+The fake platforms and the fake model run in this process, so they outlive the kills the way
+the real ones would. Each process logs to its own file under the test's tmp_path
+(`ingress-<port>-<n>.log`, `worker-<port>-<n>.log`); a failing test names them.
+
+The default sizes keep the file short for CI; `CHATBOT_FULL_SCALEOUT=1` runs every test with
+300 messages over 60 conversations. Each test prints what it measured (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from redis.asyncio import Redis
+
+from core.codec import message_from_json
+from core.config import Settings
+from stores.redis.keys import KeyBuilder
+from stores.redis.streams import GROUP
+from tests.conftest import make_settings
+from tests.drive import (
+    TELEGRAM_SECRET,
+    Bot,
+    SlackDriver,
+    TelegramDriver,
+    drive_settings_overrides,
+    driving,
+    running_fakes,
+    secret_env,
+)
+from tests.fakes import slack as fs
+from tests.fakes import telegram as ft
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.helpers import answers_200, bot_process_env, wait_for
+from tests.redis_server import free_port
+
+FULL = os.environ.get("CHATBOT_FULL_SCALEOUT") == "1"
+PLATFORMS = ("slack", "telegram", "discord")
+PARTITIONS = 8
+CLAIM_IDLE = 2.0  # seconds before a dead worker's partitions pass on
+WORKERS = 3
+RESTART_NOTE = "(I was restarted while answering your message; here is the answer.)"
+STOPPED_FOR = 10.0  # seconds the workers stay stopped in the last test
+
+
+@dataclass(frozen=True)
+class Size:
+    """Conversations per platform, and messages per conversation."""
+
+    conversations: int
+    says: int
+
+    @property
+    def messages(self) -> int:
+        return len(PLATFORMS) * self.conversations * self.says
+
+
+BIG = Size(conversations=20, says=5)  # 300 messages over 60 conversations
+SMALL = Size(conversations=4, says=3)  # 36 messages over 12 conversations
+
+
+def _size(short: Size) -> Size:
+    return BIG if FULL else short
+
+
+def _settings(key_prefix: str, tmp_path: Path) -> Settings:
+    return make_settings(
+        key_prefix, tmp_path, platforms=drive_settings_overrides(),
+        redis={"key_prefix": key_prefix, "heartbeat_ttl": 1, "lock_ttl": 1},
+        streaming={"edit_interval": 0.2},
+        workers={"partitions": PARTITIONS, "claim_idle": CLAIM_IDLE},
+    )  # fmt: skip
+
+
+def _text(platform: str, conversation: int, n: int) -> str:
+    return f"{platform} {conversation} says {n}"
+
+
+def _expected(platform: str, conversation: int, n: int) -> str:
+    return f"echo: {_text(platform, conversation, n)}"
+
+
+def _conversations(size: Size) -> list[tuple[str, int]]:
+    return [(p, c) for c in range(size.conversations) for p in PLATFORMS]
+
+
+def _table(title: str, rows: Iterable[tuple[str, object]]) -> None:
+    rows = list(rows)
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}")
+    for name, value in rows:
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        print(f"  {name:<{width}}  {shown}")
+
+
+# --- the processes ----------------------------------------------------------------------
+
+
+class Child:
+    """One `python -m bots run --role <role>` on its own port; started again on the same port
+    after a kill or a stop. Its output goes to a log file per start."""
+
+    def __init__(self, role: str, port: int, config: Path, env: dict[str, str]) -> None:
+        self.role, self.port, self.config = role, port, config
+        self.env = {**env, "CHATBOT_PORT": str(port)}
+        self.process: asyncio.subprocess.Process | None = None
+        self.logs: list[Path] = []
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def log(self) -> Path:
+        return self.logs[-1]
+
+    async def start(self) -> None:
+        assert not self.running
+        path = self.config.parent / f"{self.role}-{self.port}-{len(self.logs)}.log"
+        self.logs.append(path)
+        with path.open("wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bots", "run", "--role", self.role,
+                "--config", str(self.config),
+                stdout=log, stderr=log, env=self.env, cwd=self.config.parent,
+            )  # fmt: skip
+
+    async def ready(self, timeout: float = 30) -> None:
+        async def ready() -> bool:
+            if not self.running:
+                raise AssertionError(f"{self.role} on {self.port} exited; see {self.log}")
+            return await answers_200(f"http://127.0.0.1:{self.port}/readyz")
+
+        try:
+            await wait_for(ready, timeout=timeout, every=0.1)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{self.role} on {self.port} not ready: {exc}; see {self.log}"
+            ) from None
+
+    async def health(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 200, (self.role, self.port, response.status)
+            result: dict[str, Any] = await response.json()
+            return result
+
+    async def kill(self) -> None:
+        assert self.process is not None and self.running
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def terminate(self, timeout: float = 20) -> None:
+        """SIGTERM, and wait until the process has exited."""
+        assert self.process is not None and self.running
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.role} on {self.port} did not stop; see {self.log}"
+            ) from None
+
+    async def close(self) -> None:
+        if self.process is not None and self.running:
+            self.process.kill()
+            await self.process.wait()
+
+
+@dataclass
+class Fleet:
+    """The ingress and the workers."""
+
+    ingress: Child
+    workers: list[Child]
+    children: list[Child] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.children = [self.ingress, *self.workers]
+
+    def live_workers(self) -> list[Child]:
+        return [w for w in self.workers if w.running]
+
+    async def start(self, children: list[Child]) -> None:
+        for child in children:
+            await child.start()
+        await asyncio.gather(*(child.ready() for child in children))
+
+    async def worker_health(self) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(w.health() for w in self.live_workers())))
+
+    async def shared(self) -> bool:
+        """Whether the live workers hold every partition between them, each some, none twice."""
+        parts = [set(h["worker"]["partitions"]) for h in await self.worker_health()]
+        together = set().union(*parts)
+        return all(parts) and len(together) == PARTITIONS == sum(len(p) for p in parts)
+
+    async def drained(self) -> bool:
+        """Nothing waits in the streams and nothing is read and unacknowledged."""
+        streams = (await self.ingress.health())["streams"]
+        return streams["waiting"] == 0 and streams["pending"] == 0
+
+    def logs(self) -> str:
+        return ", ".join(str(log) for child in self.children for log in child.logs)
+
+
+@asynccontextmanager
+async def fleet(
+    settings: Settings, redis_url: str, tmp_path: Path, openai: FakeOpenAI
+) -> AsyncIterator[tuple[Bot, Fleet]]:
+    """The fakes, one ingress and WORKERS workers running and sharing the partitions, and a
+    `Bot` whose drivers speak to the ingress."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    async with running_fakes(openai) as fakes:
+        env = bot_process_env(**secret_env(fakes.secrets), REDIS_URL=redis_url)
+        ports = [free_port() for _ in range(1 + WORKERS)]
+        ingress = Child("ingress", ports[0], config, env)
+        workers = [Child("worker", port, config, env) for port in ports[1:]]
+        group = Fleet(ingress, workers)
+        try:
+            await group.start(group.children)
+            await wait_for(group.shared, timeout=20, every=0.2)
+            bot = Bot(None, settings, openai, fakes.slack, fakes.telegram, fakes.discord,
+                      port=ingress.port)  # fmt: skip
+            async with driving(bot):
+                yield bot, group
+        except BaseException:
+            print(f"\nprocess logs: {group.logs()}")
+            raise
+        finally:
+            for child in group.children:
+                await child.close()
+
+
+# --- what the platforms show ------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """How the messages sent were answered, over every conversation."""
+
+    sent: int = 0
+    answered: int = 0  # messages whose answer shows exactly once
+    duplicates: int = 0  # answers shown more than once (counted beyond the first)
+    lost: int = 0  # messages with no answer
+    notes: int = 0  # restart notes shown
+    cut: int = 0  # answers left unfinished by a kill
+    problems: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, object]]:
+        return [("messages sent", self.sent), ("answered once", self.answered),
+                ("duplicates", self.duplicates), ("lost", self.lost),
+                ("restart notes", self.notes), ("answers cut by the kill", self.cut)]  # fmt: skip
+
+
+def tally(bot: Bot, sent: dict[tuple[str, int], int]) -> Tally:
+    """Read every conversation: each message's answer once, in the order sent, with nothing
+    else on screen but, before an answer, the unfinished answer a kill cut and the note."""
+    result = Tally(sent=sum(sent.values()))
+    for (platform, conversation), says in sent.items():
+        answers = bot.drivers[platform].answers(conversation)
+        expected = [_expected(platform, conversation, n) for n in range(says)]
+        for text in expected:
+            count = answers.count(text)
+            result.answered += count == 1
+            result.duplicates += max(0, count - 1)
+            result.lost += count == 0
+        result.notes += answers.count(RESTART_NOTE)
+        finals = [a for a in answers if a in expected]
+        if finals != expected:
+            result.problems.append(f"{platform} {conversation}: {answers}")
+            continue
+        position = 0  # the answer expected next
+        for text in answers:
+            coming = expected[position] if position < len(expected) else ""
+            if text == coming:
+                position += 1
+            elif text and coming.startswith(text):
+                result.cut += 1
+            elif text != RESTART_NOTE or not coming:
+                result.problems.append(f"{platform} {conversation}: {text!r} in {answers}")
+    return result
+
+
+def answered_all(bot: Bot, sent: dict[tuple[str, int], int]) -> bool:
+    """Whether every message sent has its answer on screen."""
+    for (platform, conversation), says in sent.items():
+        answers = bot.drivers[platform].answers(conversation)
+        if any(_expected(platform, conversation, n) not in answers for n in range(says)):
+            return False
+    return True
+
+
+async def say_all(bot: Bot, size: Size, says: range) -> dict[tuple[str, int], int]:
+    """Say messages `says` in every conversation, interleaved across conversations and
+    platforms; each conversation's in order."""
+    for n in says:
+        await asyncio.gather(*(bot.drivers[p].say(c, _text(p, c, n))
+                               for p, c in _conversations(size)))  # fmt: skip
+    return {key: says.stop for key in _conversations(size)}
+
+
+def _said(text: str) -> tuple[str, int, int]:
+    """(platform, conversation, n) of a text `_text` made."""
+    platform, conversation, _, n = text.split(" ")
+    return platform, int(conversation), int(n)
+
+
+def cut_answer(bot: Bot, text: str) -> str | None:
+    """The unfinished answer to `text` on screen (a strict beginning of it), if any."""
+    platform, conversation, n = _said(text)
+    expected = _expected(platform, conversation, n)
+    answers = bot.drivers[platform].answers(conversation)
+    if expected in answers:
+        return None
+    earlier = [_expected(platform, conversation, m) for m in range(n)]
+    after = max((at + 1 for at, a in enumerate(answers) if a in earlier), default=0)
+    return next((a for a in answers[after:] if a and expected.startswith(a)), None)
+
+
+async def held_by(redis: Redis, key_prefix: str, worker_id: str) -> list[str]:
+    """The texts of the messages `worker_id` read and did not acknowledge (its pending
+    entries, every partition)."""
+    keys, texts = KeyBuilder(key_prefix), []
+    for partition in range(PARTITIONS):
+        stream = keys.stream(partition)
+        pending = await redis.xpending_range(stream, GROUP, min="-", max="+", count=10_000,
+                                             consumername=worker_id)  # fmt: skip
+        for item in pending:
+            entry = item["message_id"]
+            for _, fields in await redis.xrange(stream, min=entry, max=entry):
+                message = message_from_json(fields[b"m"])
+                assert message is not None
+                texts.append(message.text)
+    return texts
+
+
+async def deliver(bot: Bot, platform: str, conversation: int, text: str) -> int:
+    """Deliver one message as the platform does when the bot is away: Slack sends the event
+    again until it gets a 200, Telegram the webhook update, each the same delivery (Discord's
+    gateway does not resend: a new session misses what came while none was connected). The
+    number of attempts that failed."""
+    if platform == "discord":
+        await bot.drivers[platform].say(conversation, text)
+        return 0
+    driver = bot.drivers[platform]
+    if isinstance(driver, SlackDriver):
+        user = f"U{conversation:06d}"
+        event = fs.message(text, channel=driver.channel(conversation), user=user)
+        body, path = json.dumps(fs.event_body(event)), "/slack/events"
+    else:
+        assert isinstance(driver, TelegramDriver)
+        chat = driver.chat(conversation)
+        update = bot.telegram.update(ft.text_message(text, chat_id=chat, from_id=chat))
+        bot.telegram.updates.remove(update)
+        body, path = json.dumps(update), "/telegram/webhook"
+    failed = 0
+
+    def headers() -> dict[str, str]:
+        if platform == "telegram":
+            return {"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET}
+        retry = {"X-Slack-Retry-Num": str(failed), "X-Slack-Retry-Reason": "http_error"}
+        return {**fs.sign(body), **(retry if failed else {})}
+
+    async def taken() -> bool:
+        nonlocal failed
+        try:
+            status = await bot.post(path, body, headers())
+        except aiohttp.ClientError:
+            status = 0
+        failed += status != 200
+        return status == 200
+
+    await wait_for(taken, timeout=60, every=0.05)
+    return failed
+
+
+# --- the tests --------------------------------------------------------------------------
+
+
+async def test_three_workers_answer_every_message_once_and_in_order(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    size = BIG  # 300 messages in 60 conversations in the short run too
+    settings = _settings(key_prefix, tmp_path)
+    async with fleet(settings, redis_url, tmp_path, fake_openai) as (bot, group):
+        started = time.monotonic()
+        sent = await say_all(bot, size, range(size.says))
+        said = time.monotonic() - started
+        await wait_for(lambda: answered_all(bot, sent), timeout=60, every=0.05)
+        await wait_for(group.drained, timeout=20, every=0.1)
+        drained = time.monotonic() - started
+        result = tally(bot, sent)
+        workers = await group.worker_health()
+        turns = [h["worker"]["turns"] for h in workers]
+        ingress = await group.ingress.health()
+        _table("scale-out: 1 ingress, 3 workers, all running", [
+            *result.rows(), ("model requests", len(fake_openai.chat_requests())),
+            ("turns per worker", turns), ("seconds to send", said),
+            ("seconds to drain", drained),
+        ])  # fmt: skip
+
+    assert result.problems == []
+    assert (result.answered, result.duplicates, result.lost) == (size.messages, 0, 0)
+    assert result.notes == 0
+    # the model was asked once per message, by the workers: the ingress asked nothing
+    assert len(fake_openai.chat_requests()) == size.messages
+    assert sum(turns) == size.messages and all(turns), turns
+    assert ingress["role"] == "ingress" and "worker" not in ingress
+    assert ingress["ingress"] == {"appended": size.messages, "duplicates": 0, "failed": 0}
+    assert ingress["in_flight"] == 0
+    assert ingress["streams"]["waiting"] == 0 and ingress["streams"]["pending"] == 0
+    assert all(h["streams"]["waiting"] == 0 and h["streams"]["pending"] == 0 for h in workers)
+
+
+async def test_a_worker_killed_mid_answer_leaves_its_messages_to_another_answered_once(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    size = _size(Size(conversations=4, says=2))
+    settings = _settings(key_prefix, tmp_path)
+    # slow answers (about 1.3 s each): the kill lands while they stream
+    fake_openai.decide = lambda body: Reply(ttft=0.3, tokens_per_second=4)
+    async with fleet(settings, redis_url, tmp_path, fake_openai) as (bot, group):
+        started = time.monotonic()
+        sent = await say_all(bot, size, range(size.says))
+        victim: dict[str, Any] = {}
+
+        async def one_streams() -> bool:
+            """A worker holds messages and one of them is half shown: it is the victim."""
+            for child in group.live_workers():
+                health = (await child.health())["worker"]
+                if health["holding"] == 0:
+                    continue
+                texts = await held_by(redis, key_prefix, health["id"])
+                if any(cut_answer(bot, text) for text in texts):
+                    victim.update(child=child, id=health["id"], holding=health["holding"],
+                                  partitions=health["partitions"])  # fmt: skip
+                    return True
+            return False
+
+        await wait_for(one_streams, timeout=20, every=0.05)
+        killed: Child = victim["child"]
+        await killed.kill()
+        killed_at = time.monotonic()
+        held = await held_by(redis, key_prefix, victim["id"])  # frozen until taken over
+        cut = {text: answer for text in held if (answer := cut_answer(bot, text)) is not None}
+
+        await wait_for(group.shared, timeout=4 * CLAIM_IDLE + 10, every=0.05)
+        takeover = time.monotonic() - killed_at
+        await wait_for(lambda: answered_all(bot, {k: v for k, v in sent.items()}), timeout=60,
+                       every=0.05)  # fmt: skip
+        answered = time.monotonic() - killed_at
+        await wait_for(group.drained, timeout=20, every=0.1)
+        drained = time.monotonic() - started
+        result = tally(bot, sent)
+        survivors = await group.worker_health()
+        retaken = sum(h["worker"]["retaken"] for h in survivors)
+        requests = len(fake_openai.chat_requests())
+        _table("scale-out: a worker killed (SIGKILL) mid-answer", [
+            *result.rows(), ("held by the killed worker", len(held)),
+            ("of them shown half", len(cut)), ("retaken by the others", retaken),
+            ("model requests", requests), ("seconds to take over (partitions)", takeover),
+            ("seconds from kill to all answered", answered),
+            ("seconds to drain (from the first message)", drained),
+        ])  # fmt: skip
+
+    assert result.problems == []
+    assert (result.answered, result.duplicates, result.lost) == (size.messages, 0, 0)
+    assert held and cut, (held, cut)  # the kill did land mid-answer
+    assert retaken >= len(held)
+    for text, shown in cut.items():  # what was half shown stays; the note; the answer once
+        platform, conversation, n = _said(text)
+        answers = bot.drivers[platform].answers(conversation)
+        at = answers.index(shown)
+        assert answers[at + 1 : at + 3] == [RESTART_NOTE, _expected(platform, conversation, n)]
+    assert len(cut) <= result.notes <= len(held)
+    assert result.cut == len(cut)
+    assert size.messages <= requests <= size.messages + len(held)
+    assert sorted(p for h in survivors for p in h["worker"]["partitions"]) == list(
+        range(PARTITIONS)
+    )
+
+
+async def test_the_ingress_killed_and_started_again_loses_no_message_and_doubles_none(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    size = _size(Size(conversations=4, says=3))
+    settings = _settings(key_prefix, tmp_path)
+    async with fleet(settings, redis_url, tmp_path, fake_openai) as (bot, group):
+        progress = {"answered": 0, "failed": 0, "discord_busy": 0}
+        kill_now = asyncio.Event()
+        discord_open = asyncio.Event()
+        discord_open.set()
+
+        async def conversation(platform: str, number: int) -> None:
+            """A user: says a message, waits for its answer, says the next."""
+            for n in range(size.says):
+                if platform == "discord":  # the gateway is closed across the kill
+                    await discord_open.wait()
+                    progress["discord_busy"] += 1
+                progress["failed"] += await deliver(bot, platform, number,
+                                                    _text(platform, number, n))  # fmt: skip
+                expected = _expected(platform, number, n)
+                answers = await bot.drivers[platform].wait_answers(
+                    number, lambda answers, expected=expected: expected in answers, timeout=60
+                )
+                assert expected in answers, (platform, number, answers)
+                if platform == "discord":
+                    progress["discord_busy"] -= 1
+                progress["answered"] += 1
+                if progress["answered"] >= size.messages // 3:
+                    kill_now.set()
+
+        started = time.monotonic()
+        users = [asyncio.create_task(conversation(p, c)) for p, c in _conversations(size)]
+        try:
+            await asyncio.wait_for(kill_now.wait(), 60)
+            discord_open.clear()  # what Discord delivered before the kill is appended first
+            await wait_for(lambda: progress["discord_busy"] == 0, timeout=30)
+            before = dict(progress)
+            await group.ingress.kill()
+            killed_at = time.monotonic()
+            await group.ingress.start()
+            await group.ingress.ready()
+            down = time.monotonic() - killed_at
+            failed_while_down = progress["failed"] - before["failed"]
+            discord_open.set()
+            await asyncio.gather(*users)
+        finally:
+            for user in users:
+                user.cancel()
+            await asyncio.gather(*users, return_exceptions=True)
+        sent = {key: size.says for key in _conversations(size)}
+        await wait_for(group.drained, timeout=20, every=0.1)
+        drained = time.monotonic() - started
+        result = tally(bot, sent)
+        ingress = await group.ingress.health()
+        requests = len(fake_openai.chat_requests())
+        _table("scale-out: the ingress killed (SIGKILL) and started again", [
+            *result.rows(), ("answered before the kill", before["answered"]),
+            ("deliveries refused while down (retried)", failed_while_down),
+            ("redeliveries deduplicated by the new ingress", ingress["ingress"]["duplicates"]),
+            ("model requests", requests), ("seconds the ingress was down", down),
+            ("seconds to drain (from the first message)", drained),
+        ])  # fmt: skip
+
+    assert result.problems == []
+    assert (result.answered, result.duplicates, result.lost) == (size.messages, 0, 0)
+    assert result.notes == 0
+    assert requests == size.messages  # no message asked about twice
+    assert 0 < before["answered"] < size.messages  # the kill came mid-way
+    assert failed_while_down > 0  # messages did come while the ingress was down
+    assert ingress["ingress"]["failed"] == 0
+    # the new ingress appended what came after the kill, each once (a retry of a delivery
+    # the old one had appended is counted as a duplicate, not appended again)
+    appended = ingress["ingress"]["appended"]
+    assert size.messages - before["answered"] - len(PLATFORMS) * size.conversations <= appended
+    assert appended <= size.messages - before["answered"]
+
+
+async def test_stopped_workers_leave_messages_waiting_and_answer_them_once_started(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    size = _size(Size(conversations=4, says=2))
+    settings = _settings(key_prefix, tmp_path)
+    async with fleet(settings, redis_url, tmp_path, fake_openai) as (bot, group):
+        first = await say_all(bot, size, range(1))  # answered while the workers run
+        await wait_for(lambda: answered_all(bot, first), timeout=30, every=0.05)
+
+        await asyncio.gather(*(worker.terminate() for worker in group.workers))
+        stopped_at = time.monotonic()
+        codes = [w.process.returncode for w in group.workers if w.process is not None]
+        sent = await say_all(bot, size, range(1, size.says))
+        waiting = size.messages - len(first)
+
+        async def all_waiting() -> bool:
+            return (await group.ingress.health())["streams"]["waiting"] == waiting
+
+        await wait_for(all_waiting, timeout=10, every=0.05)
+        early = (await group.ingress.health())["streams"]
+        early_at = time.monotonic()
+        await asyncio.sleep(STOPPED_FOR - (time.monotonic() - stopped_at))  # deliberate
+        late = (await group.ingress.health())["streams"]
+        late_at = time.monotonic()
+        unanswered = not any(
+            _expected(p, c, n) in bot.drivers[p].answers(c)
+            for (p, c) in sent
+            for n in range(1, size.says)
+        )
+        restart_at = time.monotonic()
+        stopped = restart_at - stopped_at
+        await group.start(group.workers)
+        await wait_for(lambda: answered_all(bot, sent), timeout=60, every=0.05)
+        answered = time.monotonic() - restart_at
+        await wait_for(group.drained, timeout=20, every=0.1)
+        drained = time.monotonic() - restart_at
+        result = tally(bot, sent)
+        turns = [h["worker"]["turns"] for h in await group.worker_health()]
+        requests = len(fake_openai.chat_requests())
+        _table("scale-out: every worker stopped (SIGTERM), then started again", [
+            *result.rows(), ("sent while the workers were stopped", waiting),
+            ("seconds the workers were stopped", stopped),
+            ("waiting (ingress /healthz)", f"{early['waiting']} then {late['waiting']}"),
+            ("oldest_age (ingress /healthz)",
+             f"{early['oldest_age']:.2f} then {late['oldest_age']:.2f}"),
+            ("turns per restarted worker", turns), ("model requests", requests),
+            ("seconds from start to all answered", answered),
+            ("seconds from start to drained", drained),
+        ])  # fmt: skip
+
+    assert codes == [0] * WORKERS, codes
+    assert stopped >= STOPPED_FOR
+    assert early["waiting"] == late["waiting"] == waiting
+    assert early["pending"] == late["pending"] == 0  # the workers acknowledged all they read
+    # the oldest message waited on: its age grew by the time that passed (less the time a
+    # /healthz takes to answer)
+    assert late["oldest_age"] - early["oldest_age"] >= (late_at - early_at) - 1.0
+    assert late["oldest_age"] >= STOPPED_FOR - (restart_at - late_at) - 1.0
+    assert unanswered  # nothing was answered while no worker ran
+    assert result.problems == []
+    assert (result.answered, result.duplicates, result.lost) == (size.messages, 0, 0)
+    assert result.notes == 0
+    assert requests == size.messages
+    assert sum(turns) == waiting
