@@ -28,6 +28,7 @@ import aiohttp
 import yaml
 from redis.asyncio import Redis
 
+from adapters.telegram_responder import MARKER as IN_PROGRESS
 from core.codec import message_from_json
 from core.config import Settings
 from stores.redis.keys import KeyBuilder
@@ -291,7 +292,7 @@ def tally(bot: Bot, sent: dict[tuple[str, int], int]) -> Tally:
             coming = expected[position] if position < len(expected) else ""
             if text == coming:
                 position += 1
-            elif text and coming.startswith(text):
+            elif unfinished(text, coming):
                 result.cut += 1
             elif text != RESTART_NOTE or not coming:
                 result.problems.append(f"{platform} {conversation}: {text!r} in {answers}")
@@ -335,7 +336,14 @@ def cut_answer(bot: Bot, text: str) -> str | None:
         if before not in answers:
             return None
         after = answers.index(before) + 1
-    return next((a for a in answers[after:] if a and expected.startswith(a)), None)
+    return next((a for a in answers[after:] if unfinished(a, expected)), None)
+
+
+def unfinished(shown: str, answer: str) -> bool:
+    """Whether `shown` is `answer` half shown (Telegram ends the form in progress with a
+    marker)."""
+    text = shown.removesuffix(IN_PROGRESS)
+    return bool(text) and answer.startswith(text) and text != answer
 
 
 def asked(openai: FakeOpenAI) -> set[str]:
