@@ -161,6 +161,7 @@ async def open_store(
     redis: Redis | RedisCluster | None = None,
     in_memory: bool = False,
     on_round_trip: Callable[[], None] | None = None,
+    worker: bool = False,
 ) -> StateStore:
     """The store the bot runs on: memory, or Redis (the given client, else `open_redis`)."""
     limits = StoreLimits(
@@ -170,6 +171,7 @@ async def open_store(
         lock_wait=settings.redis.lock_wait,
         dedupe_ttl=settings.redis.dedupe_ttl,
         profile_ttl=settings.privacy.profile_ttl_days * 86400,
+        pending_ttl=settings.redis.dedupe_ttl if worker else None,
     )
     if in_memory:
         return MemoryStore(limits=limits)
@@ -209,7 +211,13 @@ async def build_core(
     check_tools(settings, plugins)
     plan_servers(settings.mcp)  # ConfigError naming mcp.servers.<name>.<key>, before any start
     store = await open_store(
-        stack, settings, secrets, redis=redis, in_memory=in_memory, on_round_trip=on_round_trip
+        stack,
+        settings,
+        secrets,
+        redis=redis,
+        in_memory=in_memory,
+        on_round_trip=on_round_trip,
+        worker=worker,
     )
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else None
     client = make_client(settings.llm, api_key=api_key, base_url=secrets.openai_base_url)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -58,10 +59,10 @@ class Ingress:
         self._idle.clear()
         try:
             await place.wait()
-            partition = self.streams.partition(line.id)
+            partition, token = self.streams.partition(line.id), secrets.token_hex(8)
             for attempt in range(ATTEMPTS):
                 try:
-                    entry = await self.streams.append(partition, message)
+                    entry = await self.streams.append(partition, message, token)
                 except FAILURES as exc:
                     log.warning("message not appended (%s); attempt %d of %d",
                                 type(exc).__name__, attempt + 1, ATTEMPTS)  # fmt: skip

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 ConversationOf = Callable[[Message], ContextKey]  # the core's `conversation_key`
 
+SETTLE = 1.0  # seconds a starting worker gives others starting with it to register
 BUSY_POLL = 0.05  # seconds before asking again about a message another worker holds
 BUSY_POLL_MAX = 1.0
 LEASE_VALID = 2 / 3  # of `claim_idle` after a renewal: past it, read nothing until the next
@@ -64,6 +65,7 @@ class Partition:
         # Trimming behind what this worker read is safe while it holds the lease; one that
         # lost it leaves the stream to the new owner (it may be reading older entries).
         self.trims = True
+        self.dispatching: str | None = None  # the entry being handed over, not yet held
 
     def start(self) -> None:
         self.reader = asyncio.create_task(self._read(), name=f"worker:p{self.number}")
@@ -82,27 +84,51 @@ class Partition:
                 if not taken_over:
                     await worker.leased()
                     await streams.join(number)
+                    noted: set[ContextKey] = set()  # conversations told of the restart
                     for entry in await streams.take_over(number, worker.id, worker.read_count):
                         if entry.id not in self.held:
-                            await self._dispatch(entry, retaken=True)
+                            await self._dispatch(entry, retaken=noted)
                     taken_over = True
                 room = await worker.room()
                 await worker.leased()
-                for entry in await streams.read(number, worker.id, room, BLOCK):
+                entries = await streams.read(number, worker.id, room, worker.block)
+                if await streams.held_by(number, worker.id) > len(self.held) + len(entries):
+                    # A read whose reply came late was sent again by redis-py: what the first
+                    # one delivered is pending under this worker, unseen. Everything pending
+                    # is taken up again, in stream order, before anything newer.
+                    log.warning("partition %d: a read's entries went missing; taking them up",
+                                number)  # fmt: skip
+                    taken_over = False
+                    continue
+                for entry in entries:
                     if not worker.lease_valid():  # the rest stays pending under this worker:
                         taken_over = False  # taken over again once the lease is renewed
                         break
-                    await self._dispatch(entry, retaken=False)
+                    await self._dispatch(entry)
             except FAILURES as exc:
                 log.warning("partition %d not read (%s); again in %.0fs", number,
                             type(exc).__name__, RETRY)  # fmt: skip
                 taken_over = False  # what was read before the failure is pending under us
                 await asyncio.sleep(RETRY)
 
-    async def _dispatch(self, entry: Entry, *, retaken: bool) -> None:
-        """Hand one entry to the core (in stream order), or acknowledge it unanswered."""
+    async def _dispatch(self, entry: Entry, *, retaken: set[ContextKey] | None = None) -> None:
+        """Hand one entry to the core (in stream order), or acknowledge it unanswered.
+        `retaken`: taken over from another worker; the conversations already told so. An
+        entry that breaks this (a bug) is logged and acknowledged: it would break it again."""
+        self.dispatching = entry.id  # not trimmed while it is handed over
+        try:
+            await self._hand_over(entry, retaken)
+        except FAILURES:
+            raise  # Redis away: the reader takes it up again
+        except Exception:
+            log.exception("stream entry %s could not be handed to the core", entry.id)
+            await self._ack(entry.id)
+        finally:
+            self.dispatching = None
         if entry_order(entry.id) > entry_order(self.last_read):
             self.last_read = entry.id
+
+    async def _hand_over(self, entry: Entry, retaken: set[ContextKey] | None) -> None:
         worker, message = self.worker, entry.message
         sender = worker.senders.get(message.platform) if message is not None else None
         if message is None or sender is None:
@@ -114,13 +140,16 @@ class Partition:
         delivery, order = f"p{self.number}-{entry.id}", entry_order(entry.id)
         message = replace(message, delivery_id=delivery, order=order)
         responder = sender.responder_for(message)
-        if retaken:
+        if retaken is not None:
             worker.retaken += 1
             state = await self._retake(line, message.platform, delivery, order)
             if state == "done":  # its turn was recorded; only the acknowledgement was lost
                 await self._ack(entry.id)
                 return
-            if state == "again":
+            if state == "again" and line not in retaken:
+                # Only a conversation's oldest unfinished message can have been under way
+                # (its turns run one at a time); the later ones were waiting in line.
+                retaken.add(line)
                 log.warning("answering anew a message a stopped worker left unanswered")
                 try:  # before the turn takes its place: the next entries wait behind it
                     await reply(responder, RESTART_NOTE)
@@ -170,7 +199,8 @@ class Partition:
 
     async def _ack(self, entry_id: str) -> None:
         """Acknowledge, and trim the stream behind the oldest entry still held."""
-        oldest = min(self.held, key=entry_order, default=None)
+        held = [*self.held, *([self.dispatching] if self.dispatching else [])]
+        oldest = min(held, key=entry_order, default=None)
         keep_from = oldest if oldest is not None else next_id(self.last_read)
         if not self.trims or not self.worker.lease_valid():
             keep_from = "0-0"
@@ -218,13 +248,30 @@ class Worker:
         self._leases: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._registered = False
+        self._stopping = False
+        # A read waits at most this long for new entries: under the Redis socket timeout, or
+        # every idle read would time out (and be sent again).
+        self.block = min(BLOCK, settings.redis.socket_timeout / 2)
 
     async def start(self) -> None:
+        """Register, and take a share of the partitions once the workers starting at the
+        same moment (a deployment, a restart after an outage) have registered too: the
+        first one would otherwise take every partition and read the whole backlog alone."""
+        self.live = max(1, await self.streams.register(self.id, self.settings.claim_idle))
+        self._registered = True
+        if len(await self.streams.holders()) < self.streams.partitions:
+            await asyncio.sleep(min(SETTLE, self.settings.claim_idle / 3))  # others register
         await self._tick()
         self._leases = asyncio.create_task(self._keep_leases(), name="worker:leases")
 
     def ready(self) -> bool:
-        return self._registered and self._leases is not None and not self._leases.done()
+        return (
+            self._registered
+            and self._leases is not None
+            and not self._leases.done()
+            and all(p.reader is not None and not p.reader.done() for p in self.owned.values()
+                    if p.number not in self.releasing)
+        )  # fmt: skip
 
     async def room(self) -> int:
         """How many more entries this worker may read now (waiting until it may read one)."""
@@ -249,7 +296,10 @@ class Worker:
     async def _keep_leases(self) -> None:
         while True:
             await asyncio.sleep(self.settings.claim_idle / 3)
-            await self._tick()
+            try:
+                await self._tick()
+            except Exception:  # a bug: logged; the leases must go on being renewed
+                log.exception("worker lease tick failed")
 
     async def _tick(self) -> None:
         """Register, renew the leases held, and take or give up partitions toward the fair
@@ -257,13 +307,21 @@ class Worker:
         ttl, total = self.settings.claim_idle, self.streams.partitions
         try:
             started = time.monotonic()
-            lost = await self.streams.renew(list(self.owned), self.id, ttl)
+            renewing = list(self.owned)
+            lost = await self.streams.renew(renewing, self.id, ttl)
+            for number in renewing:  # given up while the renewal ran: taken again, so dropped
+                if number not in self.owned and number not in lost:
+                    await self.streams.drop_lease(number, self.id)
             self.valid_until = started + ttl * LEASE_VALID
             renewed, self._renewed = self._renewed, asyncio.get_running_loop().create_future()
             renewed.set_result(None)
             for number in lost:
-                log.warning("lost the lease of partition %d; another worker reads it", number)
-                await self._lose(number)
+                if number in self.owned:
+                    log.warning("lost the lease of partition %d; another worker reads it",
+                                number)  # fmt: skip
+                    await self._lose(number)
+            if self._stopping:  # draining: keep what is held until `close`, take nothing
+                return
             self.live = max(1, await self.streams.register(self.id, ttl))
             self._registered = True
             share = math.ceil(total / self.live)
@@ -311,17 +369,17 @@ class Worker:
         log.info("gave partition %d up", number)
 
     async def _lose(self, number: int) -> None:
-        partition = self.owned.pop(number)
+        partition = self.owned.pop(number, None)
+        if partition is None:
+            return
         partition.trims = False
         self.releasing.discard(number)
         await partition.stop_reading()
 
     async def stop_reading(self) -> None:
-        """Shutdown, first step: read nothing more (the turns under way go on)."""
-        leases, self._leases = self._leases, None
-        if leases is not None:
-            leases.cancel()
-            await asyncio.gather(leases, return_exceptions=True)
+        """Shutdown, first step: read nothing more. The turns under way go on, and the
+        leases are still renewed until `close`, so no other worker takes them meanwhile."""
+        self._stopping = True
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -331,6 +389,13 @@ class Worker:
     async def close(self) -> None:
         """Shutdown, last step (the turns drained or cancelled): leases and registration go,
         so the partitions pass to the other workers at once, not after `claim_idle`."""
+        self._stopping = True
+        leases, self._leases = self._leases, None
+        if leases is not None:
+            leases.cancel()
+            await asyncio.gather(leases, return_exceptions=True)
+        for partition in self.owned.values():
+            await partition.stop_reading()
         with contextlib.suppress(*FAILURES):
             for number in list(self.owned):
                 await self.streams.drop_lease(number, self.id)

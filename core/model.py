@@ -143,7 +143,7 @@ class Message:
     # What the adapter needs to answer from another process (a worker, a recovery) that the
     # key does not say: a Discord slash command's interaction token and application id.
     # Opaque to the core; carried in the stream and the journal, never shown or logged.
-    extras: tuple[tuple[str, str], ...] = ()
+    extras: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def thread(self) -> str:

@@ -16,4 +16,8 @@ class StoreLimits:
     lock_ttl: float = 60.0
     lock_wait: float = 120.0
     dedupe_ttl: int = 86400
+    # How long a conversation's pending set outlives its last claim (None: `lock_wait`). A
+    # worker's is `dedupe_ttl`: a place is its proof that a turn was begun and not recorded,
+    # and must last as long as the delivery's seen key (`Deliveries.retake`).
+    pending_ttl: float | None = None
     profile_ttl: int = 70 * 86400  # a channel's defaults (`privacy.profile_ttl_days`)

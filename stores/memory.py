@@ -594,7 +594,7 @@ class MemoryStore:
         b = self.backend
         pending = b.pending[line.id] = b.live(b.pending, line.id) or Pending()
         pending.places.add(place)
-        pending.expires = b.clock() + self.limits.lock_wait
+        pending.expires = b.clock() + (self.limits.pending_ttl or self.limits.lock_wait)
         return True, max((p for p in pending.places if p < place), default="")
 
     async def pending(self, line: ContextKey, place: str) -> PlaceState:

@@ -552,7 +552,7 @@ class RedisStore:
 
         Fails open, as `first_seen`: without Redis a delivery is handled, waiting for none."""
         seen = self.keys.seen_in(line, namespace, delivery_id)
-        pending_ttl = int(self.limits.lock_wait * 1000)
+        pending_ttl = int((self.limits.pending_ttl or self.limits.lock_wait) * 1000)
         try:
             self._count()
             first, ahead = await self.redis.eval(

@@ -15,7 +15,6 @@ held (`XTRIM MINID`), so a stream holds what waits and what is being answered, n
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 import zlib
 from collections.abc import Sequence
@@ -86,18 +85,19 @@ class RedisStreams:
 
     # --- the ingress ---------------------------------------------------------------------
 
-    async def append(self, partition: int, message: Message) -> str | None:
+    async def append(self, partition: int, message: Message, token: str) -> str | None:
         """Append `message`; its entry id, or None when its delivery was appended before (a
-        retry, another ingress on the same token). Raises what Redis raises."""
+        retry, another ingress on the same token). `token`: the same for every attempt at
+        one message, so an attempt whose reply was lost is not appended twice. Raises what
+        Redis raises."""
         if message.delivery_id:
             namespace, delivery, ttl = message.platform, message.delivery_id, self.dedupe_ttl
         else:  # nothing to dedupe: the key only makes a resent append return the same entry
-            namespace, delivery, ttl = "append", secrets.token_hex(8), 60
+            namespace, delivery, ttl = "append", token, 600
         seen = self.keys.stream_seen(partition, namespace, delivery)
         entry = await self.redis.eval(
-            APPEND, 2, self.keys.stream(partition), seen, secrets.token_hex(8), ttl,
-            message_to_json(message),
-        )  # fmt: skip
+            APPEND, 2, self.keys.stream(partition), seen, token, ttl, message_to_json(message)
+        )
         return _text(entry) if entry else None
 
     # --- the workers ---------------------------------------------------------------------
@@ -170,7 +170,9 @@ class RedisStreams:
         taken over), so the group does not list every worker that ever ran."""
         for consumer in await self.redis.xinfo_consumers(stream, GROUP):
             name = _text(consumer["name"])
-            if name != worker and not consumer["pending"]:
+            if name == worker or consumer["pending"]:
+                continue
+            if await self.redis.zscore(self.keys.workers(), name) is None:  # not a live one
                 await self.redis.xgroup_delconsumer(stream, GROUP, name)
 
     async def read(self, partition: int, worker: str, count: int, block: float) -> list[Entry]:
@@ -182,6 +184,14 @@ class RedisStreams:
             return []
         entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
         return [_entry(entry) for entry in entries]
+
+    async def held_by(self, partition: int, worker: str) -> int:
+        """How many entries are pending under `worker` (read by it, not acknowledged)."""
+        summary = await self.redis.xpending(self.keys.stream(partition), GROUP)
+        for consumer in summary.get("consumers") or ():
+            if _text(consumer["name"]) == worker:
+                return int(consumer["pending"])
+        return 0
 
     async def ack(self, partition: int, ids: Sequence[str], keep_from: str) -> None:
         """Acknowledge `ids`, and trim what is before `keep_from` (the oldest entry still

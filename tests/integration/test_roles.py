@@ -152,7 +152,9 @@ async def test_a_slash_command_is_deferred_by_the_ingress_and_answered_by_a_work
         assert discord.calls_to("POST", "/callback")  # deferred by the ingress
         assert discord.calls_to("PATCH", "/messages/@original")  # filled by the worker
         assert not discord.calls_to("POST", f"/channels/{fd.CHANNEL}/messages")
-        assert workers[0].worker is not None and workers[0].worker.turns == 1
+        worker = workers[0].worker
+        assert worker is not None
+        await wait_for(lambda: worker.turns == 1)  # counted once the turn is recorded
 
 
 async def test_telegram_polling_at_the_ingress_confirms_updates_only_once_appended(
@@ -189,7 +191,7 @@ async def test_acknowledged_entries_are_trimmed_behind_the_oldest_held(
     await streams.join(0)
     message = Message("telegram", ContextKey("telegram", "1"), User("u"), "hi", "1")
     for _ in range(1000):
-        await streams.append(0, message)
+        await streams.append(0, message, f"token-{_}")
     entries = await streams.read(0, "w1", 1000, 0.1)
     assert len(entries) == 1000
     for entry in entries[:-1]:
@@ -229,14 +231,17 @@ async def test_a_worker_that_lost_its_partition_while_answering_is_not_answered_
                 for n in (0, 1):
                     await telegram.say(conversation, f"slow {conversation}.{n}")
             await wait_for(lambda: first.holding == 4, timeout=10)
-            # the lease runs out under the first worker's feet, and a second worker starts
+            # its renewals stall (its turns go on) and its lease runs out; a second worker
+            leases = first._leases
+            assert leases is not None
+            leases.cancel()
             await redis.delete(KeyBuilder(key_prefix).stream_lease(0))
             second_app = BotApp(settings, fakes.secrets, redis=redis, role="worker")
             await second_app.start()
             stack.push_async_callback(second_app.stop)
             second = second_app.worker
             assert second is not None and list(second.owned) == [0]
-            await wait_for(lambda: 0 not in first.owned, timeout=5)  # it noticed at its tick
+            await wait_for(lambda: not first.lease_valid(), timeout=5)  # its readers pause
 
             def expected(conversation: int) -> list[str]:
                 return [f"echo: slow {conversation}.{n}" for n in (0, 1)]
