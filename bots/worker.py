@@ -187,8 +187,10 @@ class Partition:
         except Exception:
             log.exception("a turn failed outside the core's guards")
         self.worker.turns += 1
-        self._release(entry_id)
-        await self._ack(entry_id)
+        try:  # held until acknowledged: a read's check counts it as this worker's
+            await self._ack(entry_id)
+        finally:
+            self._release(entry_id)
 
     def _release(self, entry_id: str) -> None:
         if self.held.pop(entry_id, None) is not None:
@@ -199,7 +201,9 @@ class Partition:
 
     async def _ack(self, entry_id: str) -> None:
         """Acknowledge, and trim the stream behind the oldest entry still held."""
-        held = [*self.held, *([self.dispatching] if self.dispatching else [])]
+        held = [e for e in self.held if e != entry_id]
+        if self.dispatching:
+            held.append(self.dispatching)
         oldest = min(held, key=entry_order, default=None)
         keep_from = oldest if oldest is not None else next_id(self.last_read)
         if not self.trims or not self.worker.lease_valid():
