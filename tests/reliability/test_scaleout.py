@@ -6,7 +6,8 @@ The fake platforms and the fake model run in this process, so they outlive the k
 the real ones would. Each process logs to its own file under the test's tmp_path
 (`ingress-<port>-<n>.log`, `worker-<port>-<n>.log`); a failing test names them.
 
-The default sizes keep the file short for CI; `CHATBOT_FULL_SCALEOUT=1` runs every test with
+The default sizes keep the file short for CI; `CHATBOT_FULL_SCALEOUT=1` (or the whole
+reliability suite's `RELIABILITY_FULL=1`) runs every test with
 300 messages over 60 conversations. Each test prints what it measured (`pytest -s`).
 """
 
@@ -50,7 +51,7 @@ from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import answers_200, bot_process_env, wait_for
 from tests.redis_server import free_port
 
-FULL = os.environ.get("CHATBOT_FULL_SCALEOUT") == "1"
+FULL = "1" in (os.environ.get("CHATBOT_FULL_SCALEOUT"), os.environ.get("RELIABILITY_FULL"))
 PLATFORMS = ("slack", "telegram", "discord")
 PARTITIONS = 8
 CLAIM_IDLE = 2.0  # seconds before a dead worker's partitions pass on
