@@ -6,6 +6,7 @@ nothing below this line knows which platform it came from.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -149,6 +150,13 @@ class Message:
     def thread(self) -> str:
         """The thread or forum topic the message is in, empty when none."""
         return self.key.thread
+
+
+def kept(message: Message) -> Message:
+    """The message as the journal and a pending approval keep it: without `extras` (a Discord
+    interaction's token), whose original response is used by then; an answer taken up later
+    goes to the channel, not over what was shown."""
+    return dataclasses.replace(message, extras=()) if message.extras else message
 
 
 @dataclass(frozen=True, slots=True)

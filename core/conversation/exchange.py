@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from core.conversation.intake import current_claim
-from core.model import ContextKey, Message, Turn
+from core.model import ContextKey, Message, Turn, kept
 from core.policies.limits import RateLimiter, TokenBudget
 from core.policies.masking import Masked, Masker
 from core.policies.usage import UsageBook
@@ -84,7 +84,7 @@ class Exchange:
             key,
             history=history,
             channel=message.key if history else None,
-            journal=message if journal and p.journal else None,
+            journal=kept(message) if journal and p.journal else None,
             rate=limiter.take(message) if limiter is not None else None,
             budget=budget.today(message, now) if budget is not None and now else None,
             cache=cache or None,

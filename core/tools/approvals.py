@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from core.codec import message_from_dict, plain, turn_from_dict, turn_to_dict
 from core.config import Settings
-from core.model import ApprovalRequest, Decision, Message, ToolCall, Turn
+from core.model import ApprovalRequest, Decision, Message, ToolCall, Turn, kept
 from core.protocols import Approver, DecisionReply, Responder
 from core.storage import Person, Store
 from core.streaming.reply import reply
@@ -113,7 +113,7 @@ class Approvals:
             return note
         approval_id = secrets.token_urlsafe(12)
         pending = PendingApproval(
-            approval_id, message, prompt, calls, model, rounds,
+            approval_id, kept(message), prompt, calls, model, rounds,
             self.clock() + self.ttl,
         )  # fmt: skip
         person = Person(message.platform, message.user.id)

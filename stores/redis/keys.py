@@ -148,7 +148,3 @@ class KeyBuilder:
     def workers(self) -> str:
         """A sorted set: live workers by the time (ms) their registration runs out."""
         return f"{self.prefix}:workers"
-
-    def worker_turns(self) -> str:
-        """A hash: turns answered per worker (for `/metrics` on any process)."""
-        return f"{self.prefix}:workers:turns"
