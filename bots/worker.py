@@ -32,7 +32,7 @@ from adapters.base import Sends
 from core.config import Settings
 from core.model import ContextKey, Message
 from core.protocols import Handler, Responder
-from core.storage import Deliveries, RetakeState
+from core.storage import Retakes, RetakeState
 from core.streaming.reply import reply
 from stores.redis.health import FAILURES
 from stores.redis.streams import Entry, RedisStreams, entry_order, next_id
@@ -221,7 +221,7 @@ class Worker:
         self,
         settings: Settings,
         streams: RedisStreams,
-        deliveries: Deliveries,
+        deliveries: Retakes,
         handler: Handler,
         conversation: ConversationOf,
         senders: Mapping[str, Sends],

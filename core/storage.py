@@ -311,6 +311,11 @@ class Deliveries(Deduper, Protocol):
         """`place` is answered (or dropped): later places need not wait for it."""
         ...
 
+
+@runtime_checkable
+class Retakes(Deliveries, Protocol):
+    """Deliveries a worker takes over from another (`chatbot run --role worker`)."""
+
     async def retake(
         self, line: ContextKey, namespace: str, delivery_id: str, order: str, *, force: bool = False
     ) -> RetakeState:
@@ -337,7 +342,7 @@ class AnswerJournal(Protocol):
         ...
 
 
-class StateStore(Store, Deliveries, Protocol):
+class StateStore(Store, Retakes, Protocol):
     """A whole store as the application runs on it: the port, the dedupe and pending
     messages, the journal, and a liveness check for `/readyz`."""
 
