@@ -66,20 +66,26 @@ class Partition:
         # lost it leaves the stream to the new owner (it may be reading older entries).
         self.trims = True
         self.dispatching: str | None = None  # the entry being handed over, not yet held
+        self.stopping = False
 
     def start(self) -> None:
         self.reader = asyncio.create_task(self._read(), name=f"worker:p{self.number}")
 
     async def stop_reading(self) -> None:
+        """Cancel the reader. redis-py can turn a cancel that lands in a blocking read into a
+        connection error, which the loop would take for Redis being away: a flag ends it."""
         reader, self.reader = self.reader, None
         if reader is not None:
+            self.stopping = True
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await asyncio.wait({reader}, timeout=RETRY + self.worker.block + 1)
+            if not reader.done():
+                log.warning("partition %d: its reader did not stop", self.number)
 
     async def _read(self) -> None:
         worker, streams, number = self.worker, self.worker.streams, self.number
         taken_over = False
-        while True:
+        while not self.stopping:
             try:
                 if not taken_over:
                     await worker.leased()
@@ -106,6 +112,8 @@ class Partition:
                         break
                     await self._dispatch(entry)
             except FAILURES as exc:
+                if self.stopping:
+                    return
                 log.warning("partition %d not read (%s); again in %.0fs", number,
                             type(exc).__name__, RETRY)  # fmt: skip
                 taken_over = False  # what was read before the failure is pending under us
@@ -252,7 +260,8 @@ class Worker:
         self._leases: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._registered = False
-        self._stopping = False
+        self._stopping = False  # reading stopped: leases renewed, nothing taken
+        self._closing = False
         # A read waits at most this long for new entries: under the Redis socket timeout, or
         # every idle read would time out (and be sent again).
         self.block = min(BLOCK, settings.redis.socket_timeout / 2)
@@ -298,7 +307,7 @@ class Worker:
             self._room.set()
 
     async def _keep_leases(self) -> None:
-        while True:
+        while not self._closing:  # a flag too: a cancel inside Redis can become an error
             await asyncio.sleep(self.settings.claim_idle / 3)
             try:
                 await self._tick()
@@ -386,19 +395,20 @@ class Worker:
         self._stopping = True
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        for partition in self.owned.values():
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=RETRY + self.block + 1)
+        for partition in list(self.owned.values()):
             await partition.stop_reading()
 
     async def close(self) -> None:
         """Shutdown, last step (the turns drained or cancelled): leases and registration go,
         so the partitions pass to the other workers at once, not after `claim_idle`."""
-        self._stopping = True
+        self._stopping = self._closing = True
         leases, self._leases = self._leases, None
         if leases is not None:
             leases.cancel()
-            await asyncio.gather(leases, return_exceptions=True)
-        for partition in self.owned.values():
+            await asyncio.wait({leases}, timeout=self.settings.claim_idle)
+        for partition in list(self.owned.values()):
             await partition.stop_reading()
         with contextlib.suppress(*FAILURES):
             for number in list(self.owned):
